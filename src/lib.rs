@@ -1,0 +1,14 @@
+//! Switchboard: an HSYCO-style command-response UI runtime.
+//!
+//! Data flows one way: [`transport`] parses a request, [`session`] runs it
+//! against the project's [`script`] handlers, [`answer`] decodes what they
+//! returned, and [`transport`] sends the resulting actions back.
+
+pub mod answer;
+pub mod cli;
+pub mod project;
+pub mod protocol;
+pub mod script;
+pub mod server;
+pub mod session;
+pub mod transport;

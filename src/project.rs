@@ -1,0 +1,513 @@
+//! Finding and loading projects: `project.toml`, page templates and scripts.
+//!
+//! A project is a folder `<projects>/<name>/` holding `project.toml`, pages in
+//! `pages/` and popups in `popups/` (Tera templates, one file each), shared
+//! templates in `templates/`, and Rhai scripts in `events/`. Loading compiles
+//! everything; a project with any error is not served, and every error names
+//! its file, line and column. This module does not run handlers or hold
+//! sessions.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use tera::Tera;
+
+use crate::script::{self, Limits, ScriptHost, SourceFile};
+
+/// Built-in templates, under a prefix project files cannot use.
+const BUILTIN_TEMPLATES: &[(&str, &str)] = &[(
+    "sb/layout.html",
+    include_str!("../web/templates/layout.html"),
+)];
+
+/// `project.toml`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    /// Shown in the browser's title bar.
+    pub title: String,
+    /// The page `/<project>/` opens.
+    pub start: String,
+    /// Where toasts stack.
+    pub toast_position: ToastPosition,
+    /// Largest command frame or body accepted, in bytes.
+    pub max_frame_bytes: usize,
+    pub limits: Limits,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            title: String::new(),
+            start: "home".into(),
+            toast_position: ToastPosition::default(),
+            // Commands carry a field value or a form's fields; 64 KiB is far
+            // beyond any panel's form and small enough to refuse floods.
+            max_frame_bytes: 64 * 1024,
+            limits: Limits::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ToastPosition {
+    #[default]
+    TopRight,
+    TopLeft,
+    TopCenter,
+    BottomRight,
+    BottomLeft,
+    BottomCenter,
+}
+
+/// Whether a page is a full page or a modal popup.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PageKind {
+    Page,
+    Popup,
+}
+
+/// One error found while loading a project.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Diagnostic {
+    /// The file, as a path the operator can open.
+    pub file: PathBuf,
+    /// 1-based; 0 when the error has no place in the file.
+    pub line: usize,
+    pub column: usize,
+    pub message: String,
+}
+
+impl fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}:{}:{}: {}",
+            self.file.display(),
+            self.line,
+            self.column,
+            self.message
+        )
+    }
+}
+
+/// Why a project could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The project folder or one of its files could not be read.
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// Templates, scripts or settings have errors.
+    #[error("{}", list(.0))]
+    Invalid(Vec<Diagnostic>),
+}
+
+fn list(diagnostics: &[Diagnostic]) -> String {
+    diagnostics
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// A loaded, compiled project, ready to serve.
+pub struct Project {
+    pub name: String,
+    pub dir: PathBuf,
+    pub settings: Settings,
+    pub templates: Tera,
+    pub scripts: ScriptHost,
+    /// Page name → kind; names are the template file names without `.html`.
+    pub pages: BTreeMap<String, PageKind>,
+}
+
+impl fmt::Debug for Project {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Project")
+            .field("name", &self.name)
+            .field("dir", &self.dir)
+            .finish()
+    }
+}
+
+impl Project {
+    /// Loads and compiles the project in `dir`; its name is the folder's name.
+    pub fn load(dir: &Path) -> Result<Project, LoadError> {
+        let name = dir
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default()
+            .to_string();
+        let mut diagnostics = Vec::new();
+        let settings = load_settings(dir, &name, &mut diagnostics)?;
+        let page_files = find_pages(dir, &mut diagnostics)?;
+        let templates = compile_templates(dir, &page_files, &mut diagnostics)?;
+        let scripts = compile_scripts(dir, &name, &settings.limits, &mut diagnostics)?;
+        let pages: BTreeMap<String, PageKind> = page_files
+            .iter()
+            .map(|p| (p.name.clone(), p.kind))
+            .collect();
+        if !pages.contains_key(&settings.start) {
+            diagnostics.push(Diagnostic {
+                file: dir.join("project.toml"),
+                line: 0,
+                column: 0,
+                message: format!(
+                    "start page `{}` has no template pages/{}.html",
+                    settings.start, settings.start
+                ),
+            });
+        }
+        match (templates, scripts) {
+            (Some(templates), Some(scripts)) if diagnostics.is_empty() => Ok(Project {
+                name,
+                dir: dir.to_path_buf(),
+                settings,
+                templates,
+                scripts,
+                pages,
+            }),
+            _ => Err(LoadError::Invalid(diagnostics)),
+        }
+    }
+
+    /// The template of a page or popup, if the project has one by that name.
+    pub fn template_of(&self, page: &str) -> Option<String> {
+        match self.pages.get(page)? {
+            PageKind::Page => Some(format!("pages/{page}.html")),
+            PageKind::Popup => Some(format!("popups/{page}.html")),
+        }
+    }
+}
+
+/// What [`load_all`] found: the projects to serve and the broken ones.
+#[derive(Debug, Default)]
+pub struct Loaded {
+    pub projects: Vec<Project>,
+    pub failed: Vec<(PathBuf, LoadError)>,
+}
+
+/// Loads every project folder under `root` (a folder holding a
+/// `project.toml`). Broken projects are returned apart, with their errors.
+pub fn load_all(root: &Path) -> Result<Loaded, LoadError> {
+    let mut loaded = Vec::new();
+    let mut failed = Vec::new();
+    for dir in sorted_entries(root)? {
+        if !dir.join("project.toml").is_file() || !is_valid_project_name(&dir) {
+            continue;
+        }
+        match Project::load(&dir) {
+            Ok(project) => loaded.push(project),
+            Err(error) => failed.push((dir, error)),
+        }
+    }
+    Ok(Loaded {
+        projects: loaded,
+        failed,
+    })
+}
+
+/// Project names become URL path segments; names starting with `_` are
+/// reserved for the runtime's own routes (`/_sb/...`).
+fn is_valid_project_name(dir: &Path) -> bool {
+    dir.file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| is_valid_name(n) && !n.starts_with('_'))
+}
+
+/// Page and project names: letters, digits, `-` and `_`.
+pub fn is_valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+fn sorted_entries(dir: &Path) -> Result<Vec<PathBuf>, LoadError> {
+    let read = fs::read_dir(dir).map_err(|source| io_error(dir, source))?;
+    let mut paths: Vec<PathBuf> = read.filter_map(|e| e.ok().map(|e| e.path())).collect();
+    paths.sort();
+    Ok(paths)
+}
+
+fn io_error(path: &Path, source: std::io::Error) -> LoadError {
+    LoadError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn read_text(path: &Path) -> Result<String, LoadError> {
+    fs::read_to_string(path).map_err(|source| io_error(path, source))
+}
+
+fn load_settings(
+    dir: &Path,
+    name: &str,
+    diagnostics: &mut Vec<Diagnostic>,
+) -> Result<Settings, LoadError> {
+    let path = dir.join("project.toml");
+    let text = read_text(&path)?;
+    let mut settings = match toml::from_str::<Settings>(&text) {
+        Ok(settings) => settings,
+        Err(error) => {
+            let (line, column) = error
+                .span()
+                .map(|s| line_and_column(&text, s.start))
+                .unwrap_or((0, 0));
+            diagnostics.push(Diagnostic {
+                file: path,
+                line,
+                column,
+                message: error.message().to_string(),
+            });
+            Settings::default()
+        }
+    };
+    if settings.title.is_empty() {
+        settings.title = name.to_string();
+    }
+    Ok(settings)
+}
+
+/// 1-based line and column of a byte offset.
+fn line_and_column(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, column)
+}
+
+struct PageFile {
+    name: String,
+    kind: PageKind,
+    template: String,
+    path: PathBuf,
+}
+
+fn find_pages(dir: &Path, diagnostics: &mut Vec<Diagnostic>) -> Result<Vec<PageFile>, LoadError> {
+    let mut pages: Vec<PageFile> = Vec::new();
+    for (folder, kind) in [("pages", PageKind::Page), ("popups", PageKind::Popup)] {
+        let folder_path = dir.join(folder);
+        if !folder_path.is_dir() {
+            continue;
+        }
+        for path in sorted_entries(&folder_path)? {
+            let Some(stem) = html_stem(&path) else {
+                continue;
+            };
+            if !is_valid_name(&stem) {
+                diagnostics.push(Diagnostic {
+                    file: path,
+                    line: 0,
+                    column: 0,
+                    message: "page names may hold only letters, digits, `-` and `_`".into(),
+                });
+                continue;
+            }
+            if pages.iter().any(|p| p.name == stem) {
+                diagnostics.push(Diagnostic {
+                    file: path,
+                    line: 0,
+                    column: 0,
+                    message: format!("a page or popup named `{stem}` already exists"),
+                });
+                continue;
+            }
+            pages.push(PageFile {
+                template: format!("{folder}/{stem}.html"),
+                name: stem,
+                kind,
+                path,
+            });
+        }
+    }
+    Ok(pages)
+}
+
+fn html_stem(path: &Path) -> Option<String> {
+    if path.extension()? != "html" || !path.is_file() {
+        return None;
+    }
+    Some(path.file_stem()?.to_str()?.to_string())
+}
+
+/// Shared templates (layouts, components) under `templates/`, any depth.
+fn find_shared_templates(
+    dir: &Path,
+    prefix: &str,
+    found: &mut Vec<(String, PathBuf)>,
+) -> Result<(), LoadError> {
+    if !dir.is_dir() {
+        return Ok(());
+    }
+    for path in sorted_entries(dir)? {
+        let file_name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default()
+            .to_string();
+        if path.is_dir() {
+            find_shared_templates(&path, &format!("{prefix}{file_name}/"), found)?;
+        } else if file_name.ends_with(".html") {
+            found.push((format!("{prefix}{file_name}"), path));
+        }
+    }
+    Ok(())
+}
+
+fn compile_templates(
+    dir: &Path,
+    pages: &[PageFile],
+    diagnostics: &mut Vec<Diagnostic>,
+) -> Result<Option<Tera>, LoadError> {
+    let mut sources: Vec<(String, PathBuf, String)> = Vec::new();
+    let mut shared = Vec::new();
+    find_shared_templates(&dir.join("templates"), "templates/", &mut shared)?;
+    for (name, path) in shared
+        .into_iter()
+        .chain(pages.iter().map(|p| (p.template.clone(), p.path.clone())))
+    {
+        let text = read_text(&path)?;
+        sources.push((name, path, text));
+    }
+    // Each file is parsed on its own first so a syntax error is reported
+    // against its own file; inheritance is checked once all are present.
+    let before = diagnostics.len();
+    for (name, path, text) in &sources {
+        if let Err(error) = Tera::new().add_raw_template(name, text)
+            && let tera::ErrorKind::SyntaxError(report) = error.kind()
+        {
+            diagnostics.push(template_diagnostic(path, report));
+        }
+    }
+    if diagnostics.len() > before {
+        return Ok(None);
+    }
+    let mut tera = builtin_templates();
+    let all = sources
+        .iter()
+        .map(|(name, _, text)| (name.as_str(), text.as_str()));
+    match tera.add_raw_templates(all) {
+        Ok(()) => Ok(Some(tera)),
+        Err(error) => {
+            diagnostics.push(tera_error_diagnostic(dir, &error));
+            Ok(None)
+        }
+    }
+}
+
+/// A Tera instance holding only the runtime's own templates.
+pub fn builtin_templates() -> Tera {
+    let mut tera = Tera::new();
+    tera.add_raw_templates(BUILTIN_TEMPLATES.iter().copied())
+        .expect("built-in templates compile (checked by a unit test)");
+    tera
+}
+
+fn template_diagnostic(path: &Path, report: &tera::ReportError) -> Diagnostic {
+    let span = report.span();
+    Diagnostic {
+        file: path.to_path_buf(),
+        line: span.start_line,
+        column: span.start_col + 1,
+        message: report.message().to_string(),
+    }
+}
+
+fn tera_error_diagnostic(dir: &Path, error: &tera::Error) -> Diagnostic {
+    match error.kind() {
+        tera::ErrorKind::SyntaxError(report) | tera::ErrorKind::RenderingError(report) => {
+            template_diagnostic(&dir.join(report.filename()), report)
+        }
+        tera::ErrorKind::MissingParent { current, .. }
+        | tera::ErrorKind::CircularExtend { tpl: current, .. } => Diagnostic {
+            file: dir.join(current),
+            line: 1,
+            column: 1,
+            message: error.to_string(),
+        },
+        _ => Diagnostic {
+            file: dir.to_path_buf(),
+            line: 0,
+            column: 0,
+            message: error.to_string(),
+        },
+    }
+}
+
+fn compile_scripts(
+    dir: &Path,
+    project: &str,
+    limits: &Limits,
+    diagnostics: &mut Vec<Diagnostic>,
+) -> Result<Option<ScriptHost>, LoadError> {
+    let events = dir.join("events");
+    let mut files = Vec::new();
+    if events.is_dir() {
+        for path in sorted_entries(&events)? {
+            if path.extension().is_some_and(|e| e == "rhai") && path.is_file() {
+                let name = format!(
+                    "events/{}",
+                    path.file_name()
+                        .and_then(|n| n.to_str())
+                        .unwrap_or_default()
+                );
+                files.push(SourceFile {
+                    name,
+                    text: read_text(&path)?,
+                });
+            }
+        }
+    }
+    match ScriptHost::compile(project, files, limits, |_| {}) {
+        Ok(host) => Ok(Some(host)),
+        Err(errors) => {
+            diagnostics.extend(
+                errors
+                    .into_iter()
+                    .map(|e: script::CompileError| Diagnostic {
+                        file: dir.join(&e.file),
+                        line: e.line,
+                        column: e.column,
+                        message: e.message,
+                    }),
+            );
+            Ok(None)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builtin_templates_compile() {
+        let tera = builtin_templates();
+        assert!(tera.get_template_names().any(|n| n == "sb/layout.html"));
+    }
+
+    #[test]
+    fn line_and_column_are_one_based() {
+        assert_eq!(line_and_column("ab\ncd", 0), (1, 1));
+        assert_eq!(line_and_column("ab\ncd", 4), (2, 2));
+    }
+
+    #[test]
+    fn names() {
+        assert!(is_valid_name("home-2_a"));
+        assert!(!is_valid_name("../x"));
+        assert!(!is_valid_name(""));
+        assert!(!is_valid_name("a b"));
+    }
+}

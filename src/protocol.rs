@@ -1,0 +1,213 @@
+//! The wire contract between the browser runtime and the server: the frames a
+//! client may send and the replies it gets back (see `docs/protocol.md`).
+//!
+//! Parsing is pure and total: any text in, a [`ClientFrame`] or a
+//! [`Rejection`] out, never a panic. What a frame *does* is decided elsewhere
+//! (`session`); how it travels (HTTP body, WebSocket text frame) is
+//! `transport`'s business.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::answer::{Action, Status};
+
+/// A command as sent by an object on the page.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Command {
+    pub seq: Option<u64>,
+    /// The id of the object that sent it (a button, a field…).
+    pub object: Option<String>,
+    pub name: String,
+    #[serde(default)]
+    pub param: String,
+    /// The page the object is on.
+    pub page: Option<String>,
+}
+
+/// The client reports that a page (usually a popup) was closed.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PageClosed {
+    pub seq: Option<u64>,
+    pub page: String,
+}
+
+/// Everything a client may send.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ClientFrame {
+    Command(Command),
+    PageClosed(PageClosed),
+}
+
+impl ClientFrame {
+    pub fn seq(&self) -> Option<u64> {
+        match self {
+            ClientFrame::Command(command) => command.seq,
+            ClientFrame::PageClosed(closed) => closed.seq,
+        }
+    }
+}
+
+/// The answer to one frame.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Reply {
+    pub seq: Option<u64>,
+    pub status: Status,
+    pub actions: Vec<Action>,
+}
+
+/// A frame the server refused to act on; the connection stays usable.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Rejection {
+    /// Echoed when the frame was JSON with a numeric `seq`, so the client can
+    /// match the rejection to what it sent.
+    pub seq: Option<u64>,
+    pub status: &'static str,
+    pub reason: String,
+}
+
+impl Rejection {
+    pub fn new(seq: Option<u64>, reason: impl Into<String>) -> Self {
+        Rejection {
+            seq,
+            status: "rejected",
+            reason: reason.into(),
+        }
+    }
+}
+
+/// Parses one frame of at most `max_bytes` bytes.
+pub fn parse_frame(text: &str, max_bytes: usize) -> Result<ClientFrame, Rejection> {
+    if text.len() > max_bytes {
+        return Err(Rejection::new(
+            None,
+            format!(
+                "frame of {} bytes exceeds the limit of {max_bytes} bytes",
+                text.len()
+            ),
+        ));
+    }
+    serde_json::from_str::<ClientFrame>(text).map_err(|error| {
+        Rejection::new(seq_of_malformed(text), format!("malformed frame: {error}"))
+    })
+}
+
+/// Best effort: the `seq` of a frame that did not parse as a [`ClientFrame`].
+fn seq_of_malformed(text: &str) -> Option<u64> {
+    match serde_json::from_str::<Value>(text) {
+        Ok(Value::Object(map)) => map.get("seq").and_then(Value::as_u64),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMIT: usize = 1024;
+
+    #[test]
+    fn command_with_every_field() {
+        let frame = parse_frame(
+            r#"{"type":"command","seq":12,"object":"dimmer1","name":"dimmer","param":"40","page":"home"}"#,
+            LIMIT,
+        )
+        .unwrap();
+        assert_eq!(
+            frame,
+            ClientFrame::Command(Command {
+                seq: Some(12),
+                object: Some("dimmer1".into()),
+                name: "dimmer".into(),
+                param: "40".into(),
+                page: Some("home".into()),
+            })
+        );
+    }
+
+    #[test]
+    fn command_with_only_a_name() {
+        let frame = parse_frame(r#"{"type":"command","name":"light"}"#, LIMIT).unwrap();
+        assert_eq!(frame.seq(), None);
+        let ClientFrame::Command(command) = frame else {
+            panic!("not a command")
+        };
+        assert_eq!(command.param, "");
+        assert_eq!(command.object, None);
+    }
+
+    #[test]
+    fn page_closed() {
+        let frame = parse_frame(r#"{"type":"page_closed","seq":13,"page":"popup2"}"#, LIMIT);
+        assert_eq!(
+            frame,
+            Ok(ClientFrame::PageClosed(PageClosed {
+                seq: Some(13),
+                page: "popup2".into()
+            }))
+        );
+    }
+
+    #[test]
+    fn rejections_keep_the_seq_when_they_can() {
+        let cases = [
+            (r#"{"type":"command","seq":4}"#, Some(4)),
+            (r#"{"type":"launch","seq":5,"name":"x"}"#, Some(5)),
+            (r#"{"type":"command","seq":6,"name":7}"#, Some(6)),
+            (r#"{"type":"command","seq":"7","name":"x"}"#, None),
+            (
+                r#"{"type":"command","seq":8,"name":"x","extra":1}"#,
+                Some(8),
+            ),
+            ("not json", None),
+            ("", None),
+            ("[1,2]", None),
+            ("null", None),
+            (r#"{"seq":9}"#, Some(9)),
+        ];
+        for (text, seq) in cases {
+            let rejection = parse_frame(text, LIMIT).expect_err(text);
+            assert_eq!(rejection.seq, seq, "{text}");
+            assert_eq!(rejection.status, "rejected");
+            assert!(
+                rejection.reason.starts_with("malformed frame"),
+                "{text}: {}",
+                rejection.reason
+            );
+        }
+    }
+
+    #[test]
+    fn oversized_frame_is_rejected_before_parsing() {
+        let text = format!(
+            r#"{{"type":"command","name":"x","param":"{}"}}"#,
+            "a".repeat(LIMIT)
+        );
+        let rejection = parse_frame(&text, LIMIT).unwrap_err();
+        assert!(
+            rejection.reason.contains("exceeds the limit"),
+            "{}",
+            rejection.reason
+        );
+    }
+
+    #[test]
+    fn reply_wire_shape() {
+        let reply = Reply {
+            seq: Some(3),
+            status: Status::Unhandled,
+            actions: vec![],
+        };
+        assert_eq!(
+            serde_json::to_string(&reply).unwrap(),
+            r#"{"seq":3,"status":"unhandled","actions":[]}"#
+        );
+        let rejection = Rejection::new(None, "bad");
+        assert_eq!(
+            serde_json::to_string(&rejection).unwrap(),
+            r#"{"seq":null,"status":"rejected","reason":"bad"}"#
+        );
+    }
+}

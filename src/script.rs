@@ -1,0 +1,518 @@
+//! The Rhai host: one sandboxed engine per project, the project's compiled
+//! scripts, and calling their callbacks under per-call limits.
+//!
+//! Scripts are compiled once and their ASTs reused for every call. Every
+//! script failure — a thrown error, a limit hit, a wall-clock overrun — comes
+//! back as a [`ScriptError`] value; nothing a script does can panic the host.
+//! This module does not know about sessions or the Command API: it returns
+//! the raw [`Dynamic`] a callback produced and leaves meaning to its callers.
+
+use std::cell::Cell;
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use rhai::{AST, CallFnOptions, Dynamic, Engine, EvalAltResult, Position, Scope};
+use serde::Deserialize;
+use tracing::{debug, info};
+
+/// Per-call sandbox limits, from `[limits]` in `project.toml`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Rhai operations one callback may run (a loop iteration is a few).
+    pub max_operations: u64,
+    /// Nesting of function calls (guards against runaway recursion).
+    pub max_call_levels: usize,
+    /// Bytes in any one string.
+    pub max_string_size: usize,
+    /// Items in any one array.
+    pub max_array_size: usize,
+    /// Entries in any one map.
+    pub max_map_size: usize,
+    /// Wall-clock time one callback may run, in milliseconds.
+    pub timeout_ms: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        // Generous for UI glue (thousands of loop iterations, megabyte
+        // strings) yet small enough that a runaway handler is stopped well
+        // before a user gives up on the tap.
+        Limits {
+            max_operations: 5_000_000,
+            max_call_levels: 64,
+            max_string_size: 1 << 20,
+            max_array_size: 100_000,
+            max_map_size: 100_000,
+            timeout_ms: 2_000,
+        }
+    }
+}
+
+/// One source file handed to [`ScriptHost::compile`].
+#[derive(Debug, Clone)]
+pub struct SourceFile {
+    /// Name used in errors and logs, e.g. `events/10-lights.rhai`.
+    pub name: String,
+    pub text: String,
+}
+
+/// A compile error with its place in the source.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CompileError {
+    pub file: String,
+    pub line: usize,
+    pub column: usize,
+    pub message: String,
+}
+
+/// Why a callback did not return a value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ScriptErrorKind {
+    /// The script threw or hit a runtime error (bad type, missing function…).
+    Runtime,
+    /// The operations limit stopped it.
+    TooManyOperations,
+    /// The wall-clock limit stopped it.
+    Timeout,
+    /// Another sandbox limit stopped it (call depth, string/array/map size).
+    ResourceLimit,
+}
+
+/// A callback that failed, with where it failed.
+///
+/// Limit stops have no line: Rhai resets the position of such errors to the
+/// call site when they leave a function, so only the script and the
+/// callback are known.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{script}{}: {callback}: {message}", place(*.line, *.column))]
+pub struct ScriptError {
+    pub kind: ScriptErrorKind,
+    pub script: String,
+    pub callback: String,
+    pub line: usize,
+    pub column: usize,
+    pub message: String,
+}
+
+struct Script {
+    name: String,
+    ast: AST,
+    /// `name/arity` of every function the script defines.
+    callbacks: HashSet<String>,
+}
+
+/// A project's engine and compiled scripts.
+pub struct ScriptHost {
+    engine: Engine,
+    scripts: Vec<Script>,
+    timeout: Duration,
+}
+
+/// Stack of the threads that run callbacks: deep (but limited) recursion in
+/// a script must hit the call-depth limit, never the end of the stack.
+const SCRIPT_THREAD_STACK: usize = 16 << 20;
+
+/// Most callbacks running at once; more wait their turn. Each runaway
+/// handler holds one until its wall-clock limit.
+const MAX_SCRIPT_THREADS: usize = 256;
+
+/// Runs `job` on the script threads and waits for it without blocking the
+/// caller's async worker.
+pub async fn run_off_async<T: Send + 'static>(
+    job: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, tokio::task::JoinError> {
+    static POOL: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
+    let pool = POOL.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .max_blocking_threads(MAX_SCRIPT_THREADS)
+            .thread_stack_size(SCRIPT_THREAD_STACK)
+            .thread_name("script")
+            .build()
+            .expect("the script thread pool starts")
+    });
+    pool.spawn_blocking(job).await
+}
+
+thread_local! {
+    // The wall-clock deadline of the callback running on this thread. The
+    // engine's progress hook is shared by all threads, so per-call state has
+    // to live here rather than in the hook's closure.
+    static DEADLINE: Cell<Option<Instant>> = const { Cell::new(None) };
+}
+
+/// Markers the progress hook terminates a script with, to tell the limits
+/// apart.
+const TIMEOUT_TOKEN: &str = "wall-clock limit";
+const OPERATIONS_TOKEN: &str = "operations limit";
+
+/// Checking the clock on every operation would cost more than the operation;
+/// every 256th keeps the overrun to microseconds.
+const CLOCK_CHECK_MASK: u64 = 0xFF;
+
+impl ScriptHost {
+    /// Builds the sandboxed engine and compiles every file, in the order
+    /// given. Returns every compile error, not just the first.
+    pub fn compile(
+        project: &str,
+        files: Vec<SourceFile>,
+        limits: &Limits,
+        register: impl FnOnce(&mut Engine),
+    ) -> Result<ScriptHost, Vec<CompileError>> {
+        let mut engine = sandboxed_engine(project, limits);
+        register(&mut engine);
+        let mut scripts = Vec::with_capacity(files.len());
+        let mut errors = Vec::new();
+        for file in files {
+            match compile_one(&engine, file) {
+                Ok(script) => scripts.push(script),
+                Err(error) => errors.push(error),
+            }
+        }
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        Ok(ScriptHost {
+            engine,
+            scripts,
+            timeout: Duration::from_millis(limits.timeout_ms),
+        })
+    }
+
+    /// Whether any script defines `callback` with `arity` parameters.
+    pub fn defines(&self, callback: &str, arity: usize) -> bool {
+        let key = callback_key(callback, arity);
+        self.scripts.iter().any(|s| s.callbacks.contains(&key))
+    }
+
+    /// Calls `callback` in each script that defines it, in file order, and
+    /// returns the first answer that is not `()` (HSYCO's plugin chain).
+    /// `Ok(None)`: no script answered. A failing script stops the chain.
+    pub fn call_first(
+        &self,
+        callback: &str,
+        args: Vec<Dynamic>,
+    ) -> Result<Option<Dynamic>, ScriptError> {
+        let key = callback_key(callback, args.len());
+        for script in self.scripts.iter().filter(|s| s.callbacks.contains(&key)) {
+            let answer = self.call(script, callback, args.clone())?;
+            if !answer.is_unit() {
+                return Ok(Some(answer));
+            }
+        }
+        Ok(None)
+    }
+
+    fn call(
+        &self,
+        script: &Script,
+        callback: &str,
+        args: Vec<Dynamic>,
+    ) -> Result<Dynamic, ScriptError> {
+        let options = CallFnOptions::new().eval_ast(false).rewind_scope(true);
+        let mut scope = Scope::new();
+        DEADLINE.set(Some(Instant::now() + self.timeout));
+        let result = self.engine.call_fn_with_options::<Dynamic>(
+            options,
+            &mut scope,
+            &script.ast,
+            callback,
+            args,
+        );
+        DEADLINE.set(None);
+        result.map_err(|error| script_error(&script.name, callback, *error))
+    }
+}
+
+fn sandboxed_engine(project: &str, limits: &Limits) -> Engine {
+    let mut engine = Engine::new();
+    // No `import` of files: a project's scripts are exactly the files in its
+    // `events/` folder.
+    engine.set_module_resolver(rhai::module_resolvers::DummyModuleResolver::new());
+    engine.disable_symbol("eval");
+    // Undeclared variables are compile errors, reported with file:line:col,
+    // instead of surprises at run time.
+    engine.set_strict_variables(true);
+    // The operations limit is enforced in the progress hook rather than by
+    // `set_max_operations`: a termination from the hook carries the script
+    // position, the built-in limit error does not.
+    engine.set_max_call_levels(limits.max_call_levels);
+    // Rhai's defaults differ between debug and release builds (16 vs 32 in
+    // functions); a project must compile the same under both.
+    engine.set_max_expr_depths(64, 64);
+    engine.set_max_string_size(limits.max_string_size);
+    engine.set_max_array_size(limits.max_array_size);
+    engine.set_max_map_size(limits.max_map_size);
+    let max_operations = limits.max_operations;
+    engine.on_progress(move |operations| {
+        if max_operations > 0 && operations > max_operations {
+            return Some(OPERATIONS_TOKEN.into());
+        }
+        if operations & CLOCK_CHECK_MASK != 0 {
+            return None;
+        }
+        match DEADLINE.get() {
+            Some(deadline) if Instant::now() >= deadline => Some(TIMEOUT_TOKEN.into()),
+            _ => None,
+        }
+    });
+    let print_project = project.to_string();
+    engine.on_print(
+        move |text| info!(target: "switchboard::script", project = %print_project, "{text}"),
+    );
+    let debug_project = project.to_string();
+    engine.on_debug(move |text, source, position| {
+        debug!(target: "switchboard::script", project = %debug_project,
+            "{}:{}: {text}", source.unwrap_or("?"), position_text(position))
+    });
+    engine
+}
+
+fn compile_one(engine: &Engine, file: SourceFile) -> Result<Script, CompileError> {
+    let mut ast = engine.compile(&file.text).map_err(|error| CompileError {
+        file: file.name.clone(),
+        line: error.1.line().unwrap_or(0),
+        column: error.1.position().unwrap_or(0),
+        message: error.0.to_string(),
+    })?;
+    ast.set_source(file.name.as_str());
+    let callbacks = ast
+        .iter_functions()
+        .map(|function| callback_key(function.name, function.params.len()))
+        .collect();
+    Ok(Script {
+        name: file.name,
+        ast,
+        callbacks,
+    })
+}
+
+fn place(line: usize, column: usize) -> String {
+    if line == 0 {
+        String::new()
+    } else {
+        format!(":{line}:{column}")
+    }
+}
+
+fn callback_key(name: &str, arity: usize) -> String {
+    format!("{name}/{arity}")
+}
+
+fn position_text(position: Position) -> String {
+    match (position.line(), position.position()) {
+        (Some(line), Some(column)) => format!("{line}:{column}"),
+        (Some(line), None) => line.to_string(),
+        _ => "?".into(),
+    }
+}
+
+/// Flattens Rhai's error (errors inside nested function calls arrive wrapped)
+/// into the innermost cause and its position.
+fn script_error(script: &str, callback: &str, error: EvalAltResult) -> ScriptError {
+    let mut error = error;
+    while let EvalAltResult::ErrorInFunctionCall(_, _, inner, _)
+    | EvalAltResult::ErrorInModule(_, inner, _) = error
+    {
+        error = *inner;
+    }
+    let position = error.position();
+    let kind = match &error {
+        EvalAltResult::ErrorTooManyOperations(_) => ScriptErrorKind::TooManyOperations,
+        EvalAltResult::ErrorTerminated(token, _) if token.to_string() == OPERATIONS_TOKEN => {
+            ScriptErrorKind::TooManyOperations
+        }
+        EvalAltResult::ErrorTerminated(token, _) if token.to_string() == TIMEOUT_TOKEN => {
+            ScriptErrorKind::Timeout
+        }
+        EvalAltResult::ErrorStackOverflow(_)
+        | EvalAltResult::ErrorDataTooLarge(..)
+        | EvalAltResult::ErrorTooManyVariables(_)
+        | EvalAltResult::ErrorTooManyModules(_) => ScriptErrorKind::ResourceLimit,
+        _ => ScriptErrorKind::Runtime,
+    };
+    let message = match kind {
+        ScriptErrorKind::Timeout => "stopped by the wall-clock limit".to_string(),
+        ScriptErrorKind::TooManyOperations => "stopped by the operations limit".to_string(),
+        _ => error.to_string(),
+    };
+    ScriptError {
+        kind,
+        script: script.to_string(),
+        callback: callback.to_string(),
+        line: position.line().unwrap_or(0),
+        column: position.position().unwrap_or(0),
+        message,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn host(text: &str, limits: Limits) -> ScriptHost {
+        let files = vec![SourceFile {
+            name: "events/test.rhai".into(),
+            text: text.into(),
+        }];
+        ScriptHost::compile("test", files, &limits, |_| {}).expect("compiles")
+    }
+
+    fn args(values: &[&str]) -> Vec<Dynamic> {
+        values
+            .iter()
+            .map(|v| Dynamic::from(v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn calls_the_handler_with_four_strings() {
+        let host = host(
+            r#"fn userCommand(session, userid, name, param) { `${name}=${param}` }"#,
+            Limits::default(),
+        );
+        let answer = host
+            .call_first("userCommand", args(&["s", "", "light", "on"]))
+            .unwrap();
+        assert_eq!(answer.unwrap().into_string().unwrap(), "light=on");
+    }
+
+    #[test]
+    fn first_script_with_an_answer_wins() {
+        let files = vec![
+            SourceFile {
+                name: "events/a.rhai".into(),
+                text: r#"fn userCommand(s, u, n, p) { if n == "a" { "from a" } }"#.into(),
+            },
+            SourceFile {
+                name: "events/b.rhai".into(),
+                text: r#"fn userCommand(s, u, n, p) { "from b" }"#.into(),
+            },
+        ];
+        let host = ScriptHost::compile("t", files, &Limits::default(), |_| {}).unwrap();
+        let call = |name: &str| {
+            host.call_first("userCommand", args(&["s", "", name, ""]))
+                .unwrap()
+                .unwrap()
+                .into_string()
+                .unwrap()
+        };
+        assert_eq!(call("a"), "from a");
+        assert_eq!(call("x"), "from b");
+    }
+
+    #[test]
+    fn no_answer_is_none() {
+        let host = host("fn userCommand(s, u, n, p) { }", Limits::default());
+        assert_eq!(
+            host.call_first("userCommand", args(&["s", "", "n", ""]))
+                .unwrap()
+                .map(|d| d.type_name()),
+            None
+        );
+        assert!(host.call_first("missing", vec![]).unwrap().is_none());
+    }
+
+    #[test]
+    fn compile_errors_name_file_line_and_column() {
+        let files = vec![SourceFile {
+            name: "events/bad.rhai".into(),
+            text: "fn userCommand(s, u, n, p) {\n  let x = ;\n}".into(),
+        }];
+        let errors = ScriptHost::compile("t", files, &Limits::default(), |_| {})
+            .err()
+            .unwrap();
+        assert_eq!(errors.len(), 1);
+        assert_eq!(
+            (errors[0].file.as_str(), errors[0].line),
+            ("events/bad.rhai", 2)
+        );
+        assert!(errors[0].column > 0);
+    }
+
+    #[test]
+    fn undeclared_variables_fail_at_compile_time() {
+        let files = vec![SourceFile {
+            name: "e.rhai".into(),
+            text: "fn f() { nope + 1 }".into(),
+        }];
+        assert!(ScriptHost::compile("t", files, &Limits::default(), |_| {}).is_err());
+    }
+
+    #[test]
+    fn eval_and_import_are_refused() {
+        let files = vec![SourceFile {
+            name: "e.rhai".into(),
+            text: r#"fn f() { eval("1") }"#.into(),
+        }];
+        assert!(ScriptHost::compile("t", files, &Limits::default(), |_| {}).is_err());
+        let host = host(r#"fn f() { import "secrets" as s; 1 }"#, Limits::default());
+        let error = host.call_first("f", vec![]).unwrap_err();
+        assert_eq!(error.kind, ScriptErrorKind::Runtime);
+    }
+
+    #[test]
+    fn an_infinite_loop_hits_the_operations_limit() {
+        let limits = Limits {
+            max_operations: 10_000,
+            ..Limits::default()
+        };
+        let error = host("fn f() {\n  let x = 0;\n  loop { x += 1; }\n}", limits)
+            .call_first("f", vec![])
+            .unwrap_err();
+        assert_eq!(error.kind, ScriptErrorKind::TooManyOperations);
+        assert_eq!(
+            error.to_string(),
+            "events/test.rhai: f: stopped by the operations limit"
+        );
+    }
+
+    #[test]
+    fn an_infinite_loop_hits_the_clock() {
+        let limits = Limits {
+            max_operations: 0,
+            timeout_ms: 50,
+            ..Limits::default()
+        };
+        let error = host("fn f() { let x = 0; loop { x += 1; } }", limits)
+            .call_first("f", vec![])
+            .unwrap_err();
+        assert_eq!(error.kind, ScriptErrorKind::Timeout);
+    }
+
+    #[test]
+    fn runaway_recursion_and_huge_strings_are_stopped() {
+        let limits = Limits {
+            max_call_levels: 16,
+            max_string_size: 1000,
+            ..Limits::default()
+        };
+        let host = host(
+            "fn r(n) { r(n + 1) }\nfn s() { let x = \"a\"; loop { x += x; } }",
+            limits,
+        );
+        assert_eq!(
+            host.call_first("r", vec![Dynamic::from(0_i64)])
+                .unwrap_err()
+                .kind,
+            ScriptErrorKind::ResourceLimit
+        );
+        assert_eq!(
+            host.call_first("s", vec![]).unwrap_err().kind,
+            ScriptErrorKind::ResourceLimit
+        );
+    }
+
+    #[test]
+    fn thrown_errors_carry_the_inner_position() {
+        let host = host(
+            "fn helper() {\n  throw \"boom\";\n}\nfn f() { helper() }",
+            Limits::default(),
+        );
+        let error = host.call_first("f", vec![]).unwrap_err();
+        assert_eq!(error.kind, ScriptErrorKind::Runtime);
+        assert_eq!(error.line, 2);
+        assert!(error.message.contains("boom"), "{}", error.message);
+    }
+}

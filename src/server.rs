@@ -1,0 +1,120 @@
+//! Starting and stopping the HTTP server: load the projects, bind, print
+//! where to go, and on SIGTERM/Ctrl-C close every WebSocket and stop within
+//! the shutdown timeout instead of waiting for clients to leave.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use actix_web::{App, HttpServer, web};
+use tracing::{error, info};
+
+use crate::project;
+use crate::transport::{self, AppState};
+
+/// The validated server configuration.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub projects_dir: PathBuf,
+    pub bind: SocketAddr,
+    pub shutdown_timeout_secs: u64,
+}
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    /// The projects folder could not be read.
+    #[error("cannot read the projects folder: {0}")]
+    Projects(#[from] project::LoadError),
+    /// The listening address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    /// The server stopped with an I/O error.
+    #[error("server error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Runs the server until it is told to stop.
+pub fn run(config: ServerConfig) -> Result<(), StartupError> {
+    actix_web::rt::System::new().block_on(serve(config))
+}
+
+async fn serve(config: ServerConfig) -> Result<(), StartupError> {
+    let project::Loaded {
+        projects: loaded,
+        failed,
+    } = project::load_all(&config.projects_dir)?;
+    for (dir, error) in &failed {
+        error!(
+            "project {} is not served, it has errors:\n{error}",
+            dir.display()
+        );
+    }
+    let names: Vec<String> = loaded.iter().map(|p| p.name.clone()).collect();
+    let state = web::Data::new(AppState::new(loaded));
+    let app_state = state.clone();
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(app_state.clone())
+            .configure(transport::routes)
+    })
+    .disable_signals()
+    .shutdown_timeout(config.shutdown_timeout_secs)
+    .bind(config.bind)
+    .map_err(|source| StartupError::Bind {
+        addr: config.bind,
+        source,
+    })?;
+    let addr = server.addrs().first().copied().unwrap_or(config.bind);
+    announce(addr, &names);
+    let server = server.run();
+    let handle = server.handle();
+    actix_web::rt::spawn(async move {
+        wait_for_stop_signal().await;
+        info!("stopping: closing WebSockets");
+        state.begin_shutdown();
+        // Give the close frames a moment to leave before connections drop.
+        actix_web::rt::time::sleep(Duration::from_millis(100)).await;
+        handle.stop(true).await;
+    });
+    server.await?;
+    info!("stopped");
+    Ok(())
+}
+
+/// The first lines on stdout: where to open the projects. Tests read the
+/// `listening on` line to find an ephemeral port.
+fn announce(addr: SocketAddr, projects: &[String]) {
+    println!("Switchboard listening on http://{addr}/");
+    for name in projects {
+        println!("  project {name}: http://{addr}/{name}/");
+    }
+    if projects.is_empty() {
+        println!("  no projects are served (see the log)");
+    }
+}
+
+async fn wait_for_stop_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut terminate) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = terminate.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

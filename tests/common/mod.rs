@@ -1,0 +1,303 @@
+//! The fixture every integration test uses: the real `switchboard` binary on
+//! an ephemeral port, its log kept and printed when a test fails, stopped on
+//! drop; plus small HTTP and WebSocket client helpers.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::Value;
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+pub type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// How long a test waits for any single reply before failing.
+pub const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub fn test_projects() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/projects")
+}
+
+pub fn demo_projects() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("projects")
+}
+
+pub struct Server {
+    child: Child,
+    /// `127.0.0.1:PORT`
+    pub addr: String,
+    log: Arc<Mutex<String>>,
+}
+
+impl Server {
+    /// Starts the server on the projects under `projects` and waits until it listens.
+    pub fn start(projects: &Path) -> Server {
+        Self::start_with(projects, &[])
+    }
+
+    pub fn start_with(projects: &Path, extra_args: &[&str]) -> Server {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_switchboard"))
+            .arg("--projects")
+            .arg(projects)
+            .args(["--bind", "127.0.0.1:0"])
+            .args(extra_args)
+            .env("SWITCHBOARD_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("the switchboard binary starts");
+        let log = Arc::new(Mutex::new(String::new()));
+        relay(child.stderr.take().unwrap(), log.clone());
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        let mut addr = None;
+        let mut line = String::new();
+        while stdout.read_line(&mut line).unwrap_or(0) > 0 {
+            if let Some(rest) = line.trim().strip_prefix("Switchboard listening on http://") {
+                addr = Some(rest.trim_end_matches('/').to_string());
+                break;
+            }
+            line.clear();
+        }
+        relay(stdout.into_inner(), log.clone());
+        let Some(addr) = addr else {
+            let _ = child.kill();
+            std::thread::sleep(Duration::from_millis(200));
+            panic!("server did not start; its log:\n{}", log.lock().unwrap());
+        };
+        Server { child, addr, log }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub fn ws_url(&self, path: &str) -> String {
+        format!("ws://{}{}", self.addr, path)
+    }
+
+    /// Everything the server logged so far.
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Waits until the log contains `needle` (log lines are written after replies).
+    pub fn wait_for_log(&self, needle: &str) -> String {
+        let deadline = Instant::now() + REPLY_TIMEOUT;
+        loop {
+            let log = self.log();
+            if log.contains(needle) {
+                return log;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "log never contained {needle:?}; log:\n{log}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends a signal and waits for the process to exit; returns how long it took.
+    pub fn signal_and_wait(&mut self, signal: &str) -> Duration {
+        let started = Instant::now();
+        let status = Command::new("kill")
+            .args([&format!("-{signal}"), &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if self.child.try_wait().unwrap().is_some() {
+                return started.elapsed();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "server did not exit after SIG{signal}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// A client holding a fresh session of `project` (cookie included).
+    pub async fn client(&self, project: &str) -> Client {
+        let http = reqwest::Client::builder()
+            .cookie_store(true)
+            .build()
+            .unwrap();
+        let response = http
+            .post(self.url(&format!("/{project}/api/session")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            response.status(),
+            200,
+            "session creation failed: {:?}",
+            response.text().await
+        );
+        let cookie = response
+            .headers()
+            .get_all("set-cookie")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .find(|v| v.starts_with("sb_session="))
+            .expect("a session cookie")
+            .to_string();
+        let session = cookie
+            .split(';')
+            .next()
+            .unwrap()
+            .trim_start_matches("sb_session=")
+            .to_string();
+        Client {
+            http,
+            base: self.url(&format!("/{project}")),
+            ws_base: self.ws_url(&format!("/{project}")),
+            session,
+            set_cookie: cookie,
+        }
+    }
+}
+
+fn relay(stream: impl Read + Send + 'static, log: Arc<Mutex<String>>) {
+    std::thread::spawn(move || {
+        let reader = BufReader::new(stream);
+        for line in reader.lines().map_while(Result::ok) {
+            let mut log = log.lock().unwrap();
+            log.push_str(&line);
+            log.push('\n');
+        }
+    });
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            std::thread::sleep(Duration::from_millis(50));
+            eprintln!("---- server log ----\n{}\n--------------------", self.log());
+        }
+    }
+}
+
+/// One session of one project, over HTTP or WebSocket.
+pub struct Client {
+    pub http: reqwest::Client,
+    pub base: String,
+    pub ws_base: String,
+    pub session: String,
+    /// The whole `Set-Cookie` header the server sent.
+    pub set_cookie: String,
+}
+
+impl Client {
+    /// POSTs a frame to the command endpoint; returns status and JSON body.
+    pub async fn post(&self, frame: &Value) -> (u16, Value) {
+        self.post_raw(frame.to_string()).await
+    }
+
+    pub async fn post_raw(&self, body: String) -> (u16, Value) {
+        let response = self
+            .http
+            .post(format!("{}/api/command", self.base))
+            .header("content-type", "application/json")
+            .body(body.clone())
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        let text = response.text().await.unwrap();
+        let json = serde_json::from_str(&text)
+            .unwrap_or_else(|_| panic!("sent {body}, got non-JSON {status}: {text}"));
+        (status, json)
+    }
+
+    /// Sends a command over HTTP and returns the reply.
+    pub async fn command(&self, name: &str, param: &str) -> Value {
+        let (status, reply) = self
+            .post(&serde_json::json!({"type":"command","seq":1,"name":name,"param":param}))
+            .await;
+        assert_eq!(status, 200, "{name}({param}) got {status}: {reply}");
+        reply
+    }
+
+    pub async fn socket(&self) -> Socket {
+        self.socket_with_origin(None)
+            .await
+            .expect("WebSocket connects")
+    }
+
+    pub async fn socket_with_origin(
+        &self,
+        origin: Option<&str>,
+    ) -> Result<Socket, tokio_tungstenite::tungstenite::Error> {
+        let mut request = format!("{}/api/ws", self.ws_base)
+            .into_client_request()
+            .unwrap();
+        let headers = request.headers_mut();
+        headers.insert(
+            "cookie",
+            HeaderValue::from_str(&format!("sb_session={}", self.session)).unwrap(),
+        );
+        if let Some(origin) = origin {
+            headers.insert("origin", HeaderValue::from_str(origin).unwrap());
+        }
+        tokio_tungstenite::connect_async(request)
+            .await
+            .map(|(socket, _)| socket)
+    }
+}
+
+/// Sends a JSON frame on a socket.
+pub async fn send(socket: &mut Socket, frame: &Value) {
+    socket
+        .send(Message::text(frame.to_string()))
+        .await
+        .expect("frame sent");
+}
+
+/// The next JSON text message, skipping pings; fails after [`REPLY_TIMEOUT`].
+pub async fn receive(socket: &mut Socket) -> Value {
+    loop {
+        let message = tokio::time::timeout(REPLY_TIMEOUT, socket.next())
+            .await
+            .expect("a reply within the timeout")
+            .expect("socket still open")
+            .expect("no socket error");
+        match message {
+            Message::Text(text) => {
+                return serde_json::from_str(&text)
+                    .unwrap_or_else(|_| panic!("reply is not JSON: {text}"));
+            }
+            Message::Ping(_) | Message::Pong(_) => continue,
+            other => panic!("expected a text reply, got {other:?}"),
+        }
+    }
+}
+
+/// Sends a command frame and returns its reply.
+pub async fn command(socket: &mut Socket, seq: u64, name: &str, param: &str) -> Value {
+    send(
+        socket,
+        &serde_json::json!({"type":"command","seq":seq,"name":name,"param":param}),
+    )
+    .await;
+    let reply = receive(socket).await;
+    assert_eq!(
+        reply["seq"], seq,
+        "reply to {name}({param}) has the wrong seq: {reply}"
+    );
+    reply
+}
