@@ -138,6 +138,7 @@ pub fn routes(config: &mut web::ServiceConfig) {
         .route("/{project}/api/command", web::post().to(http_command))
         .route("/{project}/api/ws", web::get().to(websocket))
         .route("/{project}/api/download", web::get().to(download))
+        .route("/{project}/api/page/{page}", web::get().to(page_fragment))
         .route("/{project}/{page}", web::get().to(page));
 }
 
@@ -220,6 +221,49 @@ fn render_page(
         Some(session) => (session, false),
         None => (state.sessions.create(&project.name, ""), true),
     };
+    let html = project
+        .templates
+        .render(&template, &page_context(&project, page))
+        .map_err(|error| render_failed(&project, page, error))?;
+    let mut response = HttpResponse::Ok();
+    response.content_type("text/html; charset=utf-8");
+    if is_new {
+        response.cookie(session_cookie(&project.name, &session));
+    }
+    Ok(response.body(html))
+}
+
+/// A page's `content` block alone, for the client to swap in (pages) or show
+/// in a modal (popups) without reloading the document.
+async fn page_fragment(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    path: web::Path<(String, String)>,
+) -> Result<HttpResponse, RequestError> {
+    let (name, page) = path.into_inner();
+    let project = state.project(&name)?;
+    require_session(&req, &state, &project.name)?;
+    let template = project
+        .template_of(&page)
+        .ok_or(RequestError::PageNotFound)?;
+    let context = page_context(&project, &page);
+    let html = project
+        .templates
+        .render_block(&template, "content", &context)
+        .map_err(|error| render_failed(&project, &page, error))?;
+    let title = project
+        .templates
+        .render_block(&template, "title", &context)
+        .unwrap_or_else(|_| project.settings.title.clone());
+    Ok(HttpResponse::Ok().json(serde_json::json!({
+        "name": page,
+        "kind": project.pages.get(&page),
+        "title": title.trim(),
+        "html": html,
+    })))
+}
+
+fn page_context(project: &Project, page: &str) -> tera::Context {
     let mut context = tera::Context::new();
     context.insert(
         "project",
@@ -233,19 +277,12 @@ fn render_page(
         "page",
         &serde_json::json!({ "name": page, "kind": project.pages.get(page) }),
     );
-    let html = project
-        .templates
-        .render(&template, &context)
-        .map_err(|error| {
-            error!(project = %project.name, page, "rendering failed: {error}");
-            RequestError::Render
-        })?;
-    let mut response = HttpResponse::Ok();
-    response.content_type("text/html; charset=utf-8");
-    if is_new {
-        response.cookie(session_cookie(&project.name, &session));
-    }
-    Ok(response.body(html))
+    context
+}
+
+fn render_failed(project: &Project, page: &str, error: tera::Error) -> RequestError {
+    error!(project = %project.name, page, "rendering failed: {error}");
+    RequestError::Render
 }
 
 // ---------------------------------------------------------------- sessions
@@ -271,6 +308,8 @@ fn require_session(
     session_of(req, state, project).ok_or(RequestError::NoSession)
 }
 
+/// Starts a session, or confirms the caller's one is still live (the
+/// browser runtime asks before reconnecting, e.g. after a server restart).
 async fn create_session(
     req: HttpRequest,
     state: web::Data<AppState>,
@@ -278,10 +317,13 @@ async fn create_session(
 ) -> Result<HttpResponse, RequestError> {
     let project = state.project(&name)?;
     check_origin(&req)?;
+    if session_of(&req, &state, &project.name).is_some() {
+        return Ok(HttpResponse::Ok().json(serde_json::json!({ "status": "ok", "resumed": true })));
+    }
     let session = state.sessions.create(&project.name, "");
     Ok(HttpResponse::Ok()
         .cookie(session_cookie(&project.name, &session))
-        .json(serde_json::json!({ "status": "ok" })))
+        .json(serde_json::json!({ "status": "ok", "resumed": false })))
 }
 
 /// A request from a browser carries `Origin`; it must name this server.

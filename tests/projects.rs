@@ -151,3 +151,53 @@ fn check_reports_template_errors_with_position() {
     );
     std::fs::remove_dir_all(dir.parent().unwrap()).unwrap();
 }
+
+#[tokio::test]
+async fn page_fragments_carry_the_content_block() {
+    let server = Server::start(&common::test_projects());
+    let client = server.client("testbed").await;
+    let fragment: serde_json::Value = client
+        .http
+        .get(format!("{}/api/page/popup2", client.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(fragment["kind"], "popup");
+    assert_eq!(fragment["html"], "<p>Popup two</p>");
+    let fragment: serde_json::Value = client
+        .http
+        .get(format!("{}/api/page/home", client.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(fragment["kind"], "page");
+    assert_eq!(fragment["title"], "Testbed");
+    let missing = client
+        .http
+        .get(format!("{}/api/page/nosuch", client.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(missing.status(), 404);
+}
+
+#[tokio::test]
+async fn an_existing_session_is_resumed_not_replaced() {
+    let server = Server::start(&common::test_projects());
+    let client = server.client("testbed").await;
+    let response = client
+        .http
+        .post(format!("{}/api/session", client.base))
+        .send()
+        .await
+        .unwrap();
+    assert!(response.headers().get("set-cookie").is_none());
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["resumed"], true);
+}
