@@ -18,10 +18,16 @@ use tera::Tera;
 use crate::script::{self, Limits, ScriptHost, SourceFile};
 
 /// Built-in templates, under a prefix project files cannot use.
-const BUILTIN_TEMPLATES: &[(&str, &str)] = &[(
-    "sb/layout.html",
-    include_str!("../web/templates/layout.html"),
-)];
+const BUILTIN_TEMPLATES: &[(&str, &str)] = &[
+    (
+        "sb/layout.html",
+        include_str!("../web/templates/layout.html"),
+    ),
+    (
+        "sb/components.html",
+        include_str!("../web/templates/components.html"),
+    ),
+];
 
 /// `project.toml`.
 #[derive(Debug, Clone, Deserialize)]
@@ -166,6 +172,16 @@ impl Project {
                 ),
             });
         }
+        if let Some(templates) = &templates {
+            check_pages_render(
+                dir,
+                &name,
+                &settings,
+                templates,
+                &page_files,
+                &mut diagnostics,
+            );
+        }
         match (templates, scripts) {
             (Some(templates), Some(scripts)) if diagnostics.is_empty() => Ok(Project {
                 name,
@@ -181,9 +197,82 @@ impl Project {
 
     /// The template of a page or popup, if the project has one by that name.
     pub fn template_of(&self, page: &str) -> Option<String> {
-        match self.pages.get(page)? {
-            PageKind::Page => Some(format!("pages/{page}.html")),
-            PageKind::Popup => Some(format!("popups/{page}.html")),
+        let kind = *self.pages.get(page)?;
+        Some(template_name(page, kind))
+    }
+
+    /// Renders a whole page document; `None` when there is no such page.
+    pub fn render_page(&self, page: &str) -> Option<Result<String, tera::Error>> {
+        let template = self.template_of(page)?;
+        Some(self.templates.render(&template, &self.page_context(page)))
+    }
+
+    /// Renders one block of a page (`content`, `title`) for the client to
+    /// swap in without reloading; `None` when there is no such page.
+    pub fn render_block(&self, page: &str, block: &str) -> Option<Result<String, tera::Error>> {
+        let template = self.template_of(page)?;
+        Some(
+            self.templates
+                .render_block(&template, block, &self.page_context(page)),
+        )
+    }
+
+    fn page_context(&self, page: &str) -> tera::Context {
+        page_context(
+            &self.name,
+            &self.settings,
+            page,
+            self.pages.get(page).copied(),
+        )
+    }
+}
+
+fn template_name(page: &str, kind: PageKind) -> String {
+    match kind {
+        PageKind::Page => format!("pages/{page}.html"),
+        PageKind::Popup => format!("popups/{page}.html"),
+    }
+}
+
+/// What every page template sees.
+fn page_context(
+    project: &str,
+    settings: &Settings,
+    page: &str,
+    kind: Option<PageKind>,
+) -> tera::Context {
+    let mut context = tera::Context::new();
+    context.insert(
+        "project",
+        &serde_json::json!({
+            "name": project,
+            "title": settings.title,
+            "toast_position": settings.toast_position,
+        }),
+    );
+    context.insert("page", &serde_json::json!({ "name": page, "kind": kind }));
+    context
+}
+
+/// Renders every page once at load, so that errors only rendering can find
+/// (a component given a wrong type, a missing block) are load errors with a
+/// position instead of a 500 on the first visit.
+fn check_pages_render(
+    dir: &Path,
+    project: &str,
+    settings: &Settings,
+    templates: &Tera,
+    pages: &[PageFile],
+    diagnostics: &mut Vec<Diagnostic>,
+) {
+    for page in pages {
+        let context = page_context(project, settings, &page.name, Some(page.kind));
+        if let Err(error) = templates.render(&page.template, &context) {
+            let mut diagnostic = tera_error_diagnostic(dir, &error);
+            if diagnostic.line == 0 {
+                diagnostic.file = page.path.clone();
+            }
+            diagnostics.push(diagnostic);
         }
     }
 }

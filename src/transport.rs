@@ -214,20 +214,14 @@ fn render_page(
     project: Arc<Project>,
     page: &str,
 ) -> Result<HttpResponse, RequestError> {
-    let template = project
-        .template_of(page)
+    let rendered = project
+        .render_page(page)
         .ok_or(RequestError::PageNotFound)?;
-    let (session, is_new) = match session_of(req, state, &project.name) {
-        Some(session) => (session, false),
-        None => (state.sessions.create(&project.name, ""), true),
-    };
-    let html = project
-        .templates
-        .render(&template, &page_context(&project, page))
-        .map_err(|error| render_failed(&project, page, error))?;
+    let html = rendered.map_err(|error| render_failed(&project, page, error))?;
     let mut response = HttpResponse::Ok();
     response.content_type("text/html; charset=utf-8");
-    if is_new {
+    if session_of(req, state, &project.name).is_none() {
+        let session = state.sessions.create(&project.name, "");
         response.cookie(session_cookie(&project.name, &session));
     }
     Ok(response.body(html))
@@ -243,41 +237,20 @@ async fn page_fragment(
     let (name, page) = path.into_inner();
     let project = state.project(&name)?;
     require_session(&req, &state, &project.name)?;
-    let template = project
-        .template_of(&page)
+    let rendered = project
+        .render_block(&page, "content")
         .ok_or(RequestError::PageNotFound)?;
-    let context = page_context(&project, &page);
-    let html = project
-        .templates
-        .render_block(&template, "content", &context)
-        .map_err(|error| render_failed(&project, &page, error))?;
-    let title = project
-        .templates
-        .render_block(&template, "title", &context)
-        .unwrap_or_else(|_| project.settings.title.clone());
+    let html = rendered.map_err(|error| render_failed(&project, &page, error))?;
+    let title = match project.render_block(&page, "title") {
+        Some(Ok(title)) => title.trim().to_string(),
+        _ => project.settings.title.clone(),
+    };
     Ok(HttpResponse::Ok().json(serde_json::json!({
         "name": page,
         "kind": project.pages.get(&page),
-        "title": title.trim(),
+        "title": title,
         "html": html,
     })))
-}
-
-fn page_context(project: &Project, page: &str) -> tera::Context {
-    let mut context = tera::Context::new();
-    context.insert(
-        "project",
-        &serde_json::json!({
-            "name": project.name,
-            "title": project.settings.title,
-            "toast_position": project.settings.toast_position,
-        }),
-    );
-    context.insert(
-        "page",
-        &serde_json::json!({ "name": page, "kind": project.pages.get(page) }),
-    );
-    context
 }
 
 fn render_failed(project: &Project, page: &str, error: tera::Error) -> RequestError {
