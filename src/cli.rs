@@ -22,6 +22,14 @@ pub struct Args {
     #[arg(long, env = "SWITCHBOARD_BIND", default_value = "127.0.0.1:8080")]
     pub bind: SocketAddr,
 
+    /// The database file keeping sessions and persisted variables across restarts.
+    #[arg(
+        long,
+        env = "SWITCHBOARD_DATABASE",
+        default_value = "data/switchboard.redb"
+    )]
+    pub database: PathBuf,
+
     /// Seconds to wait for running requests when stopping.
     #[arg(long, env = "SWITCHBOARD_SHUTDOWN_TIMEOUT", default_value_t = 5)]
     pub shutdown_timeout: u64,
@@ -66,6 +74,7 @@ fn serve(args: Args) -> ExitCode {
     let config = ServerConfig {
         projects_dir: args.projects,
         bind: args.bind,
+        database: args.database,
         shutdown_timeout_secs: args.shutdown_timeout,
     };
     match server::run(config) {

@@ -41,7 +41,66 @@ pub struct Settings {
     pub toast_position: ToastPosition,
     /// Largest command frame or body accepted, in bytes.
     pub max_frame_bytes: usize,
+    /// Seconds a session with no browser connected lives on.
+    pub idle_timeout_secs: u64,
+    /// Handler runs stopped by a limit, in a row, before the session is
+    /// terminated (`TerminationTimeout`).
+    pub max_limit_stops: u32,
+    /// Bearer token external systems present to `POST /<project>/api/message`
+    /// and `/api/event`; empty disables token access.
+    pub api_token: String,
     pub limits: Limits,
+    /// Keys and key sequences the browser reports to `fn keystroke`.
+    pub keystrokes: Vec<KeystrokeMatcher>,
+    /// Periodic calls of `fn timer(name)`.
+    pub timers: Vec<Timer>,
+}
+
+/// A `[[keystrokes]]` entry: a single key, or a regex over the last typed
+/// characters (always checked on key release).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeystrokeMatcher {
+    /// Passed to the handler as `event.name`.
+    pub name: String,
+    /// `KeyboardEvent.key` to match (single-key mode).
+    pub key: Option<String>,
+    /// `KeyboardEvent.code` to match (single-key mode).
+    pub code: Option<String>,
+    /// `keydown` or `keyup` (single-key mode).
+    #[serde(default = "default_key_event")]
+    pub event: String,
+    #[serde(default)]
+    pub alt: bool,
+    #[serde(default)]
+    pub ctrl: bool,
+    #[serde(default)]
+    pub shift: bool,
+    #[serde(default)]
+    pub meta: bool,
+    /// Listen in the capture phase, before the page's own handlers.
+    #[serde(default)]
+    pub capture: bool,
+    #[serde(default)]
+    pub prevent_default: bool,
+    #[serde(default)]
+    pub stop_propagation: bool,
+    /// Regex mode: the pattern, valid both as a JavaScript and a Rust regex.
+    pub regex: Option<String>,
+    /// Regex mode: how many of the last typed characters are matched.
+    pub buffer: Option<usize>,
+}
+
+fn default_key_event() -> String {
+    "keydown".into()
+}
+
+/// A `[[timers]]` entry.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Timer {
+    pub name: String,
+    pub every_ms: u64,
 }
 
 impl Default for Settings {
@@ -53,7 +112,13 @@ impl Default for Settings {
             // Commands carry a field value or a form's fields; 64 KiB is far
             // beyond any panel's form and small enough to refuse floods.
             max_frame_bytes: 64 * 1024,
+            // One hour, as HSYCO.
+            idle_timeout_secs: 3600,
+            max_limit_stops: 3,
+            api_token: String::new(),
             limits: Limits::default(),
+            keystrokes: Vec::new(),
+            timers: Vec::new(),
         }
     }
 }
@@ -133,7 +198,13 @@ pub struct Project {
     pub scripts: ScriptHost,
     /// Page name → kind; names are the template file names without `.html`.
     pub pages: BTreeMap<String, PageKind>,
+    /// The compiled regex of each regex-mode keystroke matcher, by name.
+    pub keystroke_patterns: BTreeMap<String, regex::Regex>,
 }
+
+/// Registers the functions scripts may call on a project's engine; given the
+/// project's name. Loading for `switchboard check` registers none.
+pub type RegisterHost<'a> = &'a dyn Fn(&mut rhai::Engine, &str);
 
 impl fmt::Debug for Project {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -147,6 +218,11 @@ impl fmt::Debug for Project {
 impl Project {
     /// Loads and compiles the project in `dir`; its name is the folder's name.
     pub fn load(dir: &Path) -> Result<Project, LoadError> {
+        Self::load_with(dir, &|_, _| {})
+    }
+
+    /// Loads the project, registering host functions on its engine.
+    pub fn load_with(dir: &Path, register: RegisterHost) -> Result<Project, LoadError> {
         let name = dir
             .file_name()
             .and_then(|n| n.to_str())
@@ -156,7 +232,8 @@ impl Project {
         let settings = load_settings(dir, &name, &mut diagnostics)?;
         let page_files = find_pages(dir, &mut diagnostics)?;
         let templates = compile_templates(dir, &page_files, &mut diagnostics)?;
-        let scripts = compile_scripts(dir, &name, &settings.limits, &mut diagnostics)?;
+        let scripts = compile_scripts(dir, &name, &settings.limits, register, &mut diagnostics)?;
+        let keystroke_patterns = compile_keystrokes(dir, &settings, &mut diagnostics);
         let pages: BTreeMap<String, PageKind> = page_files
             .iter()
             .map(|p| (p.name.clone(), p.kind))
@@ -190,6 +267,7 @@ impl Project {
                 templates,
                 scripts,
                 pages,
+                keystroke_patterns,
             }),
             _ => Err(LoadError::Invalid(diagnostics)),
         }
@@ -202,28 +280,43 @@ impl Project {
     }
 
     /// Renders a whole page document; `None` when there is no such page.
-    pub fn render_page(&self, page: &str) -> Option<Result<String, tera::Error>> {
+    /// `session` is what templates see as `session` (its properties).
+    pub fn render_page(
+        &self,
+        page: &str,
+        session: &serde_json::Value,
+    ) -> Option<Result<String, tera::Error>> {
         let template = self.template_of(page)?;
-        Some(self.templates.render(&template, &self.page_context(page)))
+        Some(
+            self.templates
+                .render(&template, &self.page_context(page, session)),
+        )
     }
 
     /// Renders one block of a page (`content`, `title`) for the client to
     /// swap in without reloading; `None` when there is no such page.
-    pub fn render_block(&self, page: &str, block: &str) -> Option<Result<String, tera::Error>> {
+    pub fn render_block(
+        &self,
+        page: &str,
+        block: &str,
+        session: &serde_json::Value,
+    ) -> Option<Result<String, tera::Error>> {
         let template = self.template_of(page)?;
         Some(
             self.templates
-                .render_block(&template, block, &self.page_context(page)),
+                .render_block(&template, block, &self.page_context(page, session)),
         )
     }
 
-    fn page_context(&self, page: &str) -> tera::Context {
-        page_context(
+    fn page_context(&self, page: &str, session: &serde_json::Value) -> tera::Context {
+        let mut context = page_context(
             &self.name,
             &self.settings,
             page,
             self.pages.get(page).copied(),
-        )
+        );
+        context.insert("session", session);
+        context
     }
 }
 
@@ -251,6 +344,7 @@ fn page_context(
         }),
     );
     context.insert("page", &serde_json::json!({ "name": page, "kind": kind }));
+    context.insert("session", &serde_json::json!({ "properties": {} }));
     context
 }
 
@@ -286,14 +380,14 @@ pub struct Loaded {
 
 /// Loads every project folder under `root` (a folder holding a
 /// `project.toml`). Broken projects are returned apart, with their errors.
-pub fn load_all(root: &Path) -> Result<Loaded, LoadError> {
+pub fn load_all(root: &Path, register: RegisterHost) -> Result<Loaded, LoadError> {
     let mut loaded = Vec::new();
     let mut failed = Vec::new();
     for dir in sorted_entries(root)? {
         if !dir.join("project.toml").is_file() || !is_valid_project_name(&dir) {
             continue;
         }
-        match Project::load(&dir) {
+        match Project::load_with(&dir, register) {
             Ok(project) => loaded.push(project),
             Err(error) => failed.push((dir, error)),
         }
@@ -306,7 +400,7 @@ pub fn load_all(root: &Path) -> Result<Loaded, LoadError> {
 
 /// Project names become URL path segments; names starting with `_` are
 /// reserved for the runtime's own routes (`/_sb/...`).
-fn is_valid_project_name(dir: &Path) -> bool {
+pub fn is_valid_project_name(dir: &Path) -> bool {
     dir.file_name()
         .and_then(|n| n.to_str())
         .is_some_and(|n| is_valid_name(n) && !n.starts_with('_'))
@@ -534,10 +628,55 @@ fn tera_error_diagnostic(dir: &Path, error: &tera::Error) -> Diagnostic {
     }
 }
 
+/// Checks the keystroke matchers and compiles their regexes.
+fn compile_keystrokes(
+    dir: &Path,
+    settings: &Settings,
+    diagnostics: &mut Vec<Diagnostic>,
+) -> BTreeMap<String, regex::Regex> {
+    let mut patterns = BTreeMap::new();
+    let mut problem = |message: String| {
+        diagnostics.push(Diagnostic {
+            file: dir.join("project.toml"),
+            line: 0,
+            column: 0,
+            message,
+        })
+    };
+    for matcher in &settings.keystrokes {
+        let single = matcher.key.is_some() || matcher.code.is_some();
+        match (&matcher.regex, single) {
+            (Some(_), true) | (None, false) => problem(format!(
+                "keystroke `{}`: give either `key`/`code` or `regex`",
+                matcher.name
+            )),
+            (Some(pattern), false) => match regex::Regex::new(pattern) {
+                Ok(regex) if matcher.buffer.is_some_and(|b| b > 0) => {
+                    patterns.insert(matcher.name.clone(), regex);
+                }
+                Ok(_) => problem(format!(
+                    "keystroke `{}`: a regex needs `buffer` (characters kept)",
+                    matcher.name
+                )),
+                Err(error) => problem(format!("keystroke `{}`: {error}", matcher.name)),
+            },
+            (None, true) if !matches!(matcher.event.as_str(), "keydown" | "keyup") => {
+                problem(format!(
+                    "keystroke `{}`: event must be keydown or keyup",
+                    matcher.name
+                ))
+            }
+            (None, true) => {}
+        }
+    }
+    patterns
+}
+
 fn compile_scripts(
     dir: &Path,
     project: &str,
     limits: &Limits,
+    register: RegisterHost,
     diagnostics: &mut Vec<Diagnostic>,
 ) -> Result<Option<ScriptHost>, LoadError> {
     let events = dir.join("events");
@@ -558,7 +697,7 @@ fn compile_scripts(
             }
         }
     }
-    match ScriptHost::compile(project, files, limits, |_| {}) {
+    match ScriptHost::compile(project, files, limits, |engine| register(engine, project)) {
         Ok(host) => Ok(Some(host)),
         Err(errors) => {
             diagnostics.extend(

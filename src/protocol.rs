@@ -33,12 +33,75 @@ pub struct PageClosed {
     pub page: String,
 }
 
-/// Everything a client may send.
+/// The client now shows another page in this tab (client-side navigation).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PageShown {
+    pub seq: Option<u64>,
+    pub page: String,
+}
+
+/// A keystroke matcher of the project fired in the browser.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Keystroke {
+    pub seq: Option<u64>,
+    /// The matcher's `name` in `project.toml`.
+    pub matcher: String,
+    pub page: Option<String>,
+    /// The `KeyboardEvent` fields (key, code, altKey, ctrlKey, …).
+    #[serde(default)]
+    pub event: serde_json::Map<String, Value>,
+    /// Regex matchers: the last typed characters; the server runs the regex
+    /// itself to find `matches`.
+    pub buffer: Option<String>,
+}
+
+/// A device event: a scanned barcode, an NFC tag, accelerometer or
+/// Bluetooth data.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Device {
+    pub seq: Option<u64>,
+    pub event: DeviceEvent,
+    pub data: Value,
+    #[serde(default)]
+    pub context: Value,
+    /// Gateways posting to `/api/event` with the project token name the
+    /// session here.
+    pub session: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeviceEvent {
+    Barcode,
+    Nfc,
+    Accelerometer,
+    Bluetooth,
+}
+
+impl DeviceEvent {
+    /// The Rhai callback that receives it.
+    pub fn callback(self) -> &'static str {
+        match self {
+            DeviceEvent::Barcode => "barcode",
+            DeviceEvent::Nfc => "nfc",
+            DeviceEvent::Accelerometer => "accelerometer",
+            DeviceEvent::Bluetooth => "bluetooth",
+        }
+    }
+}
+
+/// Everything a client may send.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ClientFrame {
     Command(Command),
     PageClosed(PageClosed),
+    PageShown(PageShown),
+    Keystroke(Keystroke),
+    Device(Device),
 }
 
 impl ClientFrame {
@@ -46,8 +109,48 @@ impl ClientFrame {
         match self {
             ClientFrame::Command(command) => command.seq,
             ClientFrame::PageClosed(closed) => closed.seq,
+            ClientFrame::PageShown(shown) => shown.seq,
+            ClientFrame::Keystroke(keystroke) => keystroke.seq,
+            ClientFrame::Device(device) => device.seq,
         }
     }
+}
+
+/// Frames the server sends unasked.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Push<'a> {
+    /// Actions from a session event handler or `sendActions`.
+    Actions {
+        event: &'a str,
+        actions: &'a [Action],
+    },
+    /// UI attribute values to apply.
+    Ui { set: &'a [UiValue] },
+    /// The project changed on disk: reload these pages if shown.
+    Reload { pages: &'a [String] },
+    /// For integrators: the project failed to compile (`None` clears).
+    DevError { message: Option<&'a str> },
+    /// The session ended; the client should stop reconnecting with it.
+    SessionEnded { reason: &'a str },
+    /// Sent on connect: what the browser must detect.
+    Config {
+        keystrokes: &'a [crate::project::KeystrokeMatcher],
+    },
+}
+
+impl Push<'_> {
+    pub fn to_frame(&self) -> crate::session::Frame {
+        serde_json::to_string(self).unwrap_or_default().into()
+    }
+}
+
+/// One pushed UI attribute.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct UiValue {
+    pub id: String,
+    pub attr: String,
+    pub value: Value,
 }
 
 /// The answer to one frame.

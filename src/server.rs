@@ -7,25 +7,28 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use actix_web::{App, HttpServer, web};
-use tracing::{error, info};
+use tracing::info;
 
-use crate::project;
-use crate::transport::{self, AppState};
+use crate::reload;
+use crate::runtime::{self, Runtime};
+use crate::transport;
 
 /// The validated server configuration.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
     pub projects_dir: PathBuf,
     pub bind: SocketAddr,
+    /// The database file (sessions, persisted variables).
+    pub database: PathBuf,
     pub shutdown_timeout_secs: u64,
 }
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
-    /// The projects folder could not be read.
-    #[error("cannot read the projects folder: {0}")]
-    Projects(#[from] project::LoadError),
+    /// The projects or the database could not be loaded.
+    #[error(transparent)]
+    Runtime(#[from] runtime::StartupError),
     /// The listening address could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -43,22 +46,11 @@ pub fn run(config: ServerConfig) -> Result<(), StartupError> {
 }
 
 async fn serve(config: ServerConfig) -> Result<(), StartupError> {
-    let project::Loaded {
-        projects: loaded,
-        failed,
-    } = project::load_all(&config.projects_dir)?;
-    for (dir, error) in &failed {
-        error!(
-            "project {} is not served, it has errors:\n{error}",
-            dir.display()
-        );
-    }
-    let names: Vec<String> = loaded.iter().map(|p| p.name.clone()).collect();
-    let state = web::Data::new(AppState::new(loaded));
-    let app_state = state.clone();
+    let runtime = Runtime::start(&config.projects_dir, &config.database)?;
+    let state = web::Data::from(runtime.clone());
     let server = HttpServer::new(move || {
         App::new()
-            .app_data(app_state.clone())
+            .app_data(state.clone())
             .configure(transport::routes)
     })
     .disable_signals()
@@ -69,13 +61,15 @@ async fn serve(config: ServerConfig) -> Result<(), StartupError> {
         source,
     })?;
     let addr = server.addrs().first().copied().unwrap_or(config.bind);
-    announce(addr, &names);
+    announce(addr, &runtime.project_names());
     let server = server.run();
     let handle = server.handle();
+    actix_web::rt::spawn(runtime.clone().sweep_idle_sessions());
+    actix_web::rt::spawn(reload::watch(runtime.clone()));
     actix_web::rt::spawn(async move {
         wait_for_stop_signal().await;
         info!("stopping: closing WebSockets");
-        state.begin_shutdown();
+        runtime.stop().await;
         // Give the close frames a moment to leave before connections drop.
         actix_web::rt::time::sleep(Duration::from_millis(100)).await;
         handle.stop(true).await;

@@ -1,26 +1,29 @@
-//! Sessions and what the server remembers for each: who it belongs to, the
-//! last valid value of every object (for rollback), and which command opened
-//! each page (for `/close`). Also the command pipeline that reads and writes
-//! that memory: run the handler, decode its answer, log the command.
+//! Sessions: who each belongs to, what the server remembers for it (custom
+//! properties, last valid values for rollback, which command opened each
+//! page, pushed UI attributes, scopes, open tabs), and the browser
+//! connections frames are pushed to.
 //!
-//! Sessions live in memory in a [`DashMap`]; nothing here speaks HTTP.
+//! This module holds data and its invariants only; running handlers and
+//! deciding when a session starts or ends is `runtime`'s business. A
+//! session's persisted part round-trips through [`SessionRecord`].
 
-use std::collections::HashMap;
-use std::path::{Component, Path, PathBuf};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
-use rhai::Dynamic;
-use tracing::{info, warn};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tokio::sync::mpsc;
 
-use crate::answer::{self, Action, Answer, Decoded, Display, Origin, Status};
-use crate::project::Project;
-use crate::protocol::{Command, PageClosed, Reply};
-use crate::script::ScriptError;
+/// Frames pushed while no browser is connected wait here, up to this many;
+/// the oldest go first (a browser gone that long reloads current UI state
+/// on reconnect anyway).
+const MAX_PENDING_PUSHES: usize = 64;
 
-/// The message a user sees when a handler failed; the details go to the log
-/// only, since they may describe the server's internals.
-pub const FAILED_MESSAGE: &str = "Sorry, that did not work. Please try again.";
+/// A frame ready to send, serialized once however many sessions get it.
+pub type Frame = Arc<str>;
 
 /// All live sessions of all projects.
 #[derive(Default)]
@@ -31,12 +34,24 @@ pub struct Sessions {
 impl Sessions {
     /// Starts a session of `project` for `userid` (`""` when anonymous).
     pub fn create(&self, project: &str, userid: &str) -> Arc<Session> {
-        let session = Arc::new(Session {
-            id: new_session_id(),
-            project: project.to_string(),
-            userid: userid.to_string(),
-            memory: Mutex::default(),
-        });
+        let session = Arc::new(Session::new(
+            new_session_id(),
+            project,
+            userid,
+            SessionState::default(),
+        ));
+        self.by_id.insert(session.id.clone(), session.clone());
+        session
+    }
+
+    /// Puts back a session read from the store.
+    pub fn restore(&self, record: SessionRecord) -> Arc<Session> {
+        let session = Arc::new(Session::new(
+            record.id,
+            &record.project,
+            &record.userid,
+            record.state,
+        ));
         self.by_id.insert(session.id.clone(), session.clone());
         session
     }
@@ -45,6 +60,23 @@ impl Sessions {
     pub fn get(&self, id: &str, project: &str) -> Option<Arc<Session>> {
         let session = self.by_id.get(id)?;
         (session.project == project).then(|| session.clone())
+    }
+
+    pub fn remove(&self, id: &str) -> Option<Arc<Session>> {
+        self.by_id.remove(id).map(|(_, session)| session)
+    }
+
+    /// Every live session of `project`.
+    pub fn of_project(&self, project: &str) -> Vec<Arc<Session>> {
+        self.by_id
+            .iter()
+            .filter(|s| s.project == project)
+            .map(|s| s.clone())
+            .collect()
+    }
+
+    pub fn all(&self) -> Vec<Arc<Session>> {
+        self.by_id.iter().map(|s| s.clone()).collect()
     }
 
     pub fn len(&self) -> usize {
@@ -62,36 +94,102 @@ fn new_session_id() -> String {
     uuid::Uuid::new_v4().simple().to_string()
 }
 
+/// The persisted part of a session.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SessionState {
+    /// Custom properties, set by scripts, read by scripts and templates.
+    pub properties: serde_json::Map<String, Value>,
+    /// Object id → param of its last command that was not refused.
+    pub last_valid: HashMap<String, String>,
+    /// Page name → the command whose answer opened it.
+    pub openers: HashMap<String, Opener>,
+    /// Scopes this session receives `uiSessionSet(scope, …)` pushes of.
+    pub scopes: BTreeSet<String>,
+    /// UI attributes pushed to this session alone: object id → attr → value.
+    pub ui: BTreeMap<String, BTreeMap<String, Value>>,
+    /// Browser tab id → the page it shows.
+    pub tabs: BTreeMap<String, String>,
+}
+
+impl SessionState {
+    /// The pages the session's tabs show, without repeats, in order.
+    pub fn pages(&self) -> Vec<String> {
+        let set: BTreeSet<&String> = self.tabs.values().collect();
+        set.into_iter().cloned().collect()
+    }
+}
+
+/// The command that opened a page, called again with `/close` when it closes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Opener {
+    pub object: Option<String>,
+    pub name: String,
+    pub param: String,
+}
+
+/// How a session is stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SessionRecord {
+    pub id: String,
+    pub project: String,
+    pub userid: String,
+    pub state: SessionState,
+}
+
 /// One user's session of one project.
 pub struct Session {
     pub id: String,
     pub project: String,
     pub userid: String,
-    memory: Mutex<Memory>,
+    state: Mutex<SessionState>,
+    live: Mutex<Live>,
 }
 
-#[derive(Default)]
-struct Memory {
-    /// Object id → param of its last command that did not return an error.
-    last_valid: HashMap<String, String>,
-    /// Page name → the command whose answer opened it.
-    openers: HashMap<String, Opener>,
+/// What a session has only while the server runs.
+struct Live {
+    connections: Vec<Connection>,
+    pending: VecDeque<Frame>,
+    /// When the last browser left (or the session started); `None` while
+    /// a browser is connected.
+    idle_since: Option<Instant>,
+    /// Handler runs stopped by a limit since the last one that completed.
+    limit_stops: u32,
+    /// Set for sessions read back from the store until `sessionRestored` ran.
+    restored: Option<&'static str>,
+    ended: bool,
 }
 
-#[derive(Debug, Clone)]
-struct Opener {
-    object: Option<String>,
-    name: String,
-    param: String,
+struct Connection {
+    id: u64,
+    frames: mpsc::Sender<Frame>,
+}
+
+static NEXT_CONNECTION: AtomicU64 = AtomicU64::new(1);
+
+/// A lock poisoned by a panicking thread still guards plain data.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl Session {
-    fn memory(&self) -> MutexGuard<'_, Memory> {
-        // A poisoned lock only means another thread panicked mid-update of
-        // plain maps; the data is still usable.
-        self.memory
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    fn new(id: String, project: &str, userid: &str, state: SessionState) -> Session {
+        Session {
+            id,
+            project: project.to_string(),
+            userid: userid.to_string(),
+            state: Mutex::new(state),
+            live: Mutex::new(Live {
+                connections: Vec::new(),
+                pending: VecDeque::new(),
+                idle_since: Some(Instant::now()),
+                limit_stops: 0,
+                restored: None,
+                ended: false,
+            }),
+        }
     }
 
     /// The id as it appears in logs: a prefix, since the full id is a credential.
@@ -99,374 +197,123 @@ impl Session {
         &self.id[..8.min(self.id.len())]
     }
 
+    /// Reads or changes the persisted state; returns what `change` returns.
+    pub fn with_state<R>(&self, change: impl FnOnce(&mut SessionState) -> R) -> R {
+        change(&mut lock(&self.state))
+    }
+
+    pub fn record(&self) -> SessionRecord {
+        SessionRecord {
+            id: self.id.clone(),
+            project: self.project.clone(),
+            userid: self.userid.clone(),
+            state: lock(&self.state).clone(),
+        }
+    }
+
     /// The last valid value of an object, as rollback would restore it.
     pub fn last_valid_value(&self, object: &str) -> Option<String> {
-        self.memory().last_valid.get(object).cloned()
+        lock(&self.state).last_valid.get(object).cloned()
     }
-}
 
-/// Runs a command through the project's `userCommand` handlers and returns
-/// the reply for the client.
-pub async fn run_command(project: Arc<Project>, session: Arc<Session>, command: Command) -> Reply {
-    let object = command
-        .object
-        .clone()
-        .unwrap_or_else(|| command.name.clone());
-    let rollback_value = session.last_valid_value(&object);
-    let outcome = call_user_command(&project, &session, &command.name, &command.param).await;
-    let decoded = decode_outcome(outcome, &command, Some(&object), rollback_value.as_deref());
-    remember(&session, &object, &command, &decoded);
-    log_command(&session, &command, &decoded);
-    Reply {
-        seq: command.seq,
-        status: decoded.status,
-        actions: decoded.actions,
+    /// Registers a browser connection; frames pushed while none was
+    /// connected are sent to it first.
+    pub fn connect(&self, frames: mpsc::Sender<Frame>) -> u64 {
+        let id = NEXT_CONNECTION.fetch_add(1, Ordering::Relaxed);
+        let mut live = lock(&self.live);
+        while let Some(frame) = live.pending.pop_front() {
+            let _ = frames.try_send(frame);
+        }
+        live.connections.push(Connection { id, frames });
+        live.idle_since = None;
+        id
     }
-}
 
-/// Handles the client's report that a page closed: when a command opened
-/// that page, its handler is called again with `/close` appended to the param.
-pub async fn page_closed(
-    project: Arc<Project>,
-    session: Arc<Session>,
-    closed: PageClosed,
-) -> Reply {
-    let opener = session.memory().openers.remove(&closed.page);
-    let Some(opener) = opener else {
-        return Reply {
-            seq: closed.seq,
-            status: Status::Ok,
-            actions: Vec::new(),
-        };
-    };
-    let command = Command {
-        seq: closed.seq,
-        object: opener.object,
-        name: opener.name,
-        param: format!("{}/close", opener.param),
-        page: Some(closed.page),
-    };
-    let object = command
-        .object
-        .clone()
-        .unwrap_or_else(|| command.name.clone());
-    let outcome = call_user_command(&project, &session, &command.name, &command.param).await;
-    let decoded = decode_outcome(outcome, &command, Some(&object), None);
-    remember_openers(&session, &command, &decoded);
-    log_command(&session, &command, &decoded);
-    Reply {
-        seq: command.seq,
-        status: decoded.status,
-        actions: decoded.actions,
+    pub fn disconnect(&self, connection: u64) {
+        let mut live = lock(&self.live);
+        live.connections.retain(|c| c.id != connection);
+        if live.connections.is_empty() {
+            live.idle_since = Some(Instant::now());
+        }
     }
-}
 
-/// What running a handler chain produced.
-#[derive(Debug)]
-enum Outcome {
-    Answered(Answer),
-    Failed(ScriptError),
-}
-
-async fn call_user_command(
-    project: &Arc<Project>,
-    session: &Session,
-    name: &str,
-    param: &str,
-) -> Outcome {
-    let args = vec![
-        Dynamic::from(session.id.clone()),
-        Dynamic::from(session.userid.clone()),
-        Dynamic::from(name.to_string()),
-        Dynamic::from(param.to_string()),
-    ];
-    match call_blocking(project, "userCommand", args).await {
-        Ok(Some(value)) => Outcome::Answered(Answer::from_dynamic(value)),
-        Ok(None) => Outcome::Answered(Answer::Unit),
-        Err(error) => Outcome::Failed(error),
+    pub fn is_connected(&self) -> bool {
+        !lock(&self.live).connections.is_empty()
     }
-}
 
-/// Runs a callback chain on the blocking pool: a handler may take up to its
-/// wall-clock limit, and must not hold an async worker meanwhile.
-async fn call_blocking(
-    project: &Arc<Project>,
-    callback: &'static str,
-    args: Vec<Dynamic>,
-) -> Result<Option<Dynamic>, ScriptError> {
-    let project = project.clone();
-    match crate::script::run_off_async(move || project.scripts.call_first(callback, args)).await {
-        Ok(result) => result,
-        Err(join_error) => Err(ScriptError {
-            kind: crate::script::ScriptErrorKind::Runtime,
-            script: "?".into(),
-            callback: callback.into(),
-            line: 0,
-            column: 0,
-            message: format!("handler task ended abnormally: {join_error}"),
-        }),
+    /// How long no browser has been connected (zero while one is).
+    pub fn idle_for(&self) -> Duration {
+        lock(&self.live)
+            .idle_since
+            .map_or(Duration::ZERO, |since| since.elapsed())
     }
-}
 
-fn decode_outcome(
-    outcome: Outcome,
-    command: &Command,
-    object: Option<&str>,
-    rollback_value: Option<&str>,
-) -> Decoded {
-    match outcome {
-        Outcome::Answered(answer) => {
-            let decoded = answer::decode(
-                &answer,
-                &Origin {
-                    object,
-                    rollback_value,
-                },
-            );
-            for warning in &decoded.warnings {
-                warn!(target: "switchboard::answer", name = %command.name, "ignored part of the answer: {warning}");
+    /// Sends a frame to every connected browser of the session, or keeps it
+    /// for the next one. A browser too slow to take it misses it rather
+    /// than slowing everyone else down.
+    pub fn push(&self, frame: &Frame) {
+        let mut live = lock(&self.live);
+        if live.ended {
+            return;
+        }
+        if live.connections.is_empty() {
+            if live.pending.len() == MAX_PENDING_PUSHES {
+                live.pending.pop_front();
             }
-            decoded
+            live.pending.push_back(frame.clone());
+            return;
         }
-        Outcome::Failed(error) => {
-            warn!(target: "switchboard::script", name = %command.name, kind = ?error.kind, "handler failed: {error}");
-            failed(object)
-        }
-    }
-}
-
-/// The reply to a command whose handler failed.
-fn failed(object: Option<&str>) -> Decoded {
-    Decoded {
-        status: Status::Failed,
-        actions: vec![Action::Error {
-            message: Some(FAILED_MESSAGE.into()),
-            display: Display::Toast,
-            object: object.map(String::from),
-        }],
-        quiet: false,
-        warnings: Vec::new(),
-    }
-}
-
-fn remember(session: &Session, object: &str, command: &Command, decoded: &Decoded) {
-    // A command that was not refused — answered without error, or not
-    // handled at all — leaves its value as the object's valid one.
-    if matches!(decoded.status, Status::Ok | Status::Unhandled) {
-        session
-            .memory()
-            .last_valid
-            .insert(object.to_string(), command.param.clone());
-    }
-    remember_openers(session, command, decoded);
-}
-
-fn remember_openers(session: &Session, command: &Command, decoded: &Decoded) {
-    let opened = decoded.actions.iter().filter_map(|action| match action {
-        Action::Page { page }
-            if !matches!(page.as_str(), "back" | "forward" | "close" | "close-all") =>
-        {
-            Some(page)
-        }
-        _ => None,
-    });
-    let mut memory = None;
-    for page in opened {
-        memory
-            .get_or_insert_with(|| session.memory())
-            .openers
-            .insert(
-                page.clone(),
-                Opener {
-                    object: command.object.clone(),
-                    name: command.name.clone(),
-                    param: command.param.clone(),
-                },
-            );
-    }
-}
-
-fn log_command(session: &Session, command: &Command, decoded: &Decoded) {
-    let status = match decoded.status {
-        Status::Ok => "[OK]",
-        Status::Error => "[ERROR]",
-        Status::Failed => "[FAILED]",
-        Status::Unhandled => "[UNHANDLED]",
-    };
-    let user = if session.userid.is_empty() {
-        "-"
-    } else {
-        &session.userid
-    };
-    let object = command.object.as_deref().unwrap_or("-");
-    if decoded.quiet {
-        info!(target: "switchboard::command", "session={} user={user} object={object} name={:?} {status}",
-            session.log_id(), command.name);
-    } else {
-        info!(target: "switchboard::command", "session={} user={user} object={object} name={:?} param={:?} {status}",
-            session.log_id(), command.name, command.param);
-    }
-}
-
-/// A file the client downloads.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Download {
-    pub filename: String,
-    pub content_type: String,
-    pub body: Vec<u8>,
-}
-
-/// Why a download produced no file.
-#[derive(Debug, thiserror::Error)]
-pub enum DownloadError {
-    /// No `userDownload` handler answered.
-    #[error("no handler provides this download")]
-    NotHandled,
-    /// The handler failed (details logged).
-    #[error("the download handler failed")]
-    Failed(ScriptError),
-    /// The handler's answer is not a download.
-    #[error("the download handler's answer is not a download: {0}")]
-    BadAnswer(String),
-    /// `file` points outside the project or at nothing.
-    #[error("the requested file is not available")]
-    FileNotAvailable,
-}
-
-/// Runs `userDownload(session, userid, name, param)` and turns its answer
-/// into a file.
-pub async fn run_download(
-    project: Arc<Project>,
-    session: Arc<Session>,
-    name: String,
-    parameter: String,
-) -> Result<Download, DownloadError> {
-    let args = vec![
-        Dynamic::from(session.id.clone()),
-        Dynamic::from(session.userid.clone()),
-        Dynamic::from(name.clone()),
-        Dynamic::from(parameter),
-    ];
-    let answer = match call_blocking(&project, "userDownload", args).await {
-        Ok(Some(answer)) => answer,
-        Ok(None) => return Err(DownloadError::NotHandled),
-        Err(error) => {
-            warn!(target: "switchboard::script", name = %name, "download handler failed: {error}");
-            return Err(DownloadError::Failed(error));
-        }
-    };
-    let download = download_from_answer(&project.dir, answer).await;
-    match &download {
-        Ok(file) => {
-            info!(target: "switchboard::command", "session={} download name={name:?} file={:?} bytes={} [OK]",
-            session.log_id(), file.filename, file.body.len())
-        }
-        Err(error) => {
-            warn!(target: "switchboard::command", "session={} download name={name:?} [ERROR] {error}",
-            session.log_id())
-        }
-    }
-    download
-}
-
-async fn download_from_answer(
-    project_dir: &Path,
-    answer: Dynamic,
-) -> Result<Download, DownloadError> {
-    let type_name = answer.type_name();
-    let Some(map) = answer.try_cast::<rhai::Map>() else {
-        return Err(DownloadError::BadAnswer(format!(
-            "expected a map, got {type_name}"
-        )));
-    };
-    let text_of = |key: &str| map.get(key).and_then(|v| v.clone().into_string().ok());
-    if let Some(file) = text_of("file") {
-        let path = resolve_inside(project_dir, &file).ok_or(DownloadError::FileNotAvailable)?;
-        let body = tokio::fs::read(&path)
-            .await
-            .map_err(|_| DownloadError::FileNotAvailable)?;
-        let filename = text_of("filename").unwrap_or_else(|| {
-            path.file_name()
-                .and_then(|n| n.to_str())
-                .unwrap_or("download")
-                .to_string()
-        });
-        let content_type = text_of("content_type").unwrap_or_else(|| guess_content_type(&filename));
-        return Ok(Download {
-            filename,
-            content_type,
-            body,
+        live.connections.retain(|c| {
+            !matches!(
+                c.frames.try_send(frame.clone()),
+                Err(mpsc::error::TrySendError::Closed(_))
+            )
         });
     }
-    let filename = text_of("filename")
-        .ok_or_else(|| DownloadError::BadAnswer("missing `filename` (or `file`)".into()))?;
-    let body = match map.get("body") {
-        Some(body) if body.is_string() => {
-            body.clone().into_string().unwrap_or_default().into_bytes()
-        }
-        Some(body) if body.is_blob() => body.clone().into_blob().unwrap_or_default(),
-        Some(other) => {
-            return Err(DownloadError::BadAnswer(format!(
-                "`body` must be a string or a blob, got {}",
-                other.type_name()
-            )));
-        }
-        None => return Err(DownloadError::BadAnswer("missing `body`".into())),
-    };
-    let content_type = text_of("content_type").unwrap_or_else(|| guess_content_type(&filename));
-    Ok(Download {
-        filename,
-        content_type,
-        body,
-    })
-}
 
-fn guess_content_type(filename: &str) -> String {
-    mime_guess::from_path(filename)
-        .first_or_octet_stream()
-        .essence_str()
-        .to_string()
-}
-
-/// `relative` inside `root`, or `None` when it is absolute, climbs out with
-/// `..`, or (through a symlink) resolves outside `root`.
-fn resolve_inside(root: &Path, relative: &str) -> Option<PathBuf> {
-    let relative = Path::new(relative);
-    if relative.as_os_str().is_empty()
-        || !relative
-            .components()
-            .all(|c| matches!(c, Component::Normal(_) | Component::CurDir))
-    {
-        return None;
+    /// Counts a handler run stopped by a limit; returns the count so far.
+    pub fn count_limit_stop(&self) -> u32 {
+        let mut live = lock(&self.live);
+        live.limit_stops += 1;
+        live.limit_stops
     }
-    let root = root.canonicalize().ok()?;
-    let path = root.join(relative).canonicalize().ok()?;
-    (path.starts_with(&root) && path.is_file()).then_some(path)
+
+    /// A handler completed: the session is not stuck.
+    pub fn clear_limit_stops(&self) {
+        lock(&self.live).limit_stops = 0;
+    }
+
+    pub fn mark_restored(&self, kind: &'static str) {
+        lock(&self.live).restored = Some(kind);
+    }
+
+    /// The restore type, the first time it is asked for after a restart.
+    pub fn take_restored(&self) -> Option<&'static str> {
+        lock(&self.live).restored.take()
+    }
+
+    /// Marks the session ended: no more pushes; its connections are told to
+    /// close by dropping their frame senders. Returns `false` when it had
+    /// already ended (so shutdown runs once).
+    pub fn end(&self) -> bool {
+        let mut live = lock(&self.live);
+        if live.ended {
+            return false;
+        }
+        live.ended = true;
+        live.connections.clear();
+        live.pending.clear();
+        true
+    }
+
+    pub fn has_ended(&self) -> bool {
+        lock(&self.live).ended
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn resolve_inside_refuses_escapes() {
-        let dir = std::env::temp_dir().join(format!("sb-resolve-{}", std::process::id()));
-        std::fs::create_dir_all(dir.join("files")).unwrap();
-        std::fs::write(dir.join("files/a.txt"), "a").unwrap();
-        assert!(resolve_inside(&dir, "files/a.txt").is_some());
-        assert!(resolve_inside(&dir, "./files/a.txt").is_some());
-        for bad in [
-            "../x",
-            "files/../../x",
-            "/etc/passwd",
-            "",
-            "files",
-            "missing.txt",
-        ] {
-            assert!(resolve_inside(&dir, bad).is_none(), "{bad}");
-        }
-        std::fs::remove_dir_all(&dir).unwrap();
-    }
 
     #[test]
     fn session_ids_are_long_and_distinct() {
@@ -480,5 +327,61 @@ mod tests {
             sessions.get(&a.id, "other").is_none(),
             "a session belongs to one project"
         );
+    }
+
+    #[test]
+    fn pushes_wait_for_a_connection_and_are_bounded() {
+        let session = Sessions::default().create("p", "");
+        for n in 0..(MAX_PENDING_PUSHES + 5) {
+            session.push(&Frame::from(n.to_string()));
+        }
+        let (tx, mut rx) = mpsc::channel(1000);
+        session.connect(tx);
+        assert_eq!(&*rx.try_recv().unwrap(), "5", "the oldest were dropped");
+        session.push(&Frame::from("live"));
+        let mut last = None;
+        while let Ok(frame) = rx.try_recv() {
+            last = Some(frame);
+        }
+        assert_eq!(last.as_deref(), Some("live"));
+    }
+
+    #[test]
+    fn idle_time_counts_only_without_connections() {
+        let session = Sessions::default().create("p", "");
+        let (tx, _rx) = mpsc::channel(1);
+        let connection = session.connect(tx);
+        assert_eq!(session.idle_for(), Duration::ZERO);
+        session.disconnect(connection);
+        assert!(!session.is_connected());
+        std::thread::sleep(Duration::from_millis(5));
+        assert!(session.idle_for() >= Duration::from_millis(5));
+    }
+
+    #[test]
+    fn records_round_trip() {
+        let sessions = Sessions::default();
+        let session = sessions.create("p", "ann");
+        session.with_state(|s| {
+            s.properties.insert("room".into(), Value::from("lobby"));
+            s.tabs.insert("t1".into(), "home".into());
+            s.tabs.insert("t2".into(), "home".into());
+        });
+        let record = session.record();
+        let json = serde_json::to_vec(&record).unwrap();
+        let back: SessionRecord = serde_json::from_slice(&json).unwrap();
+        assert_eq!(back, record);
+        assert_eq!(back.state.pages(), ["home"]);
+    }
+
+    #[test]
+    fn an_ended_session_takes_no_pushes() {
+        let session = Sessions::default().create("p", "");
+        assert!(session.end());
+        assert!(!session.end(), "ends once");
+        session.push(&Frame::from("x"));
+        let (tx, mut rx) = mpsc::channel(4);
+        session.connect(tx);
+        assert!(rx.try_recv().is_err());
     }
 }

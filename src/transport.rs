@@ -1,8 +1,8 @@
-//! The actix routes: pages, the HTTP command endpoint, the WebSocket, and
-//! downloads. Thin by design: parse the request, find the project and the
-//! session, call into [`session`], serialize what comes back.
+//! The actix routes: pages, the HTTP command endpoint, the WebSocket,
+//! downloads, and the endpoints external systems use (messages, device
+//! events). Thin by design: parse the request, find the project and the
+//! session, call into [`runtime`], serialize what comes back.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -16,8 +16,9 @@ use tokio::sync::{mpsc, watch};
 use tracing::{debug, error, warn};
 
 use crate::project::Project;
-use crate::protocol::{self, ClientFrame, Rejection, Reply};
-use crate::session::{self, DownloadError, Session, Sessions};
+use crate::protocol::{self, ClientFrame, Push, Rejection};
+use crate::runtime::{self, DownloadError, Runtime};
+use crate::session::{Frame, Session};
 
 /// The session cookie; scoped to the project's path, so each project has its own.
 pub const SESSION_COOKIE: &str = "sb_session";
@@ -35,37 +36,12 @@ const IDLE_CUTOFF: Duration = Duration::from_secs(60);
 /// Frames of one connection waiting for their turn; they run in order.
 const PENDING_FRAMES: usize = 64;
 
-/// Shared by every worker.
-pub struct AppState {
-    projects: HashMap<String, Arc<Project>>,
-    pub sessions: Sessions,
-    shutdown: watch::Sender<bool>,
-}
+/// Pushed frames waiting to be written to one connection. A browser that
+/// falls this far behind misses pushes (it gets current UI state again on
+/// reconnect) rather than holding memory for everyone.
+const PUSH_QUEUE: usize = 256;
 
-impl AppState {
-    pub fn new(projects: Vec<Project>) -> AppState {
-        AppState {
-            projects: projects
-                .into_iter()
-                .map(|p| (p.name.clone(), Arc::new(p)))
-                .collect(),
-            sessions: Sessions::default(),
-            shutdown: watch::channel(false).0,
-        }
-    }
-
-    fn project(&self, name: &str) -> Result<Arc<Project>, RequestError> {
-        self.projects
-            .get(name)
-            .cloned()
-            .ok_or(RequestError::ProjectNotFound)
-    }
-
-    /// Tells every WebSocket connection to close.
-    pub fn begin_shutdown(&self) {
-        self.shutdown.send_replace(true);
-    }
-}
+type State = web::Data<Runtime>;
 
 /// Why a request was refused.
 #[derive(Debug, thiserror::Error)]
@@ -79,6 +55,9 @@ pub enum RequestError {
     /// The request carries no live session of this project.
     #[error("no session: load a page of the project or POST /<project>/api/session first")]
     NoSession,
+    /// The bearer token is missing or wrong.
+    #[error("a valid API token is required")]
+    BadToken,
     /// The `Origin` header names another site.
     #[error("cross-origin request refused")]
     ForbiddenOrigin,
@@ -103,7 +82,7 @@ impl ResponseError for RequestError {
     fn status_code(&self) -> StatusCode {
         match self {
             RequestError::ProjectNotFound | RequestError::PageNotFound => StatusCode::NOT_FOUND,
-            RequestError::NoSession => StatusCode::UNAUTHORIZED,
+            RequestError::NoSession | RequestError::BadToken => StatusCode::UNAUTHORIZED,
             RequestError::ForbiddenOrigin => StatusCode::FORBIDDEN,
             RequestError::Rejected(_) | RequestError::Handshake(_) => StatusCode::BAD_REQUEST,
             RequestError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
@@ -139,25 +118,28 @@ pub fn routes(config: &mut web::ServiceConfig) {
         .route("/{project}/api/ws", web::get().to(websocket))
         .route("/{project}/api/download", web::get().to(download))
         .route("/{project}/api/page/{page}", web::get().to(page_fragment))
+        .route("/{project}/api/message", web::post().to(message))
+        .route("/{project}/api/event", web::post().to(device_event))
         .route("/{project}/{page}", web::get().to(page));
+}
+
+fn project_of(state: &Runtime, name: &str) -> Result<Arc<Project>, RequestError> {
+    state.project(name).ok_or(RequestError::ProjectNotFound)
 }
 
 // ---------------------------------------------------------------- pages
 
-async fn index(state: web::Data<AppState>) -> HttpResponse {
-    let mut names: Vec<&String> = state.projects.keys().collect();
-    names.sort();
-    let items: String = names
+async fn index(state: State) -> HttpResponse {
+    let items: String = state
+        .project_names()
         .iter()
         // Project names are letters, digits, `-` and `_` (see `project`): no escaping needed.
         .map(|name| format!("<li><a href=\"/{name}/\">{name}</a></li>"))
         .collect();
-    HttpResponse::Ok()
-        .content_type("text/html; charset=utf-8")
-        .body(format!(
-            "<!doctype html><html lang=en><meta charset=utf-8><title>Switchboard</title>\
-             <link rel=stylesheet href=/_sb/switchboard.css><body class=sb-index><h1>Projects</h1><ul>{items}</ul></body></html>"
-        ))
+    HttpResponse::Ok().content_type("text/html; charset=utf-8").body(format!(
+        "<!doctype html><html lang=en><meta charset=utf-8><title>Switchboard</title>\
+         <link rel=stylesheet href=/_sb/switchboard.css><body class=sb-index><h1>Projects</h1><ul>{items}</ul></body></html>"
+    ))
 }
 
 async fn asset(file: web::Path<String>) -> HttpResponse {
@@ -179,10 +161,10 @@ async fn asset(file: web::Path<String>) -> HttpResponse {
 }
 
 async fn project_root_redirect(
-    state: web::Data<AppState>,
+    state: State,
     name: web::Path<String>,
 ) -> Result<HttpResponse, RequestError> {
-    let project = state.project(&name)?;
+    let project = project_of(&state, &name)?;
     Ok(HttpResponse::MovedPermanently()
         .insert_header((header::LOCATION, format!("/{}/", project.name)))
         .finish())
@@ -190,38 +172,49 @@ async fn project_root_redirect(
 
 async fn start_page(
     req: HttpRequest,
-    state: web::Data<AppState>,
+    state: State,
     name: web::Path<String>,
 ) -> Result<HttpResponse, RequestError> {
-    let project = state.project(&name)?;
+    let project = project_of(&state, &name)?;
     let start = project.settings.start.clone();
     render_page(&req, &state, project, &start)
 }
 
 async fn page(
     req: HttpRequest,
-    state: web::Data<AppState>,
+    state: State,
     path: web::Path<(String, String)>,
 ) -> Result<HttpResponse, RequestError> {
     let (name, page) = path.into_inner();
-    let project = state.project(&name)?;
+    let project = project_of(&state, &name)?;
     render_page(&req, &state, project, &page)
+}
+
+/// What templates see as `session`.
+fn template_session(session: &Session) -> serde_json::Value {
+    serde_json::json!({ "properties": session.with_state(|state| state.properties.clone()) })
 }
 
 fn render_page(
     req: &HttpRequest,
-    state: &AppState,
+    state: &Runtime,
     project: Arc<Project>,
     page: &str,
 ) -> Result<HttpResponse, RequestError> {
+    if !project.pages.contains_key(page) {
+        return Err(RequestError::PageNotFound);
+    }
+    let (session, is_new) = match session_of(req, state, &project.name) {
+        Some(session) => (session, false),
+        None => (state.start_session(&project, ""), true),
+    };
     let rendered = project
-        .render_page(page)
+        .render_page(page, &template_session(&session))
         .ok_or(RequestError::PageNotFound)?;
     let html = rendered.map_err(|error| render_failed(&project, page, error))?;
     let mut response = HttpResponse::Ok();
     response.content_type("text/html; charset=utf-8");
-    if session_of(req, state, &project.name).is_none() {
-        let session = state.sessions.create(&project.name, "");
+    if is_new {
         response.cookie(session_cookie(&project.name, &session));
     }
     Ok(response.body(html))
@@ -231,17 +224,18 @@ fn render_page(
 /// in a modal (popups) without reloading the document.
 async fn page_fragment(
     req: HttpRequest,
-    state: web::Data<AppState>,
+    state: State,
     path: web::Path<(String, String)>,
 ) -> Result<HttpResponse, RequestError> {
     let (name, page) = path.into_inner();
-    let project = state.project(&name)?;
-    require_session(&req, &state, &project.name)?;
+    let project = project_of(&state, &name)?;
+    let session = require_session(&req, &state, &project.name)?;
+    let context = template_session(&session);
     let rendered = project
-        .render_block(&page, "content")
+        .render_block(&page, "content", &context)
         .ok_or(RequestError::PageNotFound)?;
     let html = rendered.map_err(|error| render_failed(&project, &page, error))?;
-    let title = match project.render_block(&page, "title") {
+    let title = match project.render_block(&page, "title", &context) {
         Some(Ok(title)) => title.trim().to_string(),
         _ => project.settings.title.clone(),
     };
@@ -268,14 +262,14 @@ fn session_cookie(project: &str, session: &Session) -> Cookie<'static> {
         .finish()
 }
 
-fn session_of(req: &HttpRequest, state: &AppState, project: &str) -> Option<Arc<Session>> {
+fn session_of(req: &HttpRequest, state: &Runtime, project: &str) -> Option<Arc<Session>> {
     let cookie = req.cookie(SESSION_COOKIE)?;
     state.sessions.get(cookie.value(), project)
 }
 
 fn require_session(
     req: &HttpRequest,
-    state: &AppState,
+    state: &Runtime,
     project: &str,
 ) -> Result<Arc<Session>, RequestError> {
     session_of(req, state, project).ok_or(RequestError::NoSession)
@@ -285,15 +279,15 @@ fn require_session(
 /// browser runtime asks before reconnecting, e.g. after a server restart).
 async fn create_session(
     req: HttpRequest,
-    state: web::Data<AppState>,
+    state: State,
     name: web::Path<String>,
 ) -> Result<HttpResponse, RequestError> {
-    let project = state.project(&name)?;
+    let project = project_of(&state, &name)?;
     check_origin(&req)?;
     if session_of(&req, &state, &project.name).is_some() {
         return Ok(HttpResponse::Ok().json(serde_json::json!({ "status": "ok", "resumed": true })));
     }
-    let session = state.sessions.create(&project.name, "");
+    let session = state.start_session(&project, "");
     Ok(HttpResponse::Ok()
         .cookie(session_cookie(&project.name, &session))
         .json(serde_json::json!({ "status": "ok", "resumed": false })))
@@ -320,17 +314,33 @@ fn check_origin(req: &HttpRequest) -> Result<(), RequestError> {
     }
 }
 
+/// External systems authenticate with `Authorization: Bearer <api_token>`.
+fn check_token(req: &HttpRequest, project: &Project) -> Result<(), RequestError> {
+    let expected = &project.settings.api_token;
+    let given = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    match given {
+        Some(given)
+            if !expected.is_empty() && constant_time_eq(given.as_bytes(), expected.as_bytes()) =>
+        {
+            Ok(())
+        }
+        _ => Err(RequestError::BadToken),
+    }
+}
+
+/// Compares without stopping at the first difference, so response time does
+/// not reveal how much of a guessed token was right.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
 // ---------------------------------------------------------------- commands
 
-async fn http_command(
-    req: HttpRequest,
-    state: web::Data<AppState>,
-    name: web::Path<String>,
-    body: web::Bytes,
-) -> Result<HttpResponse, RequestError> {
-    let project = state.project(&name)?;
-    check_origin(&req)?;
-    let session = require_session(&req, &state, &project.name)?;
+fn parse_body(project: &Project, body: &[u8]) -> Result<ClientFrame, RequestError> {
     let limit = project.settings.max_frame_bytes;
     if body.len() > limit {
         return Err(RequestError::TooLarge(Rejection::new(
@@ -341,18 +351,26 @@ async fn http_command(
             ),
         )));
     }
-    let text = std::str::from_utf8(&body)
+    let text = std::str::from_utf8(body)
         .map_err(|_| RequestError::Rejected(Rejection::new(None, "malformed frame: not UTF-8")))?;
-    let frame = protocol::parse_frame(text, limit).map_err(RequestError::Rejected)?;
-    Ok(HttpResponse::Ok().json(dispatch(project, session, frame).await))
+    protocol::parse_frame(text, limit).map_err(RequestError::Rejected)
 }
 
-/// Runs one frame; the single place that knows which frame does what.
-async fn dispatch(project: Arc<Project>, session: Arc<Session>, frame: ClientFrame) -> Reply {
-    match frame {
-        ClientFrame::Command(command) => session::run_command(project, session, command).await,
-        ClientFrame::PageClosed(closed) => session::page_closed(project, session, closed).await,
-    }
+async fn http_command(
+    req: HttpRequest,
+    state: State,
+    name: web::Path<String>,
+    body: web::Bytes,
+) -> Result<HttpResponse, RequestError> {
+    let project = project_of(&state, &name)?;
+    check_origin(&req)?;
+    let session = require_session(&req, &state, &project.name)?;
+    let frame = parse_body(&project, &body)?;
+    let runtime = state.into_inner();
+    let reply = runtime::run_frame(&runtime, project, session, frame, None)
+        .await
+        .map_err(RequestError::Rejected)?;
+    Ok(HttpResponse::Ok().json(reply))
 }
 
 #[derive(Debug, Deserialize)]
@@ -364,14 +382,16 @@ struct DownloadQuery {
 
 async fn download(
     req: HttpRequest,
-    state: web::Data<AppState>,
+    state: State,
     name: web::Path<String>,
     query: web::Query<DownloadQuery>,
 ) -> Result<HttpResponse, RequestError> {
-    let project = state.project(&name)?;
+    let project = project_of(&state, &name)?;
     let session = require_session(&req, &state, &project.name)?;
     let query = query.into_inner();
-    let file = session::run_download(project, session, query.name, query.parameter).await?;
+    let runtime = state.into_inner();
+    let file =
+        runtime::run_download(&runtime, project, session, query.name, query.parameter).await?;
     let disposition = ContentDisposition {
         disposition: DispositionType::Attachment,
         parameters: vec![DispositionParam::Filename(file.filename)],
@@ -383,15 +403,126 @@ async fn download(
         .body(file.body))
 }
 
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MessageBody {
+    handler: String,
+    #[serde(default)]
+    payload: serde_json::Value,
+    #[serde(default = "project_scope")]
+    scope: String,
+}
+
+fn project_scope() -> String {
+    "project".into()
+}
+
+/// `POST /<project>/api/message`: an external system sends a message to
+/// `fn message(session, handler, payload)` of the sessions in `scope`.
+async fn message(
+    req: HttpRequest,
+    state: State,
+    name: web::Path<String>,
+    body: web::Bytes,
+) -> Result<HttpResponse, RequestError> {
+    let project = project_of(&state, &name)?;
+    check_token(&req, &project)?;
+    let message: MessageBody = serde_json::from_slice(&body).map_err(|e| {
+        RequestError::Rejected(Rejection::new(None, format!("malformed message: {e}")))
+    })?;
+    let delivered = state
+        .send_message(
+            &project.name,
+            &message.handler,
+            message.payload,
+            &message.scope,
+        )
+        .map_err(|reason| RequestError::Rejected(Rejection::new(None, reason)))?;
+    Ok(HttpResponse::Ok().json(serde_json::json!({ "status": "ok", "delivered": delivered })))
+}
+
+/// `POST /<project>/api/event`: a device event for a session, from a
+/// gateway (project token + `session` in the body) or a test (the session
+/// cookie). The actions reach the session's browsers and the reply.
+async fn device_event(
+    req: HttpRequest,
+    state: State,
+    name: web::Path<String>,
+    body: web::Bytes,
+) -> Result<HttpResponse, RequestError> {
+    let project = project_of(&state, &name)?;
+    let frame = match serde_json::from_slice::<serde_json::Value>(&body) {
+        Ok(serde_json::Value::Object(mut map)) => {
+            map.insert("type".into(), "device".into());
+            parse_body(
+                &project,
+                serde_json::Value::Object(map).to_string().as_bytes(),
+            )?
+        }
+        _ => {
+            return Err(RequestError::Rejected(Rejection::new(
+                None,
+                "malformed event: expected a JSON object",
+            )));
+        }
+    };
+    let ClientFrame::Device(device) = frame else {
+        unreachable!("typed as device above")
+    };
+    let session = match &device.session {
+        Some(id) => {
+            check_token(&req, &project)?;
+            state
+                .sessions
+                .get(id, &project.name)
+                .ok_or(RequestError::NoSession)?
+        }
+        None => {
+            check_origin(&req)?;
+            require_session(&req, &state, &project.name)?
+        }
+    };
+    let runtime = state.into_inner();
+    let event = device.event.callback();
+    let reply = runtime::run_frame(
+        &runtime,
+        project,
+        session.clone(),
+        ClientFrame::Device(device),
+        None,
+    )
+    .await
+    .map_err(RequestError::Rejected)?;
+    if !reply.actions.is_empty() {
+        session.push(
+            &Push::Actions {
+                event,
+                actions: &reply.actions,
+            }
+            .to_frame(),
+        );
+    }
+    Ok(HttpResponse::Ok().json(reply))
+}
+
 // ---------------------------------------------------------------- WebSocket
+
+#[derive(Debug, Deserialize)]
+struct SocketQuery {
+    /// The browser tab's id (kept in its sessionStorage): a new one means a
+    /// new tab or window, which gets `pageStartup`.
+    tab: Option<String>,
+    page: Option<String>,
+}
 
 async fn websocket(
     req: HttpRequest,
     body: web::Payload,
-    state: web::Data<AppState>,
+    state: State,
     name: web::Path<String>,
+    query: web::Query<SocketQuery>,
 ) -> Result<HttpResponse, RequestError> {
-    let project = state.project(&name)?;
+    let project = project_of(&state, &name)?;
     // actix-ws does not check Origin: without this, any site could open a
     // socket riding on the user's cookie (cross-site WebSocket hijacking).
     check_origin(&req)?;
@@ -402,34 +533,66 @@ async fn websocket(
         .max_frame_size(HARD_FRAME_LIMIT)
         .aggregate_continuations()
         .max_continuation_size(HARD_FRAME_LIMIT);
-    let shutdown = state.shutdown.subscribe();
-    actix_web::rt::spawn(serve_connection(project, session, ws, stream, shutdown));
+    let query = query.into_inner();
+    let tab = query.tab.filter(|t| !t.is_empty() && t.len() <= 64);
+    let runtime = state.into_inner();
+    actix_web::rt::spawn(serve_connection(
+        runtime, project, session, ws, stream, tab, query.page,
+    ));
     Ok(response)
 }
 
-/// Reads frames until the client leaves, the heartbeat lapses or the server
-/// stops. Frames run one after the other on a worker task so that a slow
-/// handler never stops this loop from answering pings or noticing a close.
+/// Reads frames until the client leaves, the heartbeat lapses, the session
+/// ends or the server stops; writes replies and pushed frames. Frames run
+/// one after the other on a worker task so that a slow handler never stops
+/// this loop from answering pings or noticing a close.
 async fn serve_connection(
+    runtime: Arc<Runtime>,
     project: Arc<Project>,
     session: Arc<Session>,
     mut ws: actix_ws::Session,
     mut stream: actix_ws::AggregatedMessageStream,
-    mut shutdown: watch::Receiver<bool>,
+    tab: Option<String>,
+    page: Option<String>,
 ) {
+    let (push_tx, mut pushes) = mpsc::channel::<Frame>(PUSH_QUEUE);
+    let _ = push_tx.try_send(
+        Push::Config {
+            keystrokes: &project.settings.keystrokes,
+        }
+        .to_frame(),
+    );
+    let snapshot = runtime.ui_snapshot(&session);
+    if !snapshot.is_empty() {
+        let _ = push_tx.try_send(Push::Ui { set: &snapshot }.to_frame());
+    }
+    let connection = session.connect(push_tx);
+    runtime::connection_opened(
+        &runtime,
+        &project,
+        &session,
+        tab.as_deref(),
+        page.as_deref(),
+    )
+    .await;
+
     let (frames, pending) = mpsc::channel::<ClientFrame>(PENDING_FRAMES);
     let worker = actix_web::rt::spawn(run_frames(
-        project.clone(),
+        runtime.clone(),
+        project.name.clone(),
         session.clone(),
         ws.clone(),
         pending,
+        tab,
     ));
+    let mut shutdown: watch::Receiver<bool> = runtime.shutdown_signal();
     let mut heartbeat = actix_web::rt::time::interval_at(
         actix_web::rt::time::Instant::now() + PING_INTERVAL,
         PING_INTERVAL,
     );
     let mut last_heard = Instant::now();
     let limit = project.settings.max_frame_bytes;
+    drop(project);
     let close_reason = loop {
         tokio::select! {
             message = stream.recv() => {
@@ -467,6 +630,15 @@ async fn serve_connection(
                     }
                 }
             }
+            pushed = pushes.recv() => match pushed {
+                Some(frame) => {
+                    if ws.text(frame.to_string()).await.is_err() {
+                        break None;
+                    }
+                }
+                // The session ended and dropped its senders.
+                None => break Some(CloseReason { code: CloseCode::Normal, description: Some("session ended".into()) }),
+            },
             _ = heartbeat.tick() => {
                 if last_heard.elapsed() > IDLE_CUTOFF {
                     break Some(CloseReason { code: CloseCode::Away, description: Some("heartbeat lapsed".into()) });
@@ -480,6 +652,7 @@ async fn serve_connection(
             }
         }
     };
+    session.disconnect(connection);
     drop(frames);
     if close_reason.is_some() {
         worker.abort();
@@ -488,14 +661,26 @@ async fn serve_connection(
 }
 
 async fn run_frames(
-    project: Arc<Project>,
+    runtime: Arc<Runtime>,
+    project: String,
     session: Arc<Session>,
     mut ws: actix_ws::Session,
     mut pending: mpsc::Receiver<ClientFrame>,
+    tab: Option<String>,
 ) {
     while let Some(frame) = pending.recv().await {
-        let reply = dispatch(project.clone(), session.clone(), frame).await;
-        if send_json(&mut ws, &reply).await.is_err() {
+        // Looked up per frame: a hot reload replaces the project meanwhile.
+        let Some(project) = runtime.project(&project) else {
+            break;
+        };
+        let sent =
+            match runtime::run_frame(&runtime, project, session.clone(), frame, tab.as_deref())
+                .await
+            {
+                Ok(reply) => send_json(&mut ws, &reply).await,
+                Err(rejection) => send_json(&mut ws, &rejection).await,
+            };
+        if sent.is_err() {
             break;
         }
     }

@@ -23,7 +23,7 @@ async fn sigterm_closes_websockets_and_exits_promptly() {
                 .await
                 .expect("socket told")
             {
-                Some(Ok(Message::Ping(_))) => continue,
+                Some(Ok(Message::Ping(_) | Message::Text(_))) => continue,
                 other => break other,
             }
         };

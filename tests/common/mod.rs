@@ -35,6 +35,33 @@ pub struct Server {
     /// `127.0.0.1:PORT`
     pub addr: String,
     log: Arc<Mutex<String>>,
+    pub projects: PathBuf,
+    /// The server's own database folder, removed on drop.
+    pub data: PathBuf,
+}
+
+/// A fresh, empty folder under the system temp dir.
+pub fn temp_dir(label: &str) -> PathBuf {
+    static COUNTER: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("sb-test-{label}-{}-{n}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Copies a project tree (for tests that edit files or need their own copy).
+pub fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_tree(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).unwrap();
+        }
+    }
 }
 
 impl Server {
@@ -44,10 +71,18 @@ impl Server {
     }
 
     pub fn start_with(projects: &Path, extra_args: &[&str]) -> Server {
+        Self::start_in(projects, &temp_dir("data"), extra_args)
+    }
+
+    /// Starts on a given data folder: a restart test starts a second server
+    /// on the first one's folder.
+    pub fn start_in(projects: &Path, data: &Path, extra_args: &[&str]) -> Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_switchboard"))
             .arg("--projects")
             .arg(projects)
             .args(["--bind", "127.0.0.1:0"])
+            .arg("--database")
+            .arg(data.join("switchboard.redb"))
             .args(extra_args)
             .env("SWITCHBOARD_LOG", "info")
             .stdout(Stdio::piped())
@@ -72,7 +107,24 @@ impl Server {
             std::thread::sleep(Duration::from_millis(200));
             panic!("server did not start; its log:\n{}", log.lock().unwrap());
         };
-        Server { child, addr, log }
+        Server {
+            child,
+            addr,
+            log,
+            projects: projects.to_path_buf(),
+            data: data.to_path_buf(),
+        }
+    }
+
+    /// Kills the process with SIGKILL (no clean stop) and waits for it.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts a new server on the same projects and data folder.
+    pub fn restart(&self) -> Server {
+        Server::start_in(&self.projects, &self.data, &[])
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -185,6 +237,9 @@ impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if !std::thread::panicking() && self.data.starts_with(std::env::temp_dir()) {
+            let _ = std::fs::remove_dir_all(&self.data);
+        }
         if std::thread::panicking() {
             std::thread::sleep(Duration::from_millis(50));
             eprintln!("---- server log ----\n{}\n--------------------", self.log());
@@ -268,8 +323,30 @@ pub async fn send(socket: &mut Socket, frame: &Value) {
         .expect("frame sent");
 }
 
-/// The next JSON text message, skipping pings; fails after [`REPLY_TIMEOUT`].
+/// The next reply (or rejection), skipping pushed frames (those with a
+/// `type`) and pings; fails after [`REPLY_TIMEOUT`].
 pub async fn receive(socket: &mut Socket) -> Value {
+    loop {
+        let message = receive_any(socket).await;
+        if message.get("type").is_none() {
+            return message;
+        }
+    }
+}
+
+/// The next pushed frame of `kind` (`actions`, `ui`, `reload`…), skipping
+/// everything else.
+pub async fn receive_push(socket: &mut Socket, kind: &str) -> Value {
+    loop {
+        let message = receive_any(socket).await;
+        if message["type"] == kind {
+            return message;
+        }
+    }
+}
+
+/// The next JSON text message of any kind, skipping pings.
+pub async fn receive_any(socket: &mut Socket) -> Value {
     loop {
         let message = tokio::time::timeout(REPLY_TIMEOUT, socket.next())
             .await

@@ -1,0 +1,155 @@
+//! The functions scripts may call, registered on each project's engine and
+//! bound to the runtime. They hold a weak reference: a script never keeps
+//! the runtime alive, and calls made while it stops fail as script errors.
+
+use std::sync::{Arc, Weak};
+
+use rhai::{Dynamic, Engine, EvalAltResult, Position};
+
+use super::{Runtime, ShutdownReason};
+
+type Result<T> = std::result::Result<T, Box<EvalAltResult>>;
+
+fn script_error(message: impl Into<String>) -> Box<EvalAltResult> {
+    Box::new(EvalAltResult::ErrorRuntime(
+        Dynamic::from(message.into()),
+        Position::NONE,
+    ))
+}
+
+fn upgrade(runtime: &Weak<Runtime>) -> Result<Arc<Runtime>> {
+    runtime
+        .upgrade()
+        .ok_or_else(|| script_error("the runtime is not running"))
+}
+
+/// Registers every host function for `project`.
+pub fn register(engine: &mut Engine, runtime: Weak<Runtime>, project: &str) {
+    let bind = || (runtime.clone(), project.to_string());
+
+    let (rt, p) = bind();
+    engine.register_fn(
+        "uiSet",
+        move |id: &str, attr: &str, value: Dynamic| -> Result<()> {
+            upgrade(&rt)?
+                .ui_set(&p, id, attr, &value)
+                .map_err(script_error)
+        },
+    );
+    let (rt, p) = bind();
+    engine.register_fn(
+        "uiSessionSet",
+        move |target: &str, id: &str, attr: &str, value: Dynamic| -> Result<()> {
+            upgrade(&rt)?
+                .ui_session_set(&p, target, id, attr, &value)
+                .map_err(script_error)
+        },
+    );
+    for (name, subscribe) in [("sessionSubscribe", true), ("sessionUnsubscribe", false)] {
+        let (rt, p) = bind();
+        engine.register_fn(name, move |session: &str, scope: &str| -> Result<bool> {
+            let runtime = upgrade(&rt)?;
+            let Some(session) = runtime.sessions.get(session, &p) else {
+                return Ok(false);
+            };
+            runtime.set_scope(&session, scope, subscribe);
+            Ok(true)
+        });
+    }
+    let (rt, p) = bind();
+    engine.register_fn(
+        "sendActions",
+        move |session: &str, answer: Dynamic| -> Result<bool> {
+            Ok(upgrade(&rt)?.send_actions(&p, session, answer))
+        },
+    );
+    let rt = runtime.clone();
+    engine.register_fn(
+        "sendMessage",
+        move |project: &str, handler: &str, payload: Dynamic, scope: &str| -> Result<i64> {
+            let payload =
+                rhai::serde::from_dynamic(&payload).map_err(|e| script_error(e.to_string()))?;
+            let sent = upgrade(&rt)?
+                .send_message(project, handler, payload, scope)
+                .map_err(script_error)?;
+            Ok(i64::try_from(sent).unwrap_or(i64::MAX))
+        },
+    );
+    let (rt, p) = bind();
+    engine.register_fn("varGet", move |name: &str| -> Result<Dynamic> {
+        Ok(upgrade(&rt)?.var_get(&p, name))
+    });
+    let (rt, p) = bind();
+    engine.register_fn("varSet", move |name: &str, value: Dynamic| -> Result<()> {
+        upgrade(&rt)?.var_set(&p, name, value).map_err(script_error)
+    });
+    let (rt, p) = bind();
+    engine.register_fn(
+        "sessionGet",
+        move |session: &str, key: &str| -> Result<Dynamic> {
+            let runtime = upgrade(&rt)?;
+            let Some(session) = runtime.sessions.get(session, &p) else {
+                return Ok(Dynamic::UNIT);
+            };
+            let value = session.with_state(|state| state.properties.get(key).cloned());
+            Ok(value
+                .and_then(|v| rhai::serde::to_dynamic(v).ok())
+                .unwrap_or(Dynamic::UNIT))
+        },
+    );
+    let (rt, p) = bind();
+    engine.register_fn(
+        "sessionSet",
+        move |session: &str, key: &str, value: Dynamic| -> Result<bool> {
+            let runtime = upgrade(&rt)?;
+            let Some(session) = runtime.sessions.get(session, &p) else {
+                return Ok(false);
+            };
+            let value: serde_json::Value =
+                rhai::serde::from_dynamic(&value).map_err(|e| script_error(e.to_string()))?;
+            session.with_state(|state| {
+                if value.is_null() {
+                    state.properties.remove(key);
+                } else {
+                    state.properties.insert(key.to_string(), value);
+                }
+            });
+            runtime.persist(&session);
+            Ok(true)
+        },
+    );
+    let (rt, p) = bind();
+    engine.register_fn("sessionUser", move |session: &str| -> Result<String> {
+        let runtime = upgrade(&rt)?;
+        Ok(runtime
+            .sessions
+            .get(session, &p)
+            .map(|s| s.userid.clone())
+            .unwrap_or_default())
+    });
+    let (rt, p) = bind();
+    engine.register_fn("sessionIds", move || -> Result<rhai::Array> {
+        let runtime = upgrade(&rt)?;
+        Ok(runtime
+            .sessions
+            .of_project(&p)
+            .iter()
+            .map(|s| Dynamic::from(s.id.clone()))
+            .collect())
+    });
+    let (rt, p) = bind();
+    engine.register_fn("terminateSession", move |session: &str| -> Result<bool> {
+        let runtime = upgrade(&rt)?;
+        let Some(session) = runtime.sessions.get(session, &p) else {
+            return Ok(false);
+        };
+        // Ending runs `sessionShutdown`, a script: it must not run inside
+        // the script that asked, so it happens right after.
+        tokio::spawn(async move {
+            runtime
+                .end_session(&session, ShutdownReason::Terminated)
+                .await
+        });
+        Ok(true)
+    });
+}

@@ -1,0 +1,313 @@
+//! Server push: UI attribute values set by scripts for everyone
+//! (`uiSet`), for one session, or for the sessions subscribed to a scope
+//! (`uiSessionSet`); actions sent to a session outside a reply
+//! (`sendActions`); and messages (`sendMessage`).
+//!
+//! When a value for one object attribute exists at several levels, a
+//! session sees its own first, then the global one, then its scopes' (in
+//! scope-name order) — HSYCO's priority.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use rhai::Dynamic;
+use serde_json::Value;
+
+use super::{Runtime, events};
+use crate::answer::{Answer, Origin};
+use crate::protocol::{Push, UiValue};
+use crate::session::{Frame, Session};
+
+/// The attributes a script may push. `text` and `label` set an object's
+/// text, `items` the entries of a list or select.
+pub const ATTRIBUTES: &[&str] = &[
+    "text", "label", "value", "visible", "enabled", "class", "style", "items",
+];
+
+type Values = BTreeMap<String, BTreeMap<String, Value>>;
+
+/// A project's pushed values above session level.
+#[derive(Debug, Default)]
+pub struct ProjectUi {
+    global: Values,
+    scopes: BTreeMap<String, Values>,
+}
+
+fn get<'a>(values: &'a Values, id: &str, attr: &str) -> Option<&'a Value> {
+    values.get(id)?.get(attr)
+}
+
+/// Stores `value` (or removes the entry when `value` is null).
+fn set(values: &mut Values, id: &str, attr: &str, value: Value) {
+    if value.is_null() {
+        if let Some(attrs) = values.get_mut(id) {
+            attrs.remove(attr);
+            if attrs.is_empty() {
+                values.remove(id);
+            }
+        }
+    } else {
+        values
+            .entry(id.to_string())
+            .or_default()
+            .insert(attr.to_string(), value);
+    }
+}
+
+fn check_attribute(attr: &str) -> Result<(), String> {
+    if ATTRIBUTES.contains(&attr) {
+        Ok(())
+    } else {
+        Err(format!(
+            "unknown UI attribute `{attr}`; use one of {}",
+            ATTRIBUTES.join(", ")
+        ))
+    }
+}
+
+fn to_json(value: &Dynamic) -> Result<Value, String> {
+    rhai::serde::from_dynamic(value)
+        .map_err(|e| format!("the value cannot be sent to a browser: {e}"))
+}
+
+fn ui_frame(id: &str, attr: &str, value: Value) -> Frame {
+    Push::Ui {
+        set: &[UiValue {
+            id: id.to_string(),
+            attr: attr.to_string(),
+            value,
+        }],
+    }
+    .to_frame()
+}
+
+impl Runtime {
+    /// The value a session sees for one object attribute.
+    fn effective(&self, ui: &ProjectUi, session: &Session, id: &str, attr: &str) -> Value {
+        if let Some(own) = session.with_state(|state| get(&state.ui, id, attr).cloned()) {
+            return own;
+        }
+        if let Some(global) = get(&ui.global, id, attr) {
+            return global.clone();
+        }
+        let scopes = session.with_state(|state| state.scopes.clone());
+        scopes
+            .iter()
+            .find_map(|scope| {
+                ui.scopes
+                    .get(scope)
+                    .and_then(|values| get(values, id, attr))
+            })
+            .cloned()
+            .unwrap_or(Value::Null)
+    }
+
+    /// `uiSet(id, attr, value)`: for every session of the project.
+    pub fn ui_set(
+        &self,
+        project: &str,
+        id: &str,
+        attr: &str,
+        value: &Dynamic,
+    ) -> Result<(), String> {
+        check_attribute(attr)?;
+        let value = to_json(value)?;
+        let mut ui = self.ui(project);
+        set(&mut ui.global, id, attr, value);
+        self.push_if_changed(&ui, self.sessions.of_project(project), id, attr);
+        Ok(())
+    }
+
+    /// `uiSessionSet(target, id, attr, value)`: `target` is a session of the
+    /// project, or else a scope name.
+    pub fn ui_session_set(
+        &self,
+        project: &str,
+        target: &str,
+        id: &str,
+        attr: &str,
+        value: &Dynamic,
+    ) -> Result<(), String> {
+        check_attribute(attr)?;
+        let value = to_json(value)?;
+        let mut ui = self.ui(project);
+        if let Some(session) = self.sessions.get(target, project) {
+            session.with_state(|state| set(&mut state.ui, id, attr, value));
+            self.persist(&session);
+            self.push_if_changed(&ui, vec![session], id, attr);
+            return Ok(());
+        }
+        set(
+            ui.scopes.entry(target.to_string()).or_default(),
+            id,
+            attr,
+            value,
+        );
+        let subscribed = self
+            .sessions
+            .of_project(project)
+            .into_iter()
+            .filter(|s| s.with_state(|state| state.scopes.contains(target)))
+            .collect();
+        self.push_if_changed(&ui, subscribed, id, attr);
+        Ok(())
+    }
+
+    /// Pushes each session's effective value. One frame is shared by all
+    /// sessions that see the same value (the common case of a broadcast).
+    fn push_if_changed(&self, ui: &ProjectUi, sessions: Vec<Arc<Session>>, id: &str, attr: &str) {
+        let mut shared: Option<(Value, Frame)> = None;
+        for session in sessions {
+            let value = self.effective(ui, &session, id, attr);
+            let frame = match &shared {
+                Some((shared_value, frame)) if *shared_value == value => frame.clone(),
+                _ => {
+                    let frame = ui_frame(id, attr, value.clone());
+                    shared = Some((value, frame.clone()));
+                    frame
+                }
+            };
+            session.push(&frame);
+        }
+    }
+
+    /// Every attribute value the session sees: sent when a browser connects.
+    pub fn ui_snapshot(&self, session: &Session) -> Vec<UiValue> {
+        let ui = self.ui(&session.project);
+        let mut keys: Vec<(String, String)> = Vec::new();
+        let mut collect = |values: &Values| {
+            for (id, attrs) in values {
+                keys.extend(attrs.keys().map(|attr| (id.clone(), attr.clone())));
+            }
+        };
+        collect(&ui.global);
+        session.with_state(|state| collect(&state.ui));
+        for scope in session.with_state(|state| state.scopes.clone()) {
+            if let Some(values) = ui.scopes.get(&scope) {
+                collect(values);
+            }
+        }
+        keys.sort();
+        keys.dedup();
+        keys.into_iter()
+            .map(|(id, attr)| UiValue {
+                value: self.effective(&ui, session, &id, &attr),
+                id,
+                attr,
+            })
+            .collect()
+    }
+
+    /// Subscribes a session to a scope (`subscribe = false`: unsubscribes)
+    /// and pushes what that changes.
+    pub fn set_scope(&self, session: &Arc<Session>, scope: &str, subscribe: bool) {
+        let changed = session.with_state(|state| {
+            if subscribe {
+                state.scopes.insert(scope.to_string())
+            } else {
+                state.scopes.remove(scope)
+            }
+        });
+        if !changed {
+            return;
+        }
+        self.persist(session);
+        let ui = self.ui(&session.project);
+        if let Some(values) = ui.scopes.get(scope) {
+            for (id, attrs) in values {
+                for attr in attrs.keys() {
+                    session.push(&ui_frame(id, attr, self.effective(&ui, session, id, attr)));
+                }
+            }
+        }
+    }
+
+    /// `sendActions(session, answer)`: decodes the answer and pushes its
+    /// actions. Returns whether the session exists.
+    pub fn send_actions(&self, project: &str, session: &str, answer: Dynamic) -> bool {
+        let Some(session) = self.sessions.get(session, project) else {
+            return false;
+        };
+        let decoded = super::commands::decode_logging_warnings(
+            &Answer::from_dynamic(answer),
+            &Origin::default(),
+            "sendActions",
+        );
+        session.push(
+            &Push::Actions {
+                event: "sendActions",
+                actions: &decoded.actions,
+            }
+            .to_frame(),
+        );
+        true
+    }
+
+    /// `sendMessage`: runs `message(session, handler, payload)` in every
+    /// session the scope names — `session:<id>`, `user:<userid>`, or
+    /// `project` (all sessions). Returns how many sessions it was sent to;
+    /// the handlers run in the background.
+    pub fn send_message(
+        &self,
+        project: &str,
+        handler: &str,
+        payload: Value,
+        scope: &str,
+    ) -> Result<usize, String> {
+        let project = self
+            .project(project)
+            .ok_or_else(|| format!("no project `{project}` is served"))?;
+        let targets: Vec<Arc<Session>> = match scope.split_once(':') {
+            Some(("session", id)) => self.sessions.get(id, &project.name).into_iter().collect(),
+            Some(("user", user)) => self
+                .sessions
+                .of_project(&project.name)
+                .into_iter()
+                .filter(|s| s.userid == user)
+                .collect(),
+            None if scope == "project" || scope.is_empty() => {
+                self.sessions.of_project(&project.name)
+            }
+            _ => {
+                return Err(format!(
+                    "unknown message scope `{scope}`; use session:<id>, user:<id> or project"
+                ));
+            }
+        };
+        if !project.scripts.defines("message", 3) {
+            return Ok(0);
+        }
+        let Some(runtime) = self.arc() else {
+            return Ok(0);
+        };
+        let payload = rhai::serde::to_dynamic(payload).map_err(|e| e.to_string())?;
+        for session in &targets {
+            let (runtime, project, session) = (runtime.clone(), project.clone(), session.clone());
+            let (handler, payload) = (handler.to_string(), payload.clone());
+            tokio::spawn(async move {
+                events::message(&runtime, &project, &session, &handler, payload).await
+            });
+        }
+        Ok(targets.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn null_removes_a_value() {
+        let mut values = Values::new();
+        set(&mut values, "lamp", "text", Value::from("on"));
+        assert_eq!(get(&values, "lamp", "text"), Some(&Value::from("on")));
+        set(&mut values, "lamp", "text", Value::Null);
+        assert!(values.is_empty());
+    }
+
+    #[test]
+    fn only_known_attributes() {
+        assert!(check_attribute("visible").is_ok());
+        assert!(check_attribute("onclick").is_err());
+    }
+}
