@@ -29,7 +29,9 @@ pub async fn watch(runtime: Arc<Runtime>) {
     let watch_root = root.clone();
     let mut watcher =
         match notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-            if let Ok(event) = event {
+            if let Ok(event) = event
+                && is_a_write(&event.kind)
+            {
                 for path in event.paths {
                     if let Some(project) = project_dir_of(&watch_root, &path) {
                         let _ = changes.send(project);
@@ -62,6 +64,18 @@ pub async fn watch(runtime: Arc<Runtime>) {
         for dir in dirty {
             runtime.reload_project(&dir).await;
         }
+    }
+}
+
+/// Only writes count: reading the files to reload them (or another server
+/// reading them) must not trigger another reload.
+fn is_a_write(kind: &notify::EventKind) -> bool {
+    use notify::EventKind;
+    use notify::event::ModifyKind;
+    match kind {
+        EventKind::Create(_) | EventKind::Remove(_) => true,
+        EventKind::Modify(modify) => !matches!(modify, ModifyKind::Metadata(_)),
+        EventKind::Access(_) | EventKind::Any | EventKind::Other => false,
     }
 }
 

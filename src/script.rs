@@ -126,6 +126,7 @@ pub async fn run_off_async<T: Send + 'static>(
     let pool = POOL.get_or_init(|| {
         tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
+            .enable_all()
             .max_blocking_threads(MAX_SCRIPT_THREADS)
             .thread_stack_size(SCRIPT_THREAD_STACK)
             .thread_name("script")

@@ -13,7 +13,7 @@ use actix_web::{HttpRequest, HttpResponse, ResponseError, web};
 use actix_ws::{AggregatedMessage, CloseCode, CloseReason};
 use serde::Deserialize;
 use tokio::sync::{mpsc, watch};
-use tracing::{debug, error, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::project::Project;
 use crate::protocol::{self, ClientFrame, Push, Rejection};
@@ -625,7 +625,8 @@ async fn serve_connection(
                     Some(Ok(AggregatedMessage::Pong(_))) => {}
                     Some(Ok(AggregatedMessage::Close(_))) | None => break None,
                     Some(Err(error)) => {
-                        warn!(session = session.log_id(), "WebSocket protocol error: {error}");
+                        // Usually a tab that vanished without a close frame.
+                        info!(session = session.log_id(), "WebSocket ended: {error}");
                         break Some(CloseReason { code: CloseCode::Size, description: Some(error.to_string()) });
                     }
                 }

@@ -185,6 +185,9 @@ impl Server {
     pub async fn client(&self, project: &str) -> Client {
         let http = reqwest::Client::builder()
             .cookie_store(true)
+            // No idle connections kept: the server closes them after its
+            // keep-alive, and a test that waits longer would hit a closed one.
+            .pool_max_idle_per_host(0)
             .build()
             .unwrap();
         let response = http
@@ -298,9 +301,22 @@ impl Client {
         &self,
         origin: Option<&str>,
     ) -> Result<Socket, tokio_tungstenite::tungstenite::Error> {
-        let mut request = format!("{}/api/ws", self.ws_base)
-            .into_client_request()
-            .unwrap();
+        self.connect(format!("{}/api/ws", self.ws_base), origin)
+            .await
+    }
+
+    /// A socket for a browser tab showing `page` (a new `tab` id = a new tab).
+    pub async fn socket_tab(&self, tab: &str, page: &str) -> Socket {
+        let url = format!("{}/api/ws?tab={tab}&page={page}", self.ws_base);
+        self.connect(url, None).await.expect("WebSocket connects")
+    }
+
+    async fn connect(
+        &self,
+        url: String,
+        origin: Option<&str>,
+    ) -> Result<Socket, tokio_tungstenite::tungstenite::Error> {
+        let mut request = url.into_client_request().unwrap();
         let headers = request.headers_mut();
         headers.insert(
             "cookie",
