@@ -137,6 +137,10 @@ pub fn register(engine: &mut Engine, runtime: Weak<Runtime>, project: &str) {
             .map(|s| Dynamic::from(s.id.clone()))
             .collect())
     });
+    engine.register_fn("now", || -> i64 {
+        let since_epoch = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        i64::try_from(since_epoch.as_millis()).unwrap_or(i64::MAX)
+    });
     let (rt, p) = bind();
     engine.register_fn("terminateSession", move |session: &str| -> Result<bool> {
         let runtime = upgrade(&rt)?;
