@@ -7,7 +7,7 @@
 //! caller passes what it knows about the command in an [`Origin`] and logs the
 //! [`Decoded::warnings`] it gets back.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 /// What a handler returned, before decoding.
@@ -24,7 +24,7 @@ pub enum Answer {
 }
 
 /// Outcome of a command, as sent to the client in the reply's `status`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Status {
     Ok,
@@ -34,7 +34,7 @@ pub enum Status {
 }
 
 /// The styling of a toast or popup (`type` in the answer, `level` on the wire).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Level {
     Info,
@@ -44,7 +44,7 @@ pub enum Level {
 }
 
 /// Where an error message is shown.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum Display {
     #[default]
@@ -54,7 +54,7 @@ pub enum Display {
 }
 
 /// One thing the client must do, in the order given.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Action {
     Page {
@@ -255,6 +255,10 @@ struct Keys<'v> {
     error: Option<&'v Value>,
     display: Option<&'v Value>,
     rollback: Option<&'v Value>,
+    success: Option<&'v Value>,
+    title: Option<&'v Value>,
+    message: Option<&'v Value>,
+    field_errors: Option<&'v Value>,
 }
 
 impl<'v> Keys<'v> {
@@ -274,6 +278,10 @@ impl<'v> Keys<'v> {
                 "error" => &mut keys.error,
                 "display" => &mut keys.display,
                 "rollback" => &mut keys.rollback,
+                "success" => &mut keys.success,
+                "title" => &mut keys.title,
+                "message" => &mut keys.message,
+                "fieldErrors" => &mut keys.field_errors,
                 _ => {
                     out.warn(format!("{}: unknown key, ignored", clip(name)));
                     continue;
@@ -288,6 +296,7 @@ impl<'v> Keys<'v> {
 fn decode_object(map: &Map<String, Value>, origin: &Origin, out: &mut Decoded) {
     let keys = Keys::collect(map, out);
     decode_error(&keys, origin, out);
+    decode_form_result(&keys, out);
     if let Some(toast) = keys.toast {
         decode_toasts(toast, out);
     }
@@ -320,6 +329,131 @@ fn decode_object(map: &Map<String, Value>, origin: &Origin, out: &mut Decoded) {
     if let Some(page) = keys.page {
         decode_pages(page, out);
     }
+}
+
+// --- form submission results -------------------------------------------------
+
+/// The Form Submission vocabulary of the Perspective seed:
+/// `{ success, title, message, fieldErrors: { field: { title, message } } }`.
+/// Success becomes a success toast; failure an error status with a field
+/// error per field, plus the message as an error toast (with field errors)
+/// or an error popup (without).
+fn decode_form_result(keys: &Keys, out: &mut Decoded) {
+    let Some(success) = keys.success else {
+        for (name, present) in [
+            ("title", keys.title),
+            ("message", keys.message),
+            ("fieldErrors", keys.field_errors),
+        ] {
+            if present.is_some() {
+                out.warn(format!("{name}: only meaningful with `success`, ignored"));
+            }
+        }
+        return;
+    };
+    let Some(success) = success.as_bool() else {
+        out.warn(format!(
+            "success: expected true or false, got {}",
+            describe(success)
+        ));
+        return;
+    };
+    let title = keys
+        .title
+        .and_then(|v| expect_string(Key::new("title"), v, out))
+        .map(String::from);
+    let message = keys
+        .message
+        .and_then(|v| expect_string(Key::new("message"), v, out))
+        .map(String::from);
+    if success {
+        if let Some(text) = message.clone().or(title) {
+            out.push(Action::Toast {
+                message: text,
+                duration: None,
+                level: Some(Level::Success),
+                duplicate: false,
+                close: false,
+            });
+        }
+        if keys.field_errors.is_some() {
+            out.warn("fieldErrors: ignored on a successful submission".into());
+        }
+        return;
+    }
+    out.status = Status::Error;
+    let fields = keys
+        .field_errors
+        .map(|errors| decode_form_field_errors(errors, out))
+        .unwrap_or(0);
+    match (fields, title, message) {
+        (0, None, None) => out.push(Action::Error {
+            message: None,
+            display: Display::Toast,
+            object: None,
+        }),
+        (0, title, Some(message)) => out.push(Action::Popup {
+            title,
+            message,
+            level: Some(Level::Error),
+        }),
+        (0, Some(title), None) => out.push(Action::Popup {
+            title: None,
+            message: title,
+            level: Some(Level::Error),
+        }),
+        (_, title, message) => {
+            if let Some(text) = message.or(title) {
+                out.push(Action::Toast {
+                    message: text,
+                    duration: None,
+                    level: Some(Level::Error),
+                    duplicate: false,
+                    close: false,
+                });
+            }
+        }
+    }
+}
+
+/// `fieldErrors`: field → `{ title, message }` (or a plain message string).
+/// Returns how many field errors it produced.
+fn decode_form_field_errors(errors: &Value, out: &mut Decoded) -> usize {
+    let Some(errors) = errors.as_object() else {
+        out.warn(format!(
+            "fieldErrors: expected an object, got {}",
+            describe(errors)
+        ));
+        return 0;
+    };
+    let mut fields: Vec<(&String, &Value)> = errors.iter().collect();
+    fields.sort_by(|a, b| a.0.cmp(b.0));
+    let mut count = 0;
+    for (field, detail) in fields {
+        let message = match detail {
+            Value::String(text) => Some(text.clone()),
+            Value::Object(detail) => detail
+                .get("message")
+                .or_else(|| detail.get("title"))
+                .and_then(Value::as_str)
+                .map(String::from),
+            other => {
+                out.warn(format!(
+                    "fieldErrors.{}: expected an object or a string, got {}",
+                    clip(field),
+                    describe(other)
+                ));
+                continue;
+            }
+        };
+        out.push(Action::FieldError {
+            field: field.clone(),
+            message,
+            display: Display::Tooltip,
+        });
+        count += 1;
+    }
+    count
 }
 
 // --- errors and rollback ---------------------------------------------------
@@ -1892,5 +2026,58 @@ mod tests {
                 );
             }
         }
+    }
+
+    fn leveled_toast(message: &str, level: Level) -> Action {
+        Action::Toast {
+            message: message.into(),
+            duration: None,
+            level: Some(level),
+            duplicate: false,
+            close: false,
+        }
+    }
+
+    fn field_error(field: &str, message: Option<&str>) -> Action {
+        Action::FieldError {
+            field: field.into(),
+            message: message.map(String::from),
+            display: Display::Tooltip,
+        }
+    }
+
+    #[test]
+    fn form_submission_results() {
+        check(vec![
+            row("form_success_message", json(json!({"success": true, "title": "Form Submitted", "message": "Thank you!"})))
+                .gives(vec![leveled_toast("Thank you!", Level::Success)]),
+            row("form_success_title_only", json(json!({"success": true, "title": "Saved"})))
+                .gives(vec![leveled_toast("Saved", Level::Success)]),
+            row("form_success_bare", json(json!({"success": true}))),
+            row("form_failure_with_field_errors", json(json!({
+                "success": false, "title": "Missing Required Field", "message": "Email address is required.",
+                "fieldErrors": {"email": {"title": "Required", "message": "Please enter your email."}, "age": {"title": "Too young"}}
+            })))
+            .error(vec![
+                field_error("age", Some("Too young")),
+                field_error("email", Some("Please enter your email.")),
+                leveled_toast("Email address is required.", Level::Error),
+            ]),
+            row("form_failure_popup", json(json!({"success": false, "title": "Refused", "message": "Closed today"})))
+                .error(vec![Action::Popup { title: Some("Refused".into()), message: "Closed today".into(), level: Some(Level::Error) }]),
+            row("form_failure_bare", json(json!({"success": false})))
+                .error(vec![Action::Error { message: None, display: Display::Toast, object: None }]),
+            row("form_field_error_as_string", json(json!({"success": false, "fieldErrors": {"name": "Required"}})))
+                .error(vec![field_error("name", Some("Required"))]),
+            row("form_bad_field_error", json(json!({"success": false, "fieldErrors": {"name": 5}})))
+                .error(vec![Action::Error { message: None, display: Display::Toast, object: None }])
+                .warns(&["fieldErrors.name"]),
+            row("form_success_not_bool", json(json!({"success": "yes", "message": "x"}))).warns(&["success"]),
+            row("form_keys_without_success", json(json!({"title": "t", "toast": "x"})))
+                .gives(vec![toast("x")])
+                .warns(&["title"]),
+            row("form_success_with_page", json(json!({"success": true, "message": "ok", "page": "home"})))
+                .gives(vec![leveled_toast("ok", Level::Success), page("home")]),
+        ]);
     }
 }

@@ -49,6 +49,9 @@ pub struct Settings {
     /// Bearer token external systems present to `POST /<project>/api/message`
     /// and `/api/event`; empty disables token access.
     pub api_token: String,
+    /// Seconds the results of processed form submissions are kept, to
+    /// answer repeated deliveries without running the handler again.
+    pub submission_retention_secs: u64,
     pub limits: Limits,
     /// Keys and key sequences the browser reports to `fn keystroke`.
     pub keystrokes: Vec<KeystrokeMatcher>,
@@ -116,6 +119,8 @@ impl Default for Settings {
             idle_timeout_secs: 3600,
             max_limit_stops: 3,
             api_token: String::new(),
+            // A week: longer than any device stays offline in practice.
+            submission_retention_secs: 7 * 24 * 3600,
             limits: Limits::default(),
             keystrokes: Vec::new(),
             timers: Vec::new(),

@@ -16,6 +16,10 @@ use crate::answer::{Action, Status};
 #[serde(deny_unknown_fields)]
 pub struct Command {
     pub seq: Option<u64>,
+    /// Unique per command (the browser runtime sends `<tab>-<seq>`): a
+    /// command whose id was already answered gets that answer again and is
+    /// not run twice.
+    pub id: Option<String>,
     /// The id of the object that sent it (a button, a field…).
     pub object: Option<String>,
     pub name: String,
@@ -93,6 +97,29 @@ impl DeviceEvent {
     }
 }
 
+/// A reliable form's submission, for `fn formSubmission`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FormSubmit {
+    pub seq: Option<u64>,
+    /// Unique per submission, kept across retries: processed once.
+    pub id: String,
+    /// The form's name (its container id).
+    pub name: String,
+    /// Field id → value.
+    pub data: serde_json::Map<String, Value>,
+    /// What the page author attached to the form.
+    #[serde(default)]
+    pub context: Value,
+    /// Captured by the browser when the user submitted: `timestamp`,
+    /// `device`, `location` when available.
+    #[serde(default)]
+    pub session_context: serde_json::Map<String, Value>,
+    /// `true` on every delivery attempt after the first.
+    #[serde(default)]
+    pub retry: bool,
+}
+
 /// Everything a client may send.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -102,6 +129,7 @@ pub enum ClientFrame {
     PageShown(PageShown),
     Keystroke(Keystroke),
     Device(Device),
+    Form(FormSubmit),
 }
 
 impl ClientFrame {
@@ -112,6 +140,7 @@ impl ClientFrame {
             ClientFrame::PageShown(shown) => shown.seq,
             ClientFrame::Keystroke(keystroke) => keystroke.seq,
             ClientFrame::Device(device) => device.seq,
+            ClientFrame::Form(form) => form.seq,
         }
     }
 }
@@ -154,7 +183,7 @@ pub struct UiValue {
 }
 
 /// The answer to one frame.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Reply {
     pub seq: Option<u64>,
     pub status: Status,
@@ -222,6 +251,7 @@ mod tests {
             frame,
             ClientFrame::Command(Command {
                 seq: Some(12),
+                id: None,
                 object: Some("dimmer1".into()),
                 name: "dimmer".into(),
                 param: "40".into(),

@@ -62,6 +62,11 @@ impl Sessions {
         (session.project == project).then(|| session.clone())
     }
 
+    /// The session with this id, whatever its project.
+    pub fn by_id(&self, id: &str) -> Option<Arc<Session>> {
+        self.by_id.get(id).map(|s| s.clone())
+    }
+
     pub fn remove(&self, id: &str) -> Option<Arc<Session>> {
         self.by_id.remove(id).map(|(_, session)| session)
     }

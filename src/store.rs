@@ -18,6 +18,10 @@ pub enum Table {
     Vars,
     /// Server bookkeeping (e.g. whether the last stop was clean).
     Meta,
+    /// `session\u{0}command id` → the reply it got (answered exactly once).
+    Replies,
+    /// `project\u{0}submission id` → the result of a form submission.
+    Submissions,
 }
 
 impl Table {
@@ -26,10 +30,18 @@ impl Table {
             Table::Sessions => TableDefinition::new("sessions"),
             Table::Vars => TableDefinition::new("vars"),
             Table::Meta => TableDefinition::new("meta"),
+            Table::Replies => TableDefinition::new("replies"),
+            Table::Submissions => TableDefinition::new("submissions"),
         }
     }
 
-    const ALL: [Table; 3] = [Table::Sessions, Table::Vars, Table::Meta];
+    const ALL: [Table; 5] = [
+        Table::Sessions,
+        Table::Vars,
+        Table::Meta,
+        Table::Replies,
+        Table::Submissions,
+    ];
 }
 
 /// One change in a [`Store::write`] batch.

@@ -7,12 +7,14 @@ use std::sync::Arc;
 use rhai::Dynamic;
 use tracing::{info, warn};
 
-use super::{Runtime, events};
+use super::delivery::{Claim, StoredReply, reply_key};
+use super::{Runtime, events, forms};
 use crate::answer::{self, Action, Answer, Decoded, Display, Origin, Status};
 use crate::project::Project;
 use crate::protocol::{ClientFrame, Command, PageClosed, PageShown, Rejection, Reply};
 use crate::script::{self, ScriptError};
 use crate::session::{Opener, Session, SessionState};
+use crate::store::{Table, Write};
 
 /// The message a user sees when a handler failed; the details go to the log
 /// only, since they may describe the server's internals.
@@ -34,10 +36,12 @@ pub async fn run_frame(
             events::keystroke(runtime, project, session, keystroke, tab).await
         }
         ClientFrame::Device(device) => events::device(runtime, project, session, device).await,
+        ClientFrame::Form(form) => Ok(forms::submit(runtime, project, session, form).await),
     }
 }
 
-/// Runs a command through the project's `userCommand` handlers.
+/// Runs a command through the project's `userCommand` handlers; a command
+/// with an `id` runs once, repeats get the stored answer.
 async fn run_command(
     runtime: &Arc<Runtime>,
     project: Arc<Project>,
@@ -45,8 +49,31 @@ async fn run_command(
     command: Command,
 ) -> Reply {
     let seq = command.seq;
-    let executed = execute_off_async(runtime, &project, &session, command, true).await;
-    finish(runtime, &project, &session, seq, executed).await
+    let Some(key) = command.id.as_deref().map(|id| reply_key(&session.id, id)) else {
+        let executed = execute_off_async(runtime, &project, &session, command, true, None).await;
+        return finish(runtime, &project, &session, seq, executed).await;
+    };
+    match runtime.claim(Table::Replies, &key).await {
+        Claim::Answered(stored) => {
+            info!(target: "switchboard::command", "session={} name={:?} id={:?} [REPEAT] answered from the record",
+                session.log_id(), command.name, command.id.as_deref().unwrap_or_default());
+            stored.reply(seq)
+        }
+        Claim::Run(done) => {
+            let executed = execute_off_async(
+                runtime,
+                &project,
+                &session,
+                command,
+                true,
+                Some(key.clone()),
+            )
+            .await;
+            let reply = finish(runtime, &project, &session, seq, executed).await;
+            runtime.release(&key, done, &reply);
+            reply
+        }
+    }
 }
 
 /// Handles the client's report that a page closed: when a command opened
@@ -68,12 +95,13 @@ async fn page_closed(
     runtime.persist(&session);
     let command = Command {
         seq: closed.seq,
+        id: None,
         object: opener.object,
         name: opener.name,
         param: format!("{}/close", opener.param),
         page: Some(closed.page),
     };
-    let executed = execute_off_async(runtime, &project, &session, command, false).await;
+    let executed = execute_off_async(runtime, &project, &session, command, false, None).await;
     finish(runtime, &project, &session, closed.seq, executed).await
 }
 
@@ -108,18 +136,36 @@ async fn execute_off_async(
     session: &Arc<Session>,
     command: Command,
     remember_value: bool,
+    reply_key: Option<String>,
 ) -> Executed {
     let (job_runtime, job_project, job_session) =
         (runtime.clone(), project.clone(), session.clone());
     let fallback = command.clone();
     let job = move || {
-        execute(
-            &job_runtime,
-            &job_project,
-            &job_session,
-            command,
-            remember_value,
-        )
+        job_runtime.atomically(|| {
+            let executed = execute(
+                &job_runtime,
+                &job_project,
+                &job_session,
+                command,
+                remember_value,
+            );
+            // The answer is stored in the same transaction as the handler's
+            // effects: both survive a crash, or neither does.
+            let record = reply_key.map(|key| {
+                let reply = Reply {
+                    seq: None,
+                    status: executed.decoded.status,
+                    actions: executed.decoded.actions.clone(),
+                };
+                Write::Put(
+                    Table::Replies,
+                    key,
+                    serde_json::to_vec(&StoredReply::new(&reply)).unwrap_or_default(),
+                )
+            });
+            (executed, record.into_iter().collect())
+        })
     };
     match script::run_off_async(job).await {
         Ok(executed) => executed,

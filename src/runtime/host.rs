@@ -138,7 +138,9 @@ pub fn register(engine: &mut Engine, runtime: Weak<Runtime>, project: &str) {
             .collect())
     });
     engine.register_fn("now", || -> i64 {
-        let since_epoch = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        let since_epoch = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
         i64::try_from(since_epoch.as_millis()).unwrap_or(i64::MAX)
     });
     let (rt, p) = bind();

@@ -7,7 +7,9 @@
 //! functions [`host`] registers.
 
 mod commands;
+mod delivery;
 mod events;
+mod forms;
 mod host;
 mod push;
 
@@ -23,6 +25,7 @@ use tracing::{error, info, warn};
 
 use crate::project::{self, LoadError, Project};
 use crate::protocol::Push;
+use crate::script;
 use crate::session::{Session, SessionRecord, Sessions};
 use crate::store::{Store, StoreError, Table};
 
@@ -37,6 +40,9 @@ const RUNNING_KEY: &str = "running";
 /// How often idle sessions are looked for.
 const IDLE_SWEEP_INTERVAL: Duration = Duration::from_millis(500);
 
+/// Expired answers are deleted every this many sweeps (about a minute).
+const PRUNE_EVERY_SWEEPS: u64 = 120;
+
 pub struct Runtime {
     projects: RwLock<HashMap<String, Arc<Project>>>,
     pub sessions: Sessions,
@@ -45,6 +51,11 @@ pub struct Runtime {
     /// In-memory variables by `project\u{0}name`; names ending in `!` are
     /// also written to the store.
     vars: DashMap<String, Dynamic>,
+    /// Commands and submissions being run, by answer key.
+    in_flight: delivery::InFlight,
+    /// Form submissions of a project run one at a time, so that their
+    /// read-modify-write of shared variables cannot interleave.
+    form_locks: DashMap<String, Arc<std::sync::Mutex<()>>>,
     shutdown: watch::Sender<bool>,
     projects_dir: PathBuf,
     myself: Weak<Runtime>,
@@ -63,6 +74,8 @@ impl Runtime {
             store,
             ui: DashMap::new(),
             vars: DashMap::new(),
+            in_flight: DashMap::new(),
+            form_locks: DashMap::new(),
             shutdown: watch::channel(false).0,
             projects_dir: projects_dir.to_path_buf(),
             myself: myself.clone(),
@@ -155,7 +168,7 @@ impl Runtime {
 
     /// Writes the session's persisted part to the store.
     pub fn persist(&self, session: &Session) {
-        if session.has_ended() {
+        if session.has_ended() || self.defer_session(&session.id) {
             return;
         }
         let record = session.record();
@@ -223,14 +236,21 @@ impl Runtime {
                 "could not delete the stored session: {error}"
             );
         }
+        self.forget_replies(&session.id);
         info!(project = %session.project, session = session.log_id(), reason = reason.as_str(), "session ended");
     }
 
     /// Looks for sessions idle past their project's timeout, forever.
     pub async fn sweep_idle_sessions(self: Arc<Self>) {
         let mut tick = tokio::time::interval(IDLE_SWEEP_INTERVAL);
+        let mut sweeps: u64 = 0;
         loop {
             tick.tick().await;
+            sweeps += 1;
+            if sweeps % PRUNE_EVERY_SWEEPS == 1 {
+                let runtime = self.clone();
+                let _ = script::run_off_async(move || runtime.prune_answers()).await;
+            }
             for session in self.sessions.all() {
                 let Some(project) = self.project(&session.project) else {
                     continue;
@@ -345,7 +365,7 @@ impl Runtime {
     /// Sets a variable; names ending in `!` are persisted (HSYCO's rule).
     pub fn var_set(&self, project: &str, name: &str, value: Dynamic) -> Result<(), String> {
         let key = Self::var_key(project, name);
-        if name.ends_with('!') {
+        if name.ends_with('!') && !self.defer_var(&key) {
             if value.is_unit() {
                 self.store
                     .delete(Table::Vars, &key)

@@ -1,0 +1,252 @@
+//! Exactly-once delivery: a command with an `id` and a form submission are
+//! run once, however many times they arrive (reconnects, retries, a server
+//! restart); repeats get the stored answer.
+//!
+//! The handler's persistent effects (session state, `!` variables) and the
+//! answer record are committed in one store transaction, so a crash leaves
+//! either all of them or none: a command the server died in the middle of
+//! runs again from scratch when the client re-sends it, once.
+
+use std::cell::RefCell;
+use std::collections::BTreeSet;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use dashmap::mapref::entry::Entry;
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+use tracing::error;
+
+use super::Runtime;
+use crate::answer::{Action, Status};
+use crate::protocol::Reply;
+use crate::store::{Table, Write};
+
+/// How long answers to commands are kept for repeats: far longer than any
+/// reconnect, short enough that the table stays small.
+const REPLY_RETENTION: Duration = Duration::from_secs(3600);
+
+thread_local! {
+    // Store writes deferred until the running handler's transaction commits.
+    static BATCH: RefCell<Option<Batch>> = const { RefCell::new(None) };
+}
+
+#[derive(Default)]
+struct Batch {
+    sessions: BTreeSet<String>,
+    vars: BTreeSet<String>,
+}
+
+/// What the store keeps of an answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StoredReply {
+    pub status: Status,
+    pub actions: Vec<Action>,
+    /// Unix seconds when it was stored, for expiry.
+    pub at: u64,
+}
+
+impl StoredReply {
+    pub fn new(reply: &Reply) -> StoredReply {
+        StoredReply {
+            status: reply.status,
+            actions: reply.actions.clone(),
+            at: unix_now(),
+        }
+    }
+
+    /// The reply to a repeat, carrying the repeat's `seq`.
+    pub fn reply(self, seq: Option<u64>) -> Reply {
+        Reply {
+            seq,
+            status: self.status,
+            actions: self.actions,
+        }
+    }
+}
+
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Key of a command's answer.
+pub fn reply_key(session: &str, id: &str) -> String {
+    format!("{session}\u{0}{id}")
+}
+
+/// Key of a form submission's answer.
+pub fn submission_key(project: &str, id: &str) -> String {
+    format!("{project}\u{0}{id}")
+}
+
+/// The outcome of claiming an id: run it, or use the answer it already has.
+pub enum Claim {
+    /// Nobody ran it: run it, then [`Runtime::release`] the key.
+    Run(watch::Sender<Option<Reply>>),
+    /// Already answered (now or after waiting for a concurrent run).
+    Answered(StoredReply),
+}
+
+impl Runtime {
+    /// Defers this thread's store writes while `work` runs, then commits
+    /// them with `extra` in one transaction.
+    pub(super) fn atomically<R>(&self, work: impl FnOnce() -> (R, Vec<Write>)) -> R {
+        BATCH.set(Some(Batch::default()));
+        let (result, extra) = work();
+        let batch = BATCH.take().unwrap_or_default();
+        let mut writes = self.batch_writes(batch);
+        writes.extend(extra);
+        if let Err(error) = self.store.write(&writes) {
+            error!("could not commit a handler's changes: {error}");
+        }
+        result
+    }
+
+    /// Records a session write for the running batch; `false` when there is
+    /// no batch on this thread (write at once).
+    pub(super) fn defer_session(&self, id: &str) -> bool {
+        BATCH.with_borrow_mut(|batch| {
+            batch
+                .as_mut()
+                .map(|b| b.sessions.insert(id.to_string()))
+                .is_some()
+        })
+    }
+
+    pub(super) fn defer_var(&self, key: &str) -> bool {
+        BATCH.with_borrow_mut(|batch| {
+            batch
+                .as_mut()
+                .map(|b| b.vars.insert(key.to_string()))
+                .is_some()
+        })
+    }
+
+    /// The current values of everything the batch touched.
+    fn batch_writes(&self, batch: Batch) -> Vec<Write> {
+        let mut writes = Vec::new();
+        for id in batch.sessions {
+            if let Some(session) = self.sessions.by_id(&id)
+                && !session.has_ended()
+                && let Ok(bytes) = serde_json::to_vec(&session.record())
+            {
+                writes.push(Write::Put(Table::Sessions, id, bytes));
+            }
+        }
+        for key in batch.vars {
+            match self
+                .vars
+                .get(&key)
+                .map(|v| rhai::serde::from_dynamic::<serde_json::Value>(&v))
+            {
+                Some(Ok(json)) => writes.push(Write::Put(
+                    Table::Vars,
+                    key,
+                    serde_json::to_vec(&json).unwrap_or_default(),
+                )),
+                Some(Err(error)) => error!(key, "variable cannot be stored: {error}"),
+                None => writes.push(Write::Delete(Table::Vars, key)),
+            }
+        }
+        writes
+    }
+
+    fn stored(&self, table: Table, key: &str) -> Option<StoredReply> {
+        match self.store.get(table, key) {
+            Ok(bytes) => bytes.and_then(|b| serde_json::from_slice(&b).ok()),
+            Err(error) => {
+                error!("could not read a stored answer: {error}");
+                None
+            }
+        }
+    }
+
+    /// Claims `key` for running, unless it was answered already or is
+    /// running now (then waits for that run's answer).
+    pub async fn claim(&self, table: Table, key: &str) -> Claim {
+        loop {
+            if let Some(stored) = self.stored(table, key) {
+                return Claim::Answered(stored);
+            }
+            let mut running = match self.in_flight.entry(key.to_string()) {
+                Entry::Occupied(entry) => entry.get().clone(),
+                Entry::Vacant(entry) => {
+                    let (done, running) = watch::channel(None);
+                    entry.insert(running);
+                    // The first run may have committed and left between the
+                    // look-up above and this claim.
+                    if let Some(stored) = self.stored(table, key) {
+                        self.in_flight.remove(key);
+                        return Claim::Answered(stored);
+                    }
+                    return Claim::Run(done);
+                }
+            };
+            if let Ok(answer) = running.wait_for(Option::is_some).await
+                && let Some(reply) = answer.clone()
+            {
+                return Claim::Answered(StoredReply::new(&reply));
+            }
+            // The run ended without an answer (its task died): try again.
+        }
+    }
+
+    /// Ends a claim, handing the answer to anyone who waited.
+    pub fn release(&self, key: &str, done: watch::Sender<Option<Reply>>, reply: &Reply) {
+        self.in_flight.remove(key);
+        let _ = done.send(Some(reply.clone()));
+    }
+
+    /// Deletes answers past their retention.
+    pub(super) fn prune_answers(&self) {
+        let now = unix_now();
+        let mut writes = Vec::new();
+        for (table, keep) in [
+            (Table::Replies, REPLY_RETENTION.as_secs()),
+            (Table::Submissions, 0),
+        ] {
+            let Ok(records) = self.store.scan(table, "") else {
+                continue;
+            };
+            for (key, bytes) in records {
+                let keep = if table == Table::Submissions {
+                    self.submission_retention(&key)
+                } else {
+                    keep
+                };
+                let expired = serde_json::from_slice::<StoredReply>(&bytes)
+                    .map_or(true, |r| now.saturating_sub(r.at) > keep);
+                if expired {
+                    writes.push(Write::Delete(table, key));
+                }
+            }
+        }
+        if let Err(error) = self.store.write(&writes) {
+            error!("could not prune stored answers: {error}");
+        }
+    }
+
+    fn submission_retention(&self, key: &str) -> u64 {
+        let project = key.split('\u{0}').next().unwrap_or_default();
+        self.project(project)
+            .map_or(0, |p| p.settings.submission_retention_secs)
+    }
+
+    /// Forgets the answers of an ended session.
+    pub(super) fn forget_replies(&self, session: &str) {
+        let prefix = reply_key(session, "");
+        if let Ok(records) = self.store.scan(Table::Replies, &prefix) {
+            let writes: Vec<Write> = records
+                .into_iter()
+                .map(|(key, _)| Write::Delete(Table::Replies, key))
+                .collect();
+            if let Err(error) = self.store.write(&writes) {
+                error!("could not forget a session's answers: {error}");
+            }
+        }
+    }
+}
+
+/// Shared by sessions' commands and form submissions.
+pub type InFlight = dashmap::DashMap<String, watch::Receiver<Option<Reply>>>;

@@ -1,0 +1,156 @@
+//! Reliable forms: `fn formSubmission(session, name, data, formContext,
+//! sessionContext, retry)`, run once per submission id however many times
+//! the browser's offline queue delivers it.
+
+use std::sync::Arc;
+
+use rhai::Dynamic;
+use serde_json::Value;
+use tracing::info;
+
+use super::commands::{abnormal_end, decode_logging_warnings, failed};
+use super::delivery::{Claim, StoredReply, submission_key, unix_now};
+use super::{Runtime, events};
+use crate::answer::{Answer, Decoded, Origin, Status};
+use crate::project::Project;
+use crate::protocol::{FormSubmit, Reply};
+use crate::script::{self, ScriptError};
+use crate::session::Session;
+use crate::store::{Table, Write};
+
+/// Runs a submission once; a repeat delivery of a processed id gets the
+/// stored result and does not call the handler again.
+pub async fn submit(
+    runtime: &Arc<Runtime>,
+    project: Arc<Project>,
+    session: Arc<Session>,
+    form: FormSubmit,
+) -> Reply {
+    let seq = form.seq;
+    let key = submission_key(&project.name, &form.id);
+    match runtime.claim(Table::Submissions, &key).await {
+        Claim::Answered(stored) => {
+            info!(target: "switchboard::form", "session={} form={:?} id={:?} retry={} [REPEAT] answered from the record",
+                session.log_id(), form.name, form.id, form.retry);
+            stored.reply(seq)
+        }
+        Claim::Run(done) => {
+            let (name, id, retry) = (form.name.clone(), form.id.clone(), form.retry);
+            let (decoded, failure) =
+                run_handler(runtime, &project, &session, form, key.clone()).await;
+            info!(target: "switchboard::form", "session={} form={name:?} id={id:?} retry={retry} [{}]",
+                session.log_id(), status_name(decoded.status));
+            if let Some(error) = &failure {
+                events::handler_failed(runtime, &project, &session, error).await;
+            }
+            let reply = Reply {
+                seq,
+                status: decoded.status,
+                actions: decoded.actions,
+            };
+            runtime.release(&key, done, &reply);
+            reply
+        }
+    }
+}
+
+fn status_name(status: Status) -> &'static str {
+    match status {
+        Status::Ok => "OK",
+        Status::Error => "ERROR",
+        Status::Unhandled => "UNHANDLED",
+        Status::Failed => "FAILED",
+    }
+}
+
+/// Calls the handler under the project's form lock and commits its effects
+/// together with the result. A failed run stores nothing: the browser's
+/// retry runs it again.
+async fn run_handler(
+    runtime: &Arc<Runtime>,
+    project: &Arc<Project>,
+    session: &Arc<Session>,
+    form: FormSubmit,
+    key: String,
+) -> (Decoded, Option<ScriptError>) {
+    let lock = runtime
+        .form_locks
+        .entry(project.name.clone())
+        .or_default()
+        .clone();
+    let (job_runtime, job_project, job_session) =
+        (runtime.clone(), project.clone(), session.clone());
+    let job = move || {
+        let _serialized = lock.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        job_runtime.atomically(|| {
+            let result = call(&job_project, &job_session, form);
+            let record = match &result {
+                (decoded, None) if decoded.status != Status::Unhandled => {
+                    let reply = Reply {
+                        seq: None,
+                        status: decoded.status,
+                        actions: decoded.actions.clone(),
+                    };
+                    vec![Write::Put(
+                        Table::Submissions,
+                        key,
+                        serde_json::to_vec(&StoredReply::new(&reply)).unwrap_or_default(),
+                    )]
+                }
+                _ => Vec::new(),
+            };
+            (result, record)
+        })
+    };
+    script::run_off_async(job)
+        .await
+        .unwrap_or_else(|join_error| {
+            (
+                failed(None),
+                Some(abnormal_end("formSubmission", &join_error)),
+            )
+        })
+}
+
+fn call(project: &Project, session: &Session, form: FormSubmit) -> (Decoded, Option<ScriptError>) {
+    let args = vec![
+        Dynamic::from(session.id.clone()),
+        Dynamic::from(form.name.clone()),
+        to_dynamic(Value::Object(form.data)),
+        to_dynamic(form.context),
+        to_dynamic(Value::Object(session_context(
+            session,
+            form.session_context,
+        ))),
+        Dynamic::from(form.retry),
+    ];
+    match project.scripts.call_first("formSubmission", args) {
+        Ok(answer) => {
+            let answer = answer.map_or(Answer::Unit, Answer::from_dynamic);
+            (
+                decode_logging_warnings(&answer, &Origin::default(), "formSubmission"),
+                None,
+            )
+        }
+        Err(error) => (failed(None), Some(error)),
+    }
+}
+
+fn to_dynamic(value: Value) -> Dynamic {
+    rhai::serde::to_dynamic(value).unwrap_or(Dynamic::UNIT)
+}
+
+/// The seed's sessionContext: what the browser captured (timestamp,
+/// device, location), with the user filled in by the server, which knows it.
+fn session_context(
+    session: &Session,
+    mut sent: serde_json::Map<String, Value>,
+) -> serde_json::Map<String, Value> {
+    sent.insert("user".into(), Value::from(session.userid.clone()));
+    sent.insert("session".into(), Value::from(session.id.clone()));
+    sent.entry("timestamp")
+        .or_insert_with(|| Value::from(unix_now() * 1000));
+    sent.entry("device").or_insert(Value::Null);
+    sent.entry("location").or_insert(Value::Null);
+    sent
+}
