@@ -654,10 +654,11 @@ async fn serve_connection(
         }
     };
     session.disconnect(connection);
+    // Frames already received still run to the end (their replies have
+    // nowhere to go): a command the user sent is never half-done, and a
+    // re-send after reconnecting is answered from its record.
     drop(frames);
-    if close_reason.is_some() {
-        worker.abort();
-    }
+    drop(worker);
     let _ = ws.close(close_reason).await;
 }
 

@@ -509,6 +509,7 @@ mod tests {
     fn command(param: &str) -> Command {
         Command {
             seq: None,
+            id: None,
             object: Some("o".into()),
             name: "n".into(),
             param: param.into(),

@@ -305,6 +305,12 @@ impl Client {
             .await
     }
 
+    /// Like [`Client::socket_tab`], for a server that may be down.
+    pub async fn try_socket_tab(&self, tab: &str, page: &str) -> Result<Socket, ()> {
+        let url = format!("{}/api/ws?tab={tab}&page={page}", self.ws_base);
+        self.connect(url, None).await.map_err(|_| ())
+    }
+
     /// A socket for a browser tab showing `page` (a new `tab` id = a new tab).
     pub async fn socket_tab(&self, tab: &str, page: &str) -> Socket {
         let url = format!("{}/api/ws?tab={tab}&page={page}", self.ws_base);
