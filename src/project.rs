@@ -243,7 +243,17 @@ impl Project {
             .iter()
             .map(|p| (p.name.clone(), p.kind))
             .collect();
-        if !pages.contains_key(&settings.start) {
+        if pages.get(&settings.start) == Some(&PageKind::Popup) {
+            diagnostics.push(Diagnostic {
+                file: dir.join("project.toml"),
+                line: 0,
+                column: 0,
+                message: format!(
+                    "start page `{}` is a popup; the start page must be in pages/",
+                    settings.start
+                ),
+            });
+        } else if !pages.contains_key(&settings.start) {
             diagnostics.push(Diagnostic {
                 file: dir.join("project.toml"),
                 line: 0,
@@ -366,6 +376,17 @@ fn check_pages_render(
 ) {
     for page in pages {
         let context = page_context(project, settings, &page.name, Some(page.kind));
+        // The client swaps in the `content` block: a page without one
+        // would render as a full document and fail as a fragment.
+        if let Err(error) = templates.render_block(&page.template, "content", &context) {
+            diagnostics.push(Diagnostic {
+                file: page.path.clone(),
+                line: 0,
+                column: 0,
+                message: format!("no `content` block ({error}); extend \"sb/layout.html\" and fill {{% block content %}}"),
+            });
+            continue;
+        }
         if let Err(error) = templates.render(&page.template, &context) {
             let mut diagnostic = tera_error_diagnostic(dir, &error);
             if diagnostic.line == 0 {

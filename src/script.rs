@@ -213,7 +213,9 @@ impl ScriptHost {
     ) -> Result<Dynamic, ScriptError> {
         let options = CallFnOptions::new().eval_ast(false).rewind_scope(true);
         let mut scope = Scope::new();
-        DEADLINE.set(Some(Instant::now() + self.timeout));
+        // `timeout_ms = 0` means no wall-clock limit, as `max_operations = 0`
+        // means no operations limit.
+        DEADLINE.set((!self.timeout.is_zero()).then(|| Instant::now() + self.timeout));
         let result = self.engine.call_fn_with_options::<Dynamic>(
             options,
             &mut scope,

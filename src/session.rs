@@ -227,7 +227,11 @@ impl Session {
         let id = NEXT_CONNECTION.fetch_add(1, Ordering::Relaxed);
         let mut live = lock(&self.live);
         while let Some(frame) = live.pending.pop_front() {
-            let _ = frames.try_send(frame);
+            // UI values arrive in the snapshot sent on connect; a queued
+            // copy would apply them twice.
+            if !frame.starts_with(r#"{"type":"ui""#) {
+                let _ = frames.try_send(frame);
+            }
         }
         live.connections.push(Connection { id, frames });
         live.idle_since = None;
@@ -238,6 +242,14 @@ impl Session {
         let mut live = lock(&self.live);
         live.connections.retain(|c| c.id != connection);
         if live.connections.is_empty() {
+            live.idle_since = Some(Instant::now());
+        }
+    }
+
+    /// Activity without a connection (an HTTP request) restarts the idle clock.
+    pub fn touch(&self) {
+        let mut live = lock(&self.live);
+        if live.idle_since.is_some() {
             live.idle_since = Some(Instant::now());
         }
     }

@@ -109,6 +109,9 @@ impl ResponseError for RequestError {
 pub fn routes(config: &mut web::ServiceConfig) {
     config
         .app_data(web::PayloadConfig::new(HARD_FRAME_LIMIT))
+        .app_data(web::QueryConfig::default().error_handler(|error, _| {
+            RequestError::Rejected(Rejection::new(None, format!("bad query: {error}"))).into()
+        }))
         .route("/", web::get().to(index))
         .route("/_sb/{file}", web::get().to(asset))
         .route("/{project}", web::get().to(project_root_redirect))
@@ -262,9 +265,13 @@ fn session_cookie(project: &str, session: &Session) -> Cookie<'static> {
         .finish()
 }
 
+/// The request's live session; any request with it counts as activity
+/// (an HTTP-only client is not idle while it keeps sending).
 fn session_of(req: &HttpRequest, state: &Runtime, project: &str) -> Option<Arc<Session>> {
     let cookie = req.cookie(SESSION_COOKIE)?;
-    state.sessions.get(cookie.value(), project)
+    let session = state.sessions.get(cookie.value(), project)?;
+    session.touch();
+    Some(session)
 }
 
 fn require_session(
@@ -300,7 +307,14 @@ fn check_origin(req: &HttpRequest) -> Result<(), RequestError> {
     let Some(origin) = req.headers().get(header::ORIGIN) else {
         return Ok(());
     };
-    let host = req.connection_info().host().to_string();
+    // The Host header itself, not X-Forwarded-Host: a forwarded header is
+    // as easy to forge as the Origin it would be compared with.
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
     let origin_host = origin
         .to_str()
         .ok()
@@ -373,6 +387,29 @@ async fn http_command(
     Ok(HttpResponse::Ok().json(reply))
 }
 
+/// `filename=` (ASCII, for old clients) and `filename*=` (UTF-8, RFC 6266).
+fn filename_parameters(filename: &str) -> Vec<DispositionParam> {
+    let ascii: String = filename
+        .chars()
+        .map(|c| {
+            if c.is_ascii_graphic() || c == ' ' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let mut parameters = vec![DispositionParam::Filename(ascii)];
+    if !filename.is_ascii() {
+        parameters.push(DispositionParam::FilenameExt(header::ExtendedValue {
+            charset: header::Charset::Ext("UTF-8".into()),
+            language_tag: None,
+            value: filename.as_bytes().to_vec(),
+        }));
+    }
+    parameters
+}
+
 #[derive(Debug, Deserialize)]
 struct DownloadQuery {
     name: String,
@@ -394,7 +431,7 @@ async fn download(
         runtime::run_download(&runtime, project, session, query.name, query.parameter).await?;
     let disposition = ContentDisposition {
         disposition: DispositionType::Attachment,
-        parameters: vec![DispositionParam::Filename(file.filename)],
+        parameters: filename_parameters(&file.filename),
     };
     Ok(HttpResponse::Ok()
         .content_type(file.content_type)
@@ -576,7 +613,7 @@ async fn serve_connection(
     )
     .await;
 
-    let (frames, pending) = mpsc::channel::<ClientFrame>(PENDING_FRAMES);
+    let (frames, pending) = mpsc::channel::<Result<ClientFrame, Rejection>>(PENDING_FRAMES);
     let worker = actix_web::rt::spawn(run_frames(
         runtime.clone(),
         project.name.clone(),
@@ -598,22 +635,20 @@ async fn serve_connection(
             message = stream.recv() => {
                 last_heard = Instant::now();
                 match message {
-                    Some(Ok(AggregatedMessage::Text(text))) => match protocol::parse_frame(&text, limit) {
-                        Ok(frame) => {
-                            if frames.send(frame).await.is_err() {
-                                break None;
-                            }
-                        }
-                        Err(rejection) => {
+                    // Rejections queue behind earlier frames, so every
+                    // answer comes back in the order its frame was sent.
+                    Some(Ok(AggregatedMessage::Text(text))) => {
+                        let parsed = protocol::parse_frame(&text, limit);
+                        if let Err(rejection) = &parsed {
                             debug!(session = session.log_id(), "rejected frame: {}", rejection.reason);
-                            if send_json(&mut ws, &rejection).await.is_err() {
-                                break None;
-                            }
                         }
-                    },
+                        if frames.send(parsed).await.is_err() {
+                            break None;
+                        }
+                    }
                     Some(Ok(AggregatedMessage::Binary(_))) => {
                         let rejection = Rejection::new(None, "binary frames are not supported; send JSON text");
-                        if send_json(&mut ws, &rejection).await.is_err() {
+                        if frames.send(Err(rejection)).await.is_err() {
                             break None;
                         }
                     }
@@ -627,7 +662,11 @@ async fn serve_connection(
                     Some(Err(error)) => {
                         // Usually a tab that vanished without a close frame.
                         info!(session = session.log_id(), "WebSocket ended: {error}");
-                        break Some(CloseReason { code: CloseCode::Size, description: Some(error.to_string()) });
+                        let code = match error {
+                            actix_ws::ProtocolError::Overflow => CloseCode::Size,
+                            _ => CloseCode::Protocol,
+                        };
+                        break Some(CloseReason { code, description: Some(error.to_string()) });
                     }
                 }
             }
@@ -667,7 +706,7 @@ async fn run_frames(
     project: String,
     session: Arc<Session>,
     mut ws: actix_ws::Session,
-    mut pending: mpsc::Receiver<ClientFrame>,
+    mut pending: mpsc::Receiver<Result<ClientFrame, Rejection>>,
     tab: Option<String>,
 ) {
     while let Some(frame) = pending.recv().await {
@@ -675,13 +714,16 @@ async fn run_frames(
         let Some(project) = runtime.project(&project) else {
             break;
         };
-        let sent =
-            match runtime::run_frame(&runtime, project, session.clone(), frame, tab.as_deref())
-                .await
-            {
-                Ok(reply) => send_json(&mut ws, &reply).await,
-                Err(rejection) => send_json(&mut ws, &rejection).await,
-            };
+        let answer = match frame {
+            Ok(frame) => {
+                runtime::run_frame(&runtime, project, session.clone(), frame, tab.as_deref()).await
+            }
+            Err(rejection) => Err(rejection),
+        };
+        let sent = match answer {
+            Ok(reply) => send_json(&mut ws, &reply).await,
+            Err(rejection) => send_json(&mut ws, &rejection).await,
+        };
         if sent.is_err() {
             break;
         }

@@ -244,6 +244,13 @@ fn execute(
 
 pub(super) fn decode_logging_warnings(answer: &Answer, origin: &Origin, name: &str) -> Decoded {
     let decoded = answer::decode(answer, origin);
+    if decoded.quiet {
+        // A `!` answer keeps its content out of the log, warnings included.
+        if !decoded.warnings.is_empty() {
+            warn!(target: "switchboard::answer", name, "ignored {} part(s) of a quiet answer", decoded.warnings.len());
+        }
+        return decoded;
+    }
     for warning in &decoded.warnings {
         warn!(target: "switchboard::answer", name, "ignored part of the answer: {warning}");
     }
@@ -429,7 +436,7 @@ async fn download_from_answer(
                 .unwrap_or("download")
                 .to_string()
         });
-        let content_type = text_of("content_type").unwrap_or_else(|| guess_content_type(&filename));
+        let content_type = content_type_for(text_of("content_type"), &filename)?;
         return Ok(Download {
             filename,
             content_type,
@@ -451,12 +458,24 @@ async fn download_from_answer(
         }
         None => return Err(DownloadError::BadAnswer("missing `body`".into())),
     };
-    let content_type = text_of("content_type").unwrap_or_else(|| guess_content_type(&filename));
+    let content_type = content_type_for(text_of("content_type"), &filename)?;
     Ok(Download {
         filename,
         content_type,
         body,
     })
+}
+
+/// The handler's content type if it is a valid one, else a guess from the
+/// file name.
+fn content_type_for(given: Option<String>, filename: &str) -> Result<String, DownloadError> {
+    match given {
+        Some(given) if given.parse::<mime_guess::mime::Mime>().is_ok() => Ok(given),
+        Some(given) => Err(DownloadError::BadAnswer(format!(
+            "`content_type` {given:?} is not a media type"
+        ))),
+        None => Ok(guess_content_type(filename)),
+    }
 }
 
 fn guess_content_type(filename: &str) -> String {
