@@ -103,6 +103,14 @@ pub enum Action {
         message: Option<String>,
         display: Display,
     },
+    /// Ask the user to re-enter their credentials; the answer reaches
+    /// `fn authChallenge(session, payload, result)`. The payload stays on
+    /// the server: the runtime files it under `id` before sending.
+    Challenge {
+        id: String,
+        #[serde(skip)]
+        payload: Value,
+    },
 }
 
 /// What the decoder knows about the command that produced the answer.
@@ -163,7 +171,7 @@ impl Answer {
 /// 1. `error` (a string or `true`), then its `rollback`,
 /// 2. field errors (`error` as an object), by field name,
 /// 3. `toast`s, in array order,
-/// 4. `popup`,
+/// 4. `popup`, then `challenge`,
 /// 5. `copy`, `share`, `app`, `download`,
 /// 6. `url`,
 /// 7. `page`s, in array order.
@@ -259,6 +267,7 @@ struct Keys<'v> {
     title: Option<&'v Value>,
     message: Option<&'v Value>,
     field_errors: Option<&'v Value>,
+    challenge: Option<&'v Value>,
 }
 
 impl<'v> Keys<'v> {
@@ -282,6 +291,7 @@ impl<'v> Keys<'v> {
                 "title" => &mut keys.title,
                 "message" => &mut keys.message,
                 "fieldErrors" => &mut keys.field_errors,
+                "challenge" => &mut keys.challenge,
                 _ => {
                     out.warn(format!("{}: unknown key, ignored", clip(name)));
                     continue;
@@ -302,6 +312,9 @@ fn decode_object(map: &Map<String, Value>, origin: &Origin, out: &mut Decoded) {
     }
     if let Some(popup) = keys.popup {
         decode_popup(popup, out);
+    }
+    if let Some(challenge) = keys.challenge {
+        decode_challenge(challenge, out);
     }
     if let Some(copy) = keys.copy
         && let Some(text) = expect_string(Key::new("copy"), copy, out)
@@ -328,6 +341,23 @@ fn decode_object(map: &Map<String, Value>, origin: &Origin, out: &mut Decoded) {
     decode_url(keys.url, keys.target, out);
     if let Some(page) = keys.page {
         decode_pages(page, out);
+    }
+}
+
+// --- authentication challenge ------------------------------------------------
+
+/// `{ "challenge": { "payload": … } }`: the payload may be any value.
+fn decode_challenge(challenge: &Value, out: &mut Decoded) {
+    match challenge.as_object() {
+        Some(map) if map.keys().all(|k| k == "payload") => out.push(Action::Challenge {
+            id: String::new(),
+            payload: map.get("payload").cloned().unwrap_or(Value::Null),
+        }),
+        Some(_) => out.warn("challenge: only `payload` is allowed, ignored".into()),
+        None => out.warn(format!(
+            "challenge: expected an object with `payload`, got {}",
+            describe(challenge)
+        )),
     }
 }
 
@@ -2079,5 +2109,38 @@ mod tests {
             row("form_success_with_page", json(json!({"success": true, "message": "ok", "page": "home"})))
                 .gives(vec![leveled_toast("ok", Level::Success), page("home")]),
         ]);
+    }
+
+    #[test]
+    fn authentication_challenge() {
+        let challenge = |payload: Value| Action::Challenge {
+            id: String::new(),
+            payload,
+        };
+        check(vec![
+            row(
+                "challenge_with_payload",
+                json(json!({"challenge": {"payload": {"door": 4}}})),
+            )
+            .gives(vec![challenge(json!({"door": 4}))]),
+            row("challenge_without_payload", json(json!({"challenge": {}})))
+                .gives(vec![challenge(Value::Null)]),
+            row("challenge_bad_shape", json(json!({"challenge": "x"}))).warns(&["challenge"]),
+            row(
+                "challenge_unknown_key",
+                json(json!({"challenge": {"payload": 1, "x": 2}})),
+            )
+            .warns(&["challenge"]),
+        ]);
+        let wire = serde_json::to_value(Action::Challenge {
+            id: "c1".into(),
+            payload: json!("secret"),
+        })
+        .unwrap();
+        assert_eq!(
+            wire,
+            json!({"type": "challenge", "id": "c1"}),
+            "the payload never leaves the server"
+        );
     }
 }

@@ -30,6 +30,26 @@ pub struct Args {
     )]
     pub database: PathBuf,
 
+    /// The users file (TOML: id, name, argon2id password hash, roles).
+    #[arg(
+        long,
+        global = true,
+        env = "SWITCHBOARD_USERS",
+        default_value = "users.toml"
+    )]
+    pub users: PathBuf,
+
+    /// Extra origins (`https://panel.example.com`) allowed to open WebSockets
+    /// and send commands, besides the server's own host. Comma-separated.
+    #[arg(long, env = "SWITCHBOARD_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub allowed_origins: Vec<String>,
+
+    /// Who may frame the pages (CSP frame-ancestors), e.g. `'self'` or
+    /// `'self' https://portal.example.com`; `*` for any (app webviews that
+    /// embed pages in a frame).
+    #[arg(long, env = "SWITCHBOARD_FRAME_ANCESTORS", default_value = "'self'")]
+    pub frame_ancestors: String,
+
     /// Seconds to wait for running requests when stopping.
     #[arg(long, env = "SWITCHBOARD_SHUTDOWN_TIMEOUT", default_value_t = 5)]
     pub shutdown_timeout: u64,
@@ -45,6 +65,18 @@ pub enum Subcommands {
         /// The project's folder (the one holding `project.toml`).
         dir: PathBuf,
     },
+    /// Set a user's password in the users file (prompted, never echoed),
+    /// adding the user if new.
+    Passwd {
+        /// The user id.
+        user: String,
+        /// Display name (new users; default: the id).
+        #[arg(long)]
+        name: Option<String>,
+        /// Roles, comma-separated (replaces the user's roles).
+        #[arg(long, value_delimiter = ',')]
+        roles: Option<Vec<String>>,
+    },
 }
 
 /// Runs the program; what `main` returns.
@@ -52,6 +84,11 @@ pub fn run() -> ExitCode {
     let args = Args::parse();
     match args.command {
         Some(Subcommands::Check { ref dir }) => check(dir),
+        Some(Subcommands::Passwd {
+            ref user,
+            ref name,
+            ref roles,
+        }) => passwd(&args.users, user, name.as_deref(), roles.clone()),
         None => serve(args),
     }
 }
@@ -69,12 +106,65 @@ fn check(dir: &std::path::Path) -> ExitCode {
     }
 }
 
+fn passwd(
+    users: &std::path::Path,
+    user: &str,
+    name: Option<&str>,
+    roles: Option<Vec<String>>,
+) -> ExitCode {
+    let password = match read_new_password(user) {
+        Ok(password) => password,
+        Err(message) => {
+            eprintln!("switchboard passwd: {message}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match crate::auth::set_password(users, user, &password, name, roles) {
+        Ok(()) => {
+            println!("password of {user} set in {}", users.display());
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("switchboard passwd: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Prompts twice without echo. Without a terminal (scripts, tests) the
+/// password is read from the first line of standard input instead.
+fn read_new_password(user: &str) -> Result<String, String> {
+    use std::io::IsTerminal;
+    let password = if std::io::stdin().is_terminal() {
+        let first = rpassword::prompt_password(format!("New password for {user}: "))
+            .map_err(|e| e.to_string())?;
+        let second = rpassword::prompt_password("Repeat it: ").map_err(|e| e.to_string())?;
+        if first != second {
+            return Err("the passwords differ".into());
+        }
+        first
+    } else {
+        let mut line = String::new();
+        std::io::stdin()
+            .read_line(&mut line)
+            .map_err(|e| e.to_string())?;
+        line.trim_end_matches(['\r', '\n']).to_string()
+    };
+    if password.len() < 8 {
+        return Err("use at least 8 characters".into());
+    }
+    Ok(password)
+}
+
 fn serve(args: Args) -> ExitCode {
     init_logging();
     let config = ServerConfig {
         projects_dir: args.projects,
         bind: args.bind,
         database: args.database,
+        users: args.users,
+        allowed_origins: args.allowed_origins,
+        frame_ancestors: args.frame_ancestors,
         shutdown_timeout_secs: args.shutdown_timeout,
     };
     match server::run(config) {

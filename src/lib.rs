@@ -4,7 +4,9 @@
 //! against the project's [`script`] handlers, [`answer`] decodes what they
 //! returned, and [`transport`] sends the resulting actions back.
 
+pub mod acl;
 pub mod answer;
+pub mod auth;
 pub mod cli;
 pub mod project;
 pub mod protocol;

@@ -27,6 +27,7 @@ const BUILTIN_TEMPLATES: &[(&str, &str)] = &[
         "sb/components.html",
         include_str!("../web/templates/components.html"),
     ),
+    ("sb/login.html", include_str!("../web/templates/login.html")),
 ];
 
 /// `project.toml`.
@@ -52,6 +53,14 @@ pub struct Settings {
     /// Seconds the results of processed form submissions are kept, to
     /// answer repeated deliveries without running the handler again.
     pub submission_retention_secs: u64,
+    /// Who may open the project and its pages.
+    pub access: Access,
+    /// Command access rules, first match wins; with any rule, what no rule
+    /// allows is denied.
+    pub acl: Vec<crate::acl::Rule>,
+    /// Seconds a user has to answer an authentication challenge (the
+    /// handler's `getTimeout()` reports it in minutes, rounded up).
+    pub challenge_timeout_secs: u64,
     pub limits: Limits,
     /// Keys and key sequences the browser reports to `fn keystroke`.
     pub keystrokes: Vec<KeystrokeMatcher>,
@@ -98,6 +107,46 @@ fn default_key_event() -> String {
     "keydown".into()
 }
 
+/// `[access]`: a public project is open to anyone (anonymous sessions);
+/// otherwise only logged-in users holding one of `roles` (or any logged-in
+/// user when `roles` is empty). `pages` narrows single pages further.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Access {
+    pub public: bool,
+    pub roles: Vec<String>,
+    /// Page name → roles that may open it.
+    pub pages: BTreeMap<String, Vec<String>>,
+}
+
+impl Default for Access {
+    fn default() -> Self {
+        Access {
+            public: true,
+            roles: Vec::new(),
+            pages: BTreeMap::new(),
+        }
+    }
+}
+
+impl Access {
+    /// Whether a user (`""`: anonymous) with `roles` may use the project.
+    pub fn allows_project(&self, user: &str, roles: &[String]) -> bool {
+        self.public
+            || (!user.is_empty()
+                && (self.roles.is_empty() || roles.iter().any(|r| self.roles.contains(r))))
+    }
+
+    /// Whether they may open `page` (project access included).
+    pub fn allows_page(&self, page: &str, user: &str, roles: &[String]) -> bool {
+        self.allows_project(user, roles)
+            && self
+                .pages
+                .get(page)
+                .is_none_or(|allowed| roles.iter().any(|r| allowed.contains(r)))
+    }
+}
+
 /// A `[[timers]]` entry.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -121,6 +170,9 @@ impl Default for Settings {
             api_token: String::new(),
             // A week: longer than any device stays offline in practice.
             submission_retention_secs: 7 * 24 * 3600,
+            access: Access::default(),
+            acl: Vec::new(),
+            challenge_timeout_secs: 300,
             limits: Limits::default(),
             keystrokes: Vec::new(),
             timers: Vec::new(),

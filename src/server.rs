@@ -20,6 +20,11 @@ pub struct ServerConfig {
     pub bind: SocketAddr,
     /// The database file (sessions, persisted variables).
     pub database: PathBuf,
+    pub users: PathBuf,
+    /// Origins allowed besides the server's own host.
+    pub allowed_origins: Vec<String>,
+    /// CSP frame-ancestors.
+    pub frame_ancestors: String,
     pub shutdown_timeout_secs: u64,
 }
 
@@ -46,11 +51,18 @@ pub fn run(config: ServerConfig) -> Result<(), StartupError> {
 }
 
 async fn serve(config: ServerConfig) -> Result<(), StartupError> {
-    let runtime = Runtime::start(&config.projects_dir, &config.database)?;
+    let runtime = Runtime::start(&config.projects_dir, &config.database, &config.users)?;
     let state = web::Data::from(runtime.clone());
+    let web_config = web::Data::new(transport::WebConfig {
+        allowed_origins: config.allowed_origins.clone(),
+        secure_cookies: false,
+    });
+    let frame_ancestors = config.frame_ancestors.clone();
     let server = HttpServer::new(move || {
         App::new()
             .app_data(state.clone())
+            .app_data(web_config.clone())
+            .wrap(transport::security_headers(&frame_ancestors))
             .configure(transport::routes)
     })
     .disable_signals()

@@ -8,7 +8,8 @@ use rhai::Dynamic;
 use tracing::{info, warn};
 
 use super::delivery::{Claim, StoredReply, reply_key};
-use super::{Runtime, events, forms};
+use super::{Caller, Runtime, events, forms};
+use crate::acl;
 use crate::answer::{self, Action, Answer, Decoded, Display, Origin, Status};
 use crate::project::Project;
 use crate::protocol::{ClientFrame, Command, PageClosed, PageShown, Rejection, Reply};
@@ -26,10 +27,16 @@ pub async fn run_frame(
     project: Arc<Project>,
     session: Arc<Session>,
     frame: ClientFrame,
-    tab: Option<&str>,
+    caller: &Caller,
 ) -> Result<Reply, Rejection> {
+    let tab = caller.tab.as_deref();
     match frame {
-        ClientFrame::Command(command) => Ok(run_command(runtime, project, session, command).await),
+        ClientFrame::Command(command) => {
+            if let Some(denied) = acl_denied(runtime, &project, &session, &command, caller) {
+                return Ok(denied);
+            }
+            Ok(run_command(runtime, project, session, command).await)
+        }
         ClientFrame::PageClosed(closed) => Ok(page_closed(runtime, project, session, closed).await),
         ClientFrame::PageShown(shown) => Ok(page_shown(runtime, &session, shown, tab)),
         ClientFrame::Keystroke(keystroke) => {
@@ -39,6 +46,49 @@ pub async fn run_frame(
         ClientFrame::Form(form) => Ok(forms::submit(runtime, project, session, form).await),
     }
 }
+
+/// The reply to a command the project's ACL refuses; `None` when allowed.
+/// A refused command never reaches a handler.
+fn acl_denied(
+    runtime: &Runtime,
+    project: &Project,
+    session: &Session,
+    command: &Command,
+    caller: &Caller,
+) -> Option<Reply> {
+    let roles = runtime.roles_of(&session.userid);
+    let subject = acl::Subject {
+        user: &session.userid,
+        roles: &roles,
+    };
+    let decision = acl::decide(
+        &project.settings.acl,
+        &subject,
+        &command.name,
+        &command.param,
+    );
+    if decision.is_allowed() {
+        return None;
+    }
+    let rule = match decision {
+        acl::Decision::Denied(Some(index)) => format!("rule {}", index + 1),
+        _ => "no rule allows it".to_string(),
+    };
+    warn!(target: "switchboard::acl", "ACL DENIED user={:?} address={} name={:?} param={:?} ({rule})",
+        session.userid, caller.address, command.name, command.param);
+    Some(Reply {
+        seq: command.seq,
+        status: Status::Error,
+        actions: vec![Action::Error {
+            message: Some(ACL_DENIED_MESSAGE.into()),
+            display: Display::Toast,
+            object: command.object.clone(),
+        }],
+    })
+}
+
+/// What a user sees when the ACL refuses a command.
+pub const ACL_DENIED_MESSAGE: &str = "You are not allowed to do that.";
 
 /// Runs a command through the project's `userCommand` handlers; a command
 /// with an `id` runs once, repeats get the stored answer.
@@ -230,6 +280,8 @@ fn execute(
         }
         Err(error) => (failed(Some(&object)), Some(error)),
     };
+    let mut decoded = decoded;
+    runtime.file_challenges(project, session, &mut decoded.actions);
     let changed =
         session.with_state(|state| remember(state, &object, &command, &decoded, remember_value));
     if changed {

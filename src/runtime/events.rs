@@ -76,8 +76,9 @@ async fn fire(
     args: Vec<Dynamic>,
 ) {
     match call(project, callback, args).await {
-        Ok(Some(decoded)) => {
+        Ok(Some(mut decoded)) => {
             info!(target: "switchboard::event", session = session.log_id(), "{callback} answered {}", status_text(decoded.status));
+            runtime.file_challenges(project, session, &mut decoded.actions);
             push_actions(session, callback, &decoded);
         }
         Ok(None) => {}
@@ -460,8 +461,9 @@ async fn reply_from_event(
     args: Vec<Dynamic>,
 ) -> Reply {
     let decoded = match call(project, callback, args).await {
-        Ok(Some(decoded)) => {
+        Ok(Some(mut decoded)) => {
             session.clear_limit_stops();
+            runtime.file_challenges(project, session, &mut decoded.actions);
             decoded
         }
         Ok(None) => Decoded {

@@ -83,7 +83,8 @@ async fn run_handler(
     let job = move || {
         let _serialized = lock.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         job_runtime.atomically(|| {
-            let result = call(&job_project, &job_session, form);
+            let mut result = call(&job_project, &job_session, form);
+            job_runtime.file_challenges(&job_project, &job_session, &mut result.0.actions);
             let record = match &result {
                 (decoded, None) if decoded.status != Status::Unhandled => {
                     let reply = Reply {

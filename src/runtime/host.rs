@@ -26,6 +26,35 @@ fn upgrade(runtime: &Weak<Runtime>) -> Result<Arc<Runtime>> {
 /// Registers every host function for `project`.
 pub fn register(engine: &mut Engine, runtime: Weak<Runtime>, project: &str) {
     let bind = || (runtime.clone(), project.to_string());
+    super::challenge::register_result_type(engine);
+
+    let (rt, p) = bind();
+    engine.register_fn(
+        "requestAuthChallenge",
+        move |session: &str, payload: Dynamic| -> Result<bool> {
+            let runtime = upgrade(&rt)?;
+            let (Some(session), Some(project)) =
+                (runtime.sessions.get(session, &p), runtime.project(&p))
+            else {
+                return Ok(false);
+            };
+            let payload =
+                rhai::serde::from_dynamic(&payload).map_err(|e| script_error(e.to_string()))?;
+            let mut actions = vec![crate::answer::Action::Challenge {
+                id: String::new(),
+                payload,
+            }];
+            runtime.file_challenges(&project, &session, &mut actions);
+            session.push(
+                &crate::protocol::Push::Actions {
+                    event: "requestAuthChallenge",
+                    actions: &actions,
+                }
+                .to_frame(),
+            );
+            Ok(true)
+        },
+    );
 
     let (rt, p) = bind();
     engine.register_fn(

@@ -6,6 +6,7 @@
 //! `answer` to decode what they return. Scripts reach back only through the
 //! functions [`host`] registers.
 
+mod challenge;
 mod commands;
 mod delivery;
 mod events;
@@ -23,12 +24,14 @@ use rhai::Dynamic;
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 
+use crate::auth::{AuthError, Throttle, User, Users};
 use crate::project::{self, LoadError, Project};
 use crate::protocol::Push;
 use crate::script;
 use crate::session::{Session, SessionRecord, Sessions};
 use crate::store::{Store, StoreError, Table};
 
+pub use challenge::ChallengeAnswer;
 pub use commands::{Download, DownloadError, run_download, run_frame};
 pub use events::ShutdownReason;
 pub use push::ProjectUi;
@@ -56,7 +59,13 @@ pub struct Runtime {
     /// Form submissions of a project run one at a time, so that their
     /// read-modify-write of shared variables cannot interleave.
     form_locks: DashMap<String, Arc<std::sync::Mutex<()>>>,
+    /// Open authentication challenges by id.
+    challenges: DashMap<String, challenge::Pending>,
     shutdown: watch::Sender<bool>,
+    /// The users file's contents, re-read at each login attempt.
+    users: RwLock<Users>,
+    users_path: PathBuf,
+    pub throttle: Throttle,
     projects_dir: PathBuf,
     myself: Weak<Runtime>,
 }
@@ -64,7 +73,12 @@ pub struct Runtime {
 impl Runtime {
     /// Opens the store, loads the projects under `projects_dir` and the
     /// sessions of the last run. Broken projects are logged and skipped.
-    pub fn start(projects_dir: &Path, database: &Path) -> Result<Arc<Runtime>, StartupError> {
+    pub fn start(
+        projects_dir: &Path,
+        database: &Path,
+        users_path: &Path,
+    ) -> Result<Arc<Runtime>, StartupError> {
+        let users = Users::load(users_path)?;
         let store = Store::open(database)?;
         let crashed = store.get(Table::Meta, RUNNING_KEY)?.is_some();
         store.put(Table::Meta, RUNNING_KEY, b"1")?;
@@ -76,7 +90,11 @@ impl Runtime {
             vars: DashMap::new(),
             in_flight: DashMap::new(),
             form_locks: DashMap::new(),
+            challenges: DashMap::new(),
             shutdown: watch::channel(false).0,
+            users: RwLock::new(users),
+            users_path: users_path.to_path_buf(),
+            throttle: Throttle::default(),
             projects_dir: projects_dir.to_path_buf(),
             myself: myself.clone(),
         });
@@ -139,6 +157,18 @@ impl Runtime {
 
     pub fn projects_dir(&self) -> &Path {
         &self.projects_dir
+    }
+
+    /// The roles of a user (none for anonymous or unknown users).
+    pub fn roles_of(&self, user: &str) -> Vec<String> {
+        if user.is_empty() {
+            return Vec::new();
+        }
+        self.users
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .roles_of(user)
+            .to_vec()
     }
 
     /// Receives `true` when the server stops.
@@ -392,6 +422,14 @@ impl Runtime {
     }
 }
 
+/// Who sent a frame: the browser tab (when known) and the client address,
+/// for the logs.
+#[derive(Debug, Clone, Default)]
+pub struct Caller {
+    pub tab: Option<String>,
+    pub address: String,
+}
+
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
@@ -401,6 +439,9 @@ pub enum StartupError {
     /// The database could not be opened.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The users file is unreadable or invalid.
+    #[error("users file: {0}")]
+    Users(#[from] AuthError),
 }
 
 /// Logs a warning for an answer that went nowhere (timers have no session).
@@ -439,5 +480,37 @@ pub async fn connection_opened(
     runtime.persist(session);
     if new_tab {
         events::page_startup(runtime, project, session, page).await;
+    }
+}
+
+impl Runtime {
+    /// Checks a password against the users file, re-read so that
+    /// `switchboard passwd` takes effect without a restart. Blocking: hashing
+    /// is deliberately slow.
+    pub fn verify_password(&self, user: &str, password: &str) -> Option<User> {
+        match Users::load(&self.users_path) {
+            Ok(users) => *self.users.write().unwrap_or_else(|p| p.into_inner()) = users,
+            Err(error) => error!("users file not re-read, using the last good one: {error}"),
+        }
+        self.users
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .verify(user, password)
+            .cloned()
+    }
+
+    /// Replaces a session by a new one with a new id (the old id may have
+    /// been planted by someone else: session fixation) for `userid`. The old
+    /// session ends with `Logout`.
+    pub async fn log_in(
+        &self,
+        project: &Arc<Project>,
+        old: Option<Arc<Session>>,
+        userid: &str,
+    ) -> Arc<Session> {
+        if let Some(old) = old {
+            self.end_session(&old, ShutdownReason::Logout).await;
+        }
+        self.start_session(project, userid)
     }
 }

@@ -228,11 +228,14 @@ impl Runtime {
         let Some(session) = self.sessions.get(session, project) else {
             return false;
         };
-        let decoded = super::commands::decode_logging_warnings(
+        let mut decoded = super::commands::decode_logging_warnings(
             &Answer::from_dynamic(answer),
             &Origin::default(),
             "sendActions",
         );
+        if let Some(project) = self.project(project) {
+            self.file_challenges(&project, &session, &mut decoded.actions);
+        }
         session.push(
             &Push::Actions {
                 event: "sendActions",

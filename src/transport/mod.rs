@@ -15,10 +15,41 @@ use serde::Deserialize;
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, error, info, warn};
 
+mod login;
+
 use crate::project::Project;
 use crate::protocol::{self, ClientFrame, Push, Rejection};
 use crate::runtime::{self, DownloadError, Runtime};
 use crate::session::{Frame, Session};
+
+/// Web settings from the command line.
+#[derive(Debug, Clone, Default)]
+pub struct WebConfig {
+    /// Origins allowed besides the server's own host.
+    pub allowed_origins: Vec<String>,
+    /// Mark cookies `Secure` (served over TLS).
+    pub secure_cookies: bool,
+}
+
+/// Headers on every response. The CSP allows no inline script: everything
+/// the runtime runs comes from `/_sb/`, so injected markup cannot run code.
+pub fn security_headers(frame_ancestors: &str) -> actix_web::middleware::DefaultHeaders {
+    let csp = format!(
+        "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data: blob:; \
+         media-src 'self' blob:; connect-src 'self'; object-src 'none'; base-uri 'self'; form-action 'self'; \
+         frame-ancestors {frame_ancestors}"
+    );
+    let mut headers = actix_web::middleware::DefaultHeaders::new()
+        .add((header::CONTENT_SECURITY_POLICY, csp))
+        .add((header::X_CONTENT_TYPE_OPTIONS, "nosniff"))
+        .add((header::REFERRER_POLICY, "same-origin"));
+    // Old browsers ignore frame-ancestors; X-Frame-Options can only say
+    // "same origin", so it is sent only when that is the setting.
+    if frame_ancestors.trim() == "'self'" {
+        headers = headers.add((header::X_FRAME_OPTIONS, "SAMEORIGIN"));
+    }
+    headers
+}
 
 /// The session cookie; scoped to the project's path, so each project has its own.
 pub const SESSION_COOKIE: &str = "sb_session";
@@ -46,6 +77,15 @@ type State = web::Data<Runtime>;
 /// Why a request was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum RequestError {
+    /// The project or page needs a logged-in user.
+    #[error("sign in first")]
+    LoginRequired,
+    /// The user's roles do not open this project or page.
+    #[error("you may not open this")]
+    Forbidden,
+    /// No open challenge has that id (answered, expired, or another session's).
+    #[error("no such authentication challenge")]
+    UnknownChallenge,
     /// No project by that name is served.
     #[error("no such project")]
     ProjectNotFound,
@@ -82,7 +122,11 @@ impl ResponseError for RequestError {
     fn status_code(&self) -> StatusCode {
         match self {
             RequestError::ProjectNotFound | RequestError::PageNotFound => StatusCode::NOT_FOUND,
-            RequestError::NoSession | RequestError::BadToken => StatusCode::UNAUTHORIZED,
+            RequestError::NoSession | RequestError::BadToken | RequestError::LoginRequired => {
+                StatusCode::UNAUTHORIZED
+            }
+            RequestError::Forbidden => StatusCode::FORBIDDEN,
+            RequestError::UnknownChallenge => StatusCode::NOT_FOUND,
             RequestError::ForbiddenOrigin => StatusCode::FORBIDDEN,
             RequestError::Rejected(_) | RequestError::Handshake(_) => StatusCode::BAD_REQUEST,
             RequestError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
@@ -123,6 +167,7 @@ pub fn routes(config: &mut web::ServiceConfig) {
         .route("/{project}/api/page/{page}", web::get().to(page_fragment))
         .route("/{project}/api/message", web::post().to(message))
         .route("/{project}/api/event", web::post().to(device_event))
+        .configure(login::routes)
         .route("/{project}/{page}", web::get().to(page));
 }
 
@@ -148,11 +193,11 @@ async fn index(state: State) -> HttpResponse {
 async fn asset(file: web::Path<String>) -> HttpResponse {
     let (body, content_type) = match file.as_str() {
         "switchboard.js" => (
-            include_str!("../web/switchboard.js"),
+            include_str!("../../web/switchboard.js"),
             "text/javascript; charset=utf-8",
         ),
         "switchboard.css" => (
-            include_str!("../web/switchboard.css"),
+            include_str!("../../web/switchboard.css"),
             "text/css; charset=utf-8",
         ),
         _ => return HttpResponse::NotFound().finish(),
@@ -211,6 +256,21 @@ fn render_page(
         Some(session) => (session, false),
         None => (state.start_session(&project, ""), true),
     };
+    match login::authorize(state, &project, &session, Some(page)) {
+        Ok(()) => {}
+        Err(RequestError::LoginRequired) => {
+            let mut redirect = login::login_redirect(&project, page);
+            if is_new {
+                let _ = redirect.add_cookie(&session_cookie(
+                    &project.name,
+                    &session,
+                    secure_cookies(req),
+                ));
+            }
+            return Ok(redirect);
+        }
+        Err(error) => return Err(error),
+    }
     let rendered = project
         .render_page(page, &template_session(&session))
         .ok_or(RequestError::PageNotFound)?;
@@ -218,7 +278,7 @@ fn render_page(
     let mut response = HttpResponse::Ok();
     response.content_type("text/html; charset=utf-8");
     if is_new {
-        response.cookie(session_cookie(&project.name, &session));
+        response.cookie(session_cookie(&project.name, &session, secure_cookies(req)));
     }
     Ok(response.body(html))
 }
@@ -233,6 +293,7 @@ async fn page_fragment(
     let (name, page) = path.into_inner();
     let project = project_of(&state, &name)?;
     let session = require_session(&req, &state, &project.name)?;
+    login::authorize(&state, &project, &session, Some(&page))?;
     let context = template_session(&session);
     let rendered = project
         .render_block(&page, "content", &context)
@@ -257,12 +318,18 @@ fn render_failed(project: &Project, page: &str, error: tera::Error) -> RequestEr
 
 // ---------------------------------------------------------------- sessions
 
-fn session_cookie(project: &str, session: &Session) -> Cookie<'static> {
+fn session_cookie(project: &str, session: &Session, secure: bool) -> Cookie<'static> {
     Cookie::build(SESSION_COOKIE, session.id.clone())
         .path(format!("/{project}"))
         .http_only(true)
         .same_site(SameSite::Strict)
+        .secure(secure)
         .finish()
+}
+
+fn secure_cookies(req: &HttpRequest) -> bool {
+    req.app_data::<web::Data<WebConfig>>()
+        .is_some_and(|c| c.secure_cookies)
 }
 
 /// The request's live session; any request with it counts as activity
@@ -296,7 +363,11 @@ async fn create_session(
     }
     let session = state.start_session(&project, "");
     Ok(HttpResponse::Ok()
-        .cookie(session_cookie(&project.name, &session))
+        .cookie(session_cookie(
+            &project.name,
+            &session,
+            secure_cookies(&req),
+        ))
         .json(serde_json::json!({ "status": "ok", "resumed": false })))
 }
 
@@ -307,6 +378,17 @@ fn check_origin(req: &HttpRequest) -> Result<(), RequestError> {
     let Some(origin) = req.headers().get(header::ORIGIN) else {
         return Ok(());
     };
+    let allowed = req
+        .app_data::<web::Data<WebConfig>>()
+        .map(|c| c.allowed_origins.as_slice())
+        .unwrap_or_default();
+    if origin.to_str().is_ok_and(|o| {
+        allowed
+            .iter()
+            .any(|a| a.trim_end_matches('/').eq_ignore_ascii_case(o))
+    }) {
+        return Ok(());
+    }
     // The Host header itself, not X-Forwarded-Host: a forwarded header is
     // as easy to forge as the Origin it would be compared with.
     let host = req
@@ -326,6 +408,13 @@ fn check_origin(req: &HttpRequest) -> Result<(), RequestError> {
         warn!(origin = ?origin, host, "cross-origin request refused");
         Err(RequestError::ForbiddenOrigin)
     }
+}
+
+/// The client's address as the logs name it: the TCP peer (a reverse
+/// proxy's own address when there is one; see docs/security.md).
+fn client_address(req: &HttpRequest) -> String {
+    req.peer_addr()
+        .map_or_else(|| "-".to_string(), |addr| addr.ip().to_string())
 }
 
 /// External systems authenticate with `Authorization: Bearer <api_token>`.
@@ -379,9 +468,14 @@ async fn http_command(
     let project = project_of(&state, &name)?;
     check_origin(&req)?;
     let session = require_session(&req, &state, &project.name)?;
+    login::authorize(&state, &project, &session, None)?;
     let frame = parse_body(&project, &body)?;
     let runtime = state.into_inner();
-    let reply = runtime::run_frame(&runtime, project, session, frame, None)
+    let caller = runtime::Caller {
+        tab: None,
+        address: client_address(&req),
+    };
+    let reply = runtime::run_frame(&runtime, project, session, frame, &caller)
         .await
         .map_err(RequestError::Rejected)?;
     Ok(HttpResponse::Ok().json(reply))
@@ -425,6 +519,7 @@ async fn download(
 ) -> Result<HttpResponse, RequestError> {
     let project = project_of(&state, &name)?;
     let session = require_session(&req, &state, &project.name)?;
+    login::authorize(&state, &project, &session, None)?;
     let query = query.into_inner();
     let runtime = state.into_inner();
     let file =
@@ -526,7 +621,10 @@ async fn device_event(
         project,
         session.clone(),
         ClientFrame::Device(device),
-        None,
+        &runtime::Caller {
+            tab: None,
+            address: client_address(&req),
+        },
     )
     .await
     .map_err(RequestError::Rejected)?;
@@ -564,6 +662,7 @@ async fn websocket(
     // socket riding on the user's cookie (cross-site WebSocket hijacking).
     check_origin(&req)?;
     let session = require_session(&req, &state, &project.name)?;
+    login::authorize(&state, &project, &session, None)?;
     let (response, ws, stream) =
         actix_ws::handle(&req, body).map_err(|e| RequestError::Handshake(e.to_string()))?;
     let stream = stream
@@ -572,9 +671,13 @@ async fn websocket(
         .max_continuation_size(HARD_FRAME_LIMIT);
     let query = query.into_inner();
     let tab = query.tab.filter(|t| !t.is_empty() && t.len() <= 64);
+    let caller = runtime::Caller {
+        tab,
+        address: client_address(&req),
+    };
     let runtime = state.into_inner();
     actix_web::rt::spawn(serve_connection(
-        runtime, project, session, ws, stream, tab, query.page,
+        runtime, project, session, ws, stream, caller, query.page,
     ));
     Ok(response)
 }
@@ -589,7 +692,7 @@ async fn serve_connection(
     session: Arc<Session>,
     mut ws: actix_ws::Session,
     mut stream: actix_ws::AggregatedMessageStream,
-    tab: Option<String>,
+    caller: runtime::Caller,
     page: Option<String>,
 ) {
     let (push_tx, mut pushes) = mpsc::channel::<Frame>(PUSH_QUEUE);
@@ -608,7 +711,7 @@ async fn serve_connection(
         &runtime,
         &project,
         &session,
-        tab.as_deref(),
+        caller.tab.as_deref(),
         page.as_deref(),
     )
     .await;
@@ -620,7 +723,7 @@ async fn serve_connection(
         session.clone(),
         ws.clone(),
         pending,
-        tab,
+        caller,
     ));
     let mut shutdown: watch::Receiver<bool> = runtime.shutdown_signal();
     let mut heartbeat = actix_web::rt::time::interval_at(
@@ -707,7 +810,7 @@ async fn run_frames(
     session: Arc<Session>,
     mut ws: actix_ws::Session,
     mut pending: mpsc::Receiver<Result<ClientFrame, Rejection>>,
-    tab: Option<String>,
+    caller: runtime::Caller,
 ) {
     while let Some(frame) = pending.recv().await {
         // Looked up per frame: a hot reload replaces the project meanwhile.
@@ -716,7 +819,7 @@ async fn run_frames(
         };
         let answer = match frame {
             Ok(frame) => {
-                runtime::run_frame(&runtime, project, session.clone(), frame, tab.as_deref()).await
+                runtime::run_frame(&runtime, project, session.clone(), frame, &caller).await
             }
             Err(rejection) => Err(rejection),
         };

@@ -1,0 +1,413 @@
+//! Users, login, access control, authentication challenges and web
+//! hardening, against the real server.
+
+mod common;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::{Server, receive_push};
+use serde_json::{Value, json};
+
+const PASSWORD: &str = "correct horse battery";
+
+/// Sets a password with `switchboard passwd`, as an operator would.
+fn passwd(users: &Path, user: &str, roles: &str) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_switchboard"))
+        .args(["passwd", user, "--roles", roles, "--users"])
+        .arg(users)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    writeln!(child.stdin.take().unwrap(), "{PASSWORD}").unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(
+        output.status.success(),
+        "passwd failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+fn users_file() -> PathBuf {
+    let users = common::temp_dir("users").join("users.toml");
+    passwd(&users, "ann", "supervisor,operator");
+    passwd(&users, "otto", "operator");
+    passwd(&users, "gus", "guest");
+    users
+}
+
+fn secure_server() -> Server {
+    let users = users_file();
+    Server::start_with(
+        &common::test_projects(),
+        &["--users", users.to_str().unwrap()],
+    )
+}
+
+/// A client that neither follows redirects nor keeps cookies: the tests
+/// look at each Set-Cookie themselves.
+fn bare() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
+fn session_cookie(response: &reqwest::Response) -> Option<String> {
+    response
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find(|v| v.starts_with("sb_session=") && !v.starts_with("sb_session=;"))
+        .map(String::from)
+}
+
+fn cookie_value(set_cookie: &str) -> String {
+    set_cookie
+        .split(';')
+        .next()
+        .unwrap()
+        .trim_start_matches("sb_session=")
+        .to_string()
+}
+
+async fn log_in(
+    server: &Server,
+    cookie: Option<&str>,
+    user: &str,
+    password: &str,
+) -> reqwest::Response {
+    let mut request = bare().post(server.url("/secure/login")).form(&[
+        ("user", user),
+        ("password", password),
+        ("next", "/secure/home"),
+    ]);
+    if let Some(cookie) = cookie {
+        request = request.header("cookie", format!("sb_session={cookie}"));
+    }
+    request.send().await.unwrap()
+}
+
+/// Logs in and returns the session id.
+async fn session_of(server: &Server, user: &str) -> String {
+    let response = log_in(server, None, user, PASSWORD).await;
+    assert_eq!(response.status(), 303, "login of {user}");
+    cookie_value(&session_cookie(&response).expect("a session cookie"))
+}
+
+async fn command(server: &Server, session: &str, name: &str, param: &str) -> (u16, Value) {
+    let response = bare()
+        .post(server.url("/secure/api/command"))
+        .header("cookie", format!("sb_session={session}"))
+        .json(&json!({"type":"command","seq":1,"name":name,"param":param}))
+        .send()
+        .await
+        .unwrap();
+    (response.status().as_u16(), response.json().await.unwrap())
+}
+
+#[test]
+fn passwd_stores_an_argon2id_hash_never_the_password() {
+    let users = common::temp_dir("passwd").join("users.toml");
+    passwd(&users, "ann", "operator");
+    let text = std::fs::read_to_string(&users).unwrap();
+    assert!(text.contains("$argon2id$"), "{text}");
+    assert!(!text.contains(PASSWORD));
+    assert!(text.contains("operator"));
+}
+
+#[tokio::test]
+async fn a_wrong_password_is_refused_and_logged() {
+    let server = secure_server();
+    let response = log_in(&server, None, "ann", "not the password").await;
+    assert_eq!(response.status(), 401);
+    assert!(
+        session_cookie(&response).is_none(),
+        "no session for a failed login"
+    );
+    let page = response.text().await.unwrap();
+    assert!(page.contains("Wrong user name or password."), "{page}");
+    server.wait_for_log(r#"LOGIN FAILED user="ann" address=127.0.0.1"#);
+    // Unknown users get the same answer.
+    assert_eq!(log_in(&server, None, "nobody", "x").await.status(), 401);
+}
+
+#[tokio::test]
+async fn failed_logins_are_throttled() {
+    let server = secure_server();
+    for _ in 0..5 {
+        assert_eq!(log_in(&server, None, "otto", "wrong").await.status(), 401);
+    }
+    let response = log_in(&server, None, "otto", PASSWORD).await;
+    assert_eq!(response.status(), 429, "even the right password waits");
+    assert!(response.headers().get("retry-after").is_some());
+    server.wait_for_log(r#"LOGIN THROTTLED user="otto""#);
+}
+
+#[tokio::test]
+async fn login_rotates_the_session_cookie_and_sets_its_flags() {
+    let server = secure_server();
+    // An anonymous visit is sent to the login page with a session cookie.
+    let visit = bare().get(server.url("/secure/home")).send().await.unwrap();
+    assert_eq!(visit.status(), 303);
+    assert!(
+        visit.headers()["location"]
+            .to_str()
+            .unwrap()
+            .starts_with("/secure/login?next=")
+    );
+    let before = cookie_value(&session_cookie(&visit).expect("an anonymous session"));
+    let response = log_in(&server, Some(&before), "ann", PASSWORD).await;
+    assert_eq!(response.status(), 303);
+    assert_eq!(response.headers()["location"], "/secure/home");
+    let set_cookie = session_cookie(&response).expect("a new cookie at login");
+    let lower = set_cookie.to_ascii_lowercase();
+    assert!(
+        lower.contains("httponly") && lower.contains("samesite=strict"),
+        "{set_cookie}"
+    );
+    let after = cookie_value(&set_cookie);
+    assert_ne!(
+        before, after,
+        "session fixation: the id must change at login"
+    );
+    // The planted id is worthless now.
+    assert_eq!(command(&server, &before, "status", "").await.0, 401);
+    assert_eq!(command(&server, &after, "status", "").await.0, 200);
+    let (_, reply) = command(&server, &after, "status", "").await;
+    assert_eq!(
+        reply["actions"][0]["message"], "status  done by ann",
+        "userid is the logged-in user"
+    );
+}
+
+#[tokio::test]
+async fn logout_ends_the_session() {
+    let server = secure_server();
+    let session = session_of(&server, "otto").await;
+    let response = bare()
+        .post(server.url("/secure/logout"))
+        .header("cookie", format!("sb_session={session}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 303);
+    assert_eq!(command(&server, &session, "status", "").await.0, 401);
+    server.wait_for_log(r#"LOGOUT user="otto""#);
+}
+
+#[tokio::test]
+async fn project_and_page_roles_are_enforced() {
+    let server = secure_server();
+    let page = |session: String, page: &'static str| {
+        let url = server.url(&format!("/secure/{page}"));
+        async move {
+            bare()
+                .get(url)
+                .header("cookie", format!("sb_session={session}"))
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    let guest = session_of(&server, "gus").await;
+    assert_eq!(
+        page(guest.clone(), "home").await,
+        403,
+        "a guest may not open the project"
+    );
+    assert_eq!(command(&server, &guest, "status", "").await.0, 403);
+    let operator = session_of(&server, "otto").await;
+    assert_eq!(page(operator.clone(), "home").await, 200);
+    assert_eq!(
+        page(operator.clone(), "vault").await,
+        403,
+        "the vault page needs a supervisor"
+    );
+    let fragment = bare()
+        .get(server.url("/secure/api/page/vault"))
+        .header("cookie", format!("sb_session={operator}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(fragment.status(), 403, "fragments are checked too");
+    let supervisor = session_of(&server, "ann").await;
+    assert_eq!(page(supervisor, "vault").await, 200);
+    // Anonymous sessions of a closed project can do nothing.
+    let anonymous: Value = bare()
+        .post(server.url("/secure/api/session"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(anonymous["status"], "ok");
+}
+
+#[tokio::test]
+async fn acl_first_match_wins_and_default_deny_never_reaches_the_handler() {
+    let server = secure_server();
+    let operator = session_of(&server, "otto").await;
+    let (_, reply) = command(&server, &operator, "door", "front").await;
+    assert_eq!(reply["status"], "ok", "{reply}");
+    server.wait_for_log("HANDLER door front by otto");
+    for (name, param) in [("door", "vault-1"), ("lights", "on")] {
+        let (status, reply) = command(&server, &operator, name, param).await;
+        assert_eq!(status, 200);
+        assert_eq!(reply["status"], "error", "{name} {param}: {reply}");
+        assert_eq!(reply["actions"][0]["display"], "toast");
+        assert_eq!(
+            reply["actions"][0]["message"],
+            "You are not allowed to do that."
+        );
+        server.wait_for_log(&format!(
+            r#"ACL DENIED user="otto" address=127.0.0.1 name="{name}" param="{param}""#
+        ));
+        assert!(
+            !server.log().contains(&format!("HANDLER {name} {param}")),
+            "the handler must not run for {name} {param}"
+        );
+    }
+}
+
+/// Opens a challenge through the handler and returns its id.
+async fn open_challenge(server: &Server, session: &str) -> String {
+    let (_, reply) = command(server, session, "openVault", "").await;
+    assert_eq!(reply["actions"][0]["type"], "challenge", "{reply}");
+    assert!(
+        reply["actions"][0].get("payload").is_none(),
+        "the payload stays on the server"
+    );
+    reply["actions"][0]["id"].as_str().unwrap().to_string()
+}
+
+async fn answer(server: &Server, session: &str, body: Value) -> (u16, Value) {
+    let response = bare()
+        .post(server.url("/secure/api/challenge"))
+        .header("cookie", format!("sb_session={session}"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test]
+async fn auth_challenge_results_reach_the_handler() {
+    let server = secure_server();
+    let session = session_of(&server, "otto").await;
+
+    let id = open_challenge(&server, &session).await;
+    let (_, reply) = answer(
+        &server,
+        &session,
+        json!({"id": id, "user": "ann", "password": PASSWORD}),
+    )
+    .await;
+    assert_eq!(
+        reply["actions"][0]["message"],
+        r#"success ann ["supervisor", "operator"] door=vault asked_by=otto"#
+    );
+    let (status, _) = answer(
+        &server,
+        &session,
+        json!({"id": id, "user": "ann", "password": PASSWORD}),
+    )
+    .await;
+    assert_eq!(status, 404, "a challenge is answered once");
+
+    let id = open_challenge(&server, &session).await;
+    let (_, reply) = answer(
+        &server,
+        &session,
+        json!({"id": id, "user": "ann", "password": "wrong"}),
+    )
+    .await;
+    assert_eq!(
+        reply["actions"][0]["message"],
+        "generic Wrong user name or password."
+    );
+
+    let id = open_challenge(&server, &session).await;
+    let (_, reply) = answer(&server, &session, json!({"id": id, "cancel": true})).await;
+    assert_eq!(reply["actions"][0]["message"], "cancelled");
+
+    // Another session cannot answer someone else's challenge.
+    let id = open_challenge(&server, &session).await;
+    let other = session_of(&server, "ann").await;
+    assert_eq!(
+        answer(&server, &other, json!({"id": id, "cancel": true}))
+            .await
+            .0,
+        404
+    );
+}
+
+#[tokio::test]
+async fn an_unanswered_challenge_times_out() {
+    let server = secure_server();
+    let session = session_of(&server, "otto").await;
+    let client = common::Client {
+        http: reqwest::Client::new(),
+        base: server.url("/secure"),
+        ws_base: server.ws_url("/secure"),
+        session: session.clone(),
+        set_cookie: String::new(),
+    };
+    let mut socket = client.socket_tab("t", "home").await;
+    let id = open_challenge(&server, &session).await;
+    // The project's timeout is 2 s; the result is pushed to the browser.
+    let push = tokio::time::timeout(
+        Duration::from_secs(10),
+        receive_push(&mut socket, "actions"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(push["event"], "authChallenge");
+    assert_eq!(push["actions"][0]["message"], "timeout 1");
+    assert_eq!(
+        answer(&server, &session, json!({"id": id, "cancel": true}))
+            .await
+            .0,
+        404,
+        "too late"
+    );
+}
+
+#[tokio::test]
+async fn pages_carry_security_headers() {
+    let server = secure_server();
+    let response = bare().get(server.url("/testbed/")).send().await.unwrap();
+    let headers = response.headers();
+    let csp = headers["content-security-policy"].to_str().unwrap();
+    assert!(
+        csp.contains("script-src 'self'") && !csp.contains("script-src 'self' 'unsafe-inline'"),
+        "{csp}"
+    );
+    assert!(csp.contains("frame-ancestors 'self'"), "{csp}");
+    assert_eq!(headers["x-content-type-options"], "nosniff");
+    assert_eq!(headers["referrer-policy"], "same-origin");
+    assert_eq!(headers["x-frame-options"], "SAMEORIGIN");
+}
+
+#[tokio::test]
+async fn cross_site_login_and_logout_posts_are_refused() {
+    let server = secure_server();
+    let response = bare()
+        .post(server.url("/secure/login"))
+        .header("origin", "http://evil.example")
+        .form(&[("user", "ann"), ("password", PASSWORD)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 403);
+}
