@@ -481,8 +481,20 @@ pub fn load_all(root: &Path, register: RegisterHost) -> Result<Loaded, LoadError
 pub fn is_valid_project_name(dir: &Path) -> bool {
     dir.file_name()
         .and_then(|n| n.to_str())
-        .is_some_and(|n| is_valid_name(n) && !n.starts_with('_'))
+        .is_some_and(|n| is_valid_name(n) && !n.starts_with('_') && n != "metrics")
 }
+
+/// Names a page cannot have: routes of the runtime, and the words `page:`
+/// answers use for navigation.
+const RESERVED_PAGE_NAMES: &[&str] = &[
+    "api",
+    "login",
+    "logout",
+    "back",
+    "forward",
+    "close",
+    "close-all",
+];
 
 /// Page and project names: letters, digits, `-` and `_`.
 pub fn is_valid_name(name: &str) -> bool {
@@ -566,6 +578,17 @@ fn find_pages(dir: &Path, diagnostics: &mut Vec<Diagnostic>) -> Result<Vec<PageF
             let Some(stem) = html_stem(&path) else {
                 continue;
             };
+            if RESERVED_PAGE_NAMES.contains(&stem.as_str()) {
+                diagnostics.push(Diagnostic {
+                    file: path,
+                    line: 0,
+                    column: 0,
+                    message: format!(
+                        "`{stem}` is reserved (a route or a navigation word); rename the page"
+                    ),
+                });
+                continue;
+            }
             if !is_valid_name(&stem) {
                 diagnostics.push(Diagnostic {
                     file: path,

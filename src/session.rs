@@ -269,6 +269,7 @@ impl Session {
     /// for the next one. A browser too slow to take it misses it rather
     /// than slowing everyone else down.
     pub fn push(&self, frame: &Frame) {
+        crate::metrics::METRICS.push();
         let mut live = lock(&self.live);
         if live.ended {
             return;

@@ -565,3 +565,29 @@ async fn commands_on_one_socket_are_answered_in_order() {
     assert_eq!(receive(&mut socket).await["seq"], 1);
     assert_eq!(receive(&mut socket).await["seq"], 2);
 }
+
+#[tokio::test]
+async fn metrics_count_commands_sessions_and_sockets() {
+    let server = testbed();
+    let client = server.client("testbed").await;
+    client.command("say", "!").await;
+    client.command("nobody", "").await;
+    client.command("throw", "").await;
+    let _socket = client.socket().await;
+    let text = reqwest::get(server.url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for line in [
+        "switchboard_commands_total{status=\"ok\"} 1",
+        "switchboard_commands_total{status=\"unhandled\"} 1",
+        "switchboard_commands_total{status=\"failed\"} 1",
+        "switchboard_handler_seconds_count 3",
+        "switchboard_sessions 1",
+        "switchboard_websocket_connections 1",
+    ] {
+        assert!(text.contains(line), "missing {line} in\n{text}");
+    }
+}

@@ -11,6 +11,7 @@ use super::delivery::{Claim, StoredReply, reply_key};
 use super::{Caller, Runtime, events, forms};
 use crate::acl;
 use crate::answer::{self, Action, Answer, Decoded, Display, Origin, Status};
+use crate::metrics::METRICS;
 use crate::project::Project;
 use crate::protocol::{ClientFrame, Command, PageClosed, PageShown, Rejection, Reply};
 use crate::script::{self, ScriptError};
@@ -175,6 +176,7 @@ struct Executed {
     command: Command,
     decoded: Decoded,
     failure: Option<ScriptError>,
+    handler_time: std::time::Duration,
 }
 
 /// Runs the handler, decodes its answer and updates the session's memory,
@@ -228,6 +230,7 @@ async fn execute_off_async(
                 decoded: failed(Some(&object)),
                 failure: Some(abnormal_end("userCommand", &join_error)),
                 command: fallback,
+                handler_time: std::time::Duration::ZERO,
             }
         }
     }
@@ -266,7 +269,10 @@ fn execute(
         Dynamic::from(command.name.clone()),
         Dynamic::from(command.param.clone()),
     ];
-    let (decoded, failure) = match project.scripts.call_first("userCommand", args) {
+    let started = std::time::Instant::now();
+    let result = project.scripts.call_first("userCommand", args);
+    let handler_time = started.elapsed();
+    let (decoded, failure) = match result {
         Ok(answer) => {
             let answer = answer.map_or(Answer::Unit, Answer::from_dynamic);
             let origin = Origin {
@@ -291,6 +297,7 @@ fn execute(
         command,
         decoded,
         failure,
+        handler_time,
     }
 }
 
@@ -318,6 +325,7 @@ async fn finish(
     executed: Executed,
 ) -> Reply {
     log_command(session, &executed.command, &executed.decoded);
+    METRICS.command(executed.decoded.status, executed.handler_time);
     match &executed.failure {
         Some(error) => events::handler_failed(runtime, project, session, error).await,
         None => session.clear_limit_stops(),

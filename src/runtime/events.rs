@@ -138,6 +138,7 @@ pub async fn handler_failed(
         ScriptErrorKind::Timeout => "ElementTimeout",
         ScriptErrorKind::Runtime | ScriptErrorKind::ResourceLimit => return,
     };
+    crate::metrics::METRICS.limit_stop(error.kind == ScriptErrorKind::Timeout);
     let stops = session.count_limit_stop();
     session_terminating(runtime, project, session, reason).await;
     if stops >= project.settings.max_limit_stops {

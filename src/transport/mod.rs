@@ -17,6 +17,8 @@ use tracing::{debug, error, info, warn};
 
 mod login;
 
+use crate::metrics::METRICS;
+
 use crate::project::Project;
 use crate::protocol::{self, ClientFrame, Push, Rejection};
 use crate::runtime::{self, DownloadError, Runtime};
@@ -158,6 +160,7 @@ pub fn routes(config: &mut web::ServiceConfig) {
         }))
         .route("/", web::get().to(index))
         .route("/_sb/{file}", web::get().to(asset))
+        .route("/metrics", web::get().to(metrics))
         .route("/{project}", web::get().to(project_root_redirect))
         .route("/{project}/", web::get().to(start_page))
         .route("/{project}/api/session", web::post().to(create_session))
@@ -188,6 +191,14 @@ async fn index(state: State) -> HttpResponse {
         "<!doctype html><html lang=en><meta charset=utf-8><title>Switchboard</title>\
          <link rel=stylesheet href=/_sb/switchboard.css><body class=sb-index><h1>Projects</h1><ul>{items}</ul></body></html>"
     ))
+}
+
+/// Prometheus metrics. They reveal counts, not content; an operator who
+/// wants them private filters `/metrics` at the reverse proxy.
+async fn metrics(state: State) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4")
+        .body(METRICS.render(state.sessions.len()))
 }
 
 async fn asset(file: web::Path<String>) -> HttpResponse {
@@ -707,6 +718,7 @@ async fn serve_connection(
         let _ = push_tx.try_send(Push::Ui { set: &snapshot }.to_frame());
     }
     let connection = session.connect(push_tx);
+    METRICS.websocket_opened();
     runtime::connection_opened(
         &runtime,
         &project,
@@ -796,6 +808,7 @@ async fn serve_connection(
         }
     };
     session.disconnect(connection);
+    METRICS.websocket_closed();
     // Frames already received still run to the end (their replies have
     // nowhere to go): a command the user sent is never half-done, and a
     // re-send after reconnecting is answered from its record.
