@@ -50,6 +50,14 @@ pub struct Args {
     #[arg(long, env = "SWITCHBOARD_FRAME_ANCESTORS", default_value = "'self'")]
     pub frame_ancestors: String,
 
+    /// PEM certificate chain: serve HTTPS (and WSS) instead of HTTP.
+    #[arg(long, env = "SWITCHBOARD_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key of the certificate.
+    #[arg(long, env = "SWITCHBOARD_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
     /// Seconds to wait for running requests when stopping.
     #[arg(long, env = "SWITCHBOARD_SHUTDOWN_TIMEOUT", default_value_t = 5)]
     pub shutdown_timeout: u64,
@@ -165,6 +173,7 @@ fn serve(args: Args) -> ExitCode {
         users: args.users,
         allowed_origins: args.allowed_origins,
         frame_ancestors: args.frame_ancestors,
+        tls: args.tls_cert.zip(args.tls_key),
         shutdown_timeout_secs: args.shutdown_timeout,
     };
     match server::run(config) {

@@ -25,6 +25,8 @@ pub struct ServerConfig {
     pub allowed_origins: Vec<String>,
     /// CSP frame-ancestors.
     pub frame_ancestors: String,
+    /// Certificate chain and key (PEM files): serve HTTPS.
+    pub tls: Option<(PathBuf, PathBuf)>,
     pub shutdown_timeout_secs: u64,
 }
 
@@ -40,6 +42,9 @@ pub enum StartupError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    /// The certificate or key could not be used.
+    #[error("TLS: {0}")]
+    Tls(String),
     /// The server stopped with an I/O error.
     #[error("server error: {0}")]
     Io(#[from] std::io::Error),
@@ -55,7 +60,7 @@ async fn serve(config: ServerConfig) -> Result<(), StartupError> {
     let state = web::Data::from(runtime.clone());
     let web_config = web::Data::new(transport::WebConfig {
         allowed_origins: config.allowed_origins.clone(),
-        secure_cookies: false,
+        secure_cookies: config.tls.is_some(),
     });
     let frame_ancestors = config.frame_ancestors.clone();
     let server = HttpServer::new(move || {
@@ -66,14 +71,22 @@ async fn serve(config: ServerConfig) -> Result<(), StartupError> {
             .configure(transport::routes)
     })
     .disable_signals()
-    .shutdown_timeout(config.shutdown_timeout_secs)
-    .bind(config.bind)
+    .shutdown_timeout(config.shutdown_timeout_secs);
+    let server = match &config.tls {
+        Some((cert, key)) => server.bind_rustls_0_23(config.bind, tls_config(cert, key)?),
+        None => server.bind(config.bind),
+    }
     .map_err(|source| StartupError::Bind {
         addr: config.bind,
         source,
     })?;
     let addr = server.addrs().first().copied().unwrap_or(config.bind);
-    announce(addr, &runtime.project_names());
+    let scheme = if config.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    announce(scheme, addr, &runtime.project_names());
     let server = server.run();
     let handle = server.handle();
     actix_web::rt::spawn(runtime.clone().sweep_idle_sessions());
@@ -93,14 +106,38 @@ async fn serve(config: ServerConfig) -> Result<(), StartupError> {
 
 /// The first lines on stdout: where to open the projects. Tests read the
 /// `listening on` line to find an ephemeral port.
-fn announce(addr: SocketAddr, projects: &[String]) {
-    println!("Switchboard listening on http://{addr}/");
+fn announce(scheme: &str, addr: SocketAddr, projects: &[String]) {
+    println!("Switchboard listening on {scheme}://{addr}/");
     for name in projects {
-        println!("  project {name}: http://{addr}/{name}/");
+        println!("  project {name}: {scheme}://{addr}/{name}/");
     }
     if projects.is_empty() {
         println!("  no projects are served (see the log)");
     }
+}
+
+/// A rustls configuration from PEM files, with the `ring` provider (pure
+/// Rust and assembly: nothing to build with cmake).
+fn tls_config(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> Result<rustls::ServerConfig, StartupError> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let tls =
+        |what: &str, error: &dyn std::fmt::Display| StartupError::Tls(format!("{what}: {error}"));
+    let chain = CertificateDer::pem_file_iter(cert)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| tls(&cert.display().to_string(), &e))?;
+    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| tls(&key.display().to_string(), &e))?;
+    rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| tls("protocol versions", &e))?
+    .with_no_client_auth()
+    .with_single_cert(chain, key)
+    .map_err(|e| tls("certificate", &e))
 }
 
 async fn wait_for_stop_signal() {

@@ -411,3 +411,63 @@ async fn cross_site_login_and_logout_posts_are_refused() {
         .unwrap();
     assert_eq!(response.status(), 403);
 }
+
+/// A self-signed certificate for 127.0.0.1, made with the openssl tool.
+fn self_signed_certificate() -> (PathBuf, PathBuf) {
+    let dir = common::temp_dir("tls");
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let status = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+        ])
+        .args(["-addext", "subjectAltName=IP:127.0.0.1", "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .stderr(Stdio::null())
+        .status()
+        .expect("openssl is installed (.ci/run installs it)");
+    assert!(status.success());
+    (cert, key)
+}
+
+#[test]
+fn the_tls_listener_serves_https_with_secure_cookies() {
+    let (cert, key) = self_signed_certificate();
+    let server = Server::start_with(
+        &common::test_projects(),
+        &[
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+        ],
+    );
+    let output = Command::new("curl")
+        .args(["-s", "-D", "-", "-o", "/dev/null", "--cacert"])
+        .arg(&cert)
+        .arg(format!("https://{}/testbed/", server.addr))
+        .output()
+        .expect("curl is installed (.ci/run installs it)");
+    let headers = String::from_utf8_lossy(&output.stdout).to_ascii_lowercase();
+    assert!(
+        headers.starts_with("http/1.1 200") || headers.starts_with("http/2 200"),
+        "{headers}"
+    );
+    let cookie = headers
+        .lines()
+        .find(|l| l.starts_with("set-cookie: sb_session="))
+        .expect("a session cookie");
+    assert!(
+        cookie.contains("; secure") && cookie.contains("httponly"),
+        "{cookie}"
+    );
+}

@@ -95,7 +95,12 @@ impl Server {
         let mut addr = None;
         let mut line = String::new();
         while stdout.read_line(&mut line).unwrap_or(0) > 0 {
-            if let Some(rest) = line.trim().strip_prefix("Switchboard listening on http://") {
+            let announced = line.trim().strip_prefix("Switchboard listening on http://");
+            let announced = announced.or_else(|| {
+                line.trim()
+                    .strip_prefix("Switchboard listening on https://")
+            });
+            if let Some(rest) = announced {
                 addr = Some(rest.trim_end_matches('/').to_string());
                 break;
             }
