@@ -302,9 +302,7 @@ async fn page_fragment(
     path: web::Path<(String, String)>,
 ) -> Result<HttpResponse, RequestError> {
     let (name, page) = path.into_inner();
-    let project = project_of(&state, &name)?;
-    let session = require_session(&req, &state, &project.name)?;
-    login::authorize(&state, &project, &session, Some(&page))?;
+    let (project, session) = authorized(&req, &state, &name, Some(&page))?;
     let context = template_session(&session);
     let rendered = project
         .render_block(&page, "content", &context)
@@ -350,6 +348,24 @@ fn session_of(req: &HttpRequest, state: &Runtime, project: &str) -> Option<Arc<S
     let session = state.sessions.get(cookie.value(), project)?;
     session.touch();
     Some(session)
+}
+
+/// The project and the caller's session, after every check an API call
+/// needs: the project exists, a browser's `Origin` is this server's (any
+/// site could otherwise ride on the user's cookie — actix-ws does not check
+/// it for WebSockets either), the session is live, and its user may use the
+/// project (and `page`).
+fn authorized(
+    req: &HttpRequest,
+    state: &Runtime,
+    name: &str,
+    page: Option<&str>,
+) -> Result<(Arc<Project>, Arc<Session>), RequestError> {
+    let project = project_of(state, name)?;
+    check_origin(req)?;
+    let session = require_session(req, state, &project.name)?;
+    login::authorize(state, &project, &session, page)?;
+    Ok((project, session))
 }
 
 fn require_session(
@@ -476,10 +492,7 @@ async fn http_command(
     name: web::Path<String>,
     body: web::Bytes,
 ) -> Result<HttpResponse, RequestError> {
-    let project = project_of(&state, &name)?;
-    check_origin(&req)?;
-    let session = require_session(&req, &state, &project.name)?;
-    login::authorize(&state, &project, &session, None)?;
+    let (project, session) = authorized(&req, &state, &name, None)?;
     let frame = parse_body(&project, &body)?;
     let runtime = state.into_inner();
     let caller = runtime::Caller {
@@ -528,9 +541,7 @@ async fn download(
     name: web::Path<String>,
     query: web::Query<DownloadQuery>,
 ) -> Result<HttpResponse, RequestError> {
-    let project = project_of(&state, &name)?;
-    let session = require_session(&req, &state, &project.name)?;
-    login::authorize(&state, &project, &session, None)?;
+    let (project, session) = authorized(&req, &state, &name, None)?;
     let query = query.into_inner();
     let runtime = state.into_inner();
     let file =
@@ -668,12 +679,7 @@ async fn websocket(
     name: web::Path<String>,
     query: web::Query<SocketQuery>,
 ) -> Result<HttpResponse, RequestError> {
-    let project = project_of(&state, &name)?;
-    // actix-ws does not check Origin: without this, any site could open a
-    // socket riding on the user's cookie (cross-site WebSocket hijacking).
-    check_origin(&req)?;
-    let session = require_session(&req, &state, &project.name)?;
-    login::authorize(&state, &project, &session, None)?;
+    let (project, session) = authorized(&req, &state, &name, None)?;
     let (response, ws, stream) =
         actix_ws::handle(&req, body).map_err(|e| RequestError::Handshake(e.to_string()))?;
     let stream = stream
