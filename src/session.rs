@@ -93,7 +93,7 @@ impl Sessions {
     }
 }
 
-/// 128 random bits from the OS generator: session ids are bearer
+/// 122 random bits (UUID v4) from the OS generator: session ids are bearer
 /// credentials, so they must not be guessable.
 fn new_session_id() -> String {
     uuid::Uuid::new_v4().simple().to_string()

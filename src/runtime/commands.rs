@@ -44,7 +44,22 @@ pub async fn run_frame(
             events::keystroke(runtime, project, session, keystroke, tab).await
         }
         ClientFrame::Device(device) => events::device(runtime, project, session, device).await,
-        ClientFrame::Form(form) => Ok(forms::submit(runtime, project, session, form).await),
+        ClientFrame::Form(form) => {
+            // The ACL sees a submission as a command named after the form,
+            // with its data (as JSON) as the param.
+            let as_command = Command {
+                seq: form.seq,
+                id: None,
+                object: Some(form.name.clone()),
+                name: form.name.clone(),
+                param: serde_json::Value::Object(form.data.clone()).to_string(),
+                page: None,
+            };
+            if let Some(denied) = acl_denied(runtime, &project, &session, &as_command, caller) {
+                return Ok(denied);
+            }
+            Ok(forms::submit(runtime, project, session, form).await)
+        }
     }
 }
 

@@ -64,8 +64,7 @@ fn status_name(status: Status) -> &'static str {
 }
 
 /// Calls the handler under the project's form lock and commits its effects
-/// together with the result. A failed run stores nothing: the browser's
-/// retry runs it again.
+/// together with the result (a failure's too: see below).
 async fn run_handler(
     runtime: &Arc<Runtime>,
     project: &Arc<Project>,
@@ -86,7 +85,10 @@ async fn run_handler(
             let mut result = call(&job_project, &job_session, form);
             job_runtime.file_challenges(&job_project, &job_session, &mut result.0.actions);
             let record = match &result {
-                (decoded, None) if decoded.status != Status::Unhandled => {
+                // A failed run is recorded too: its effects up to the failure
+                // are committed, so running it again on a retry could do
+                // them twice. At most once, like commands with an id.
+                (decoded, _) if decoded.status != Status::Unhandled => {
                     let reply = Reply {
                         seq: None,
                         status: decoded.status,

@@ -633,7 +633,9 @@ async fn device_event(
         }
         None => {
             check_origin(&req)?;
-            require_session(&req, &state, &project.name)?
+            let session = require_session(&req, &state, &project.name)?;
+            login::authorize(&state, &project, &session, None)?;
+            session
         }
     };
     let runtime = state.into_inner();
