@@ -562,7 +562,7 @@ fn guess_content_type(filename: &str) -> String {
 
 /// `relative` inside `root`, or `None` when it is absolute, climbs out with
 /// `..`, or (through a symlink) resolves outside `root`.
-fn resolve_inside(root: &Path, relative: &str) -> Option<PathBuf> {
+pub fn resolve_inside(root: &Path, relative: &str) -> Option<PathBuf> {
     let relative = Path::new(relative);
     if relative.as_os_str().is_empty()
         || !relative

@@ -32,6 +32,7 @@ use crate::session::{Session, SessionRecord, Sessions};
 use crate::store::{Store, StoreError, Table};
 
 pub use challenge::ChallengeAnswer;
+pub use commands::resolve_inside;
 pub use commands::{Download, DownloadError, run_download, run_frame};
 pub use events::ShutdownReason;
 pub use push::ProjectUi;

@@ -170,6 +170,7 @@ pub fn routes(config: &mut web::ServiceConfig) {
         .route("/{project}/api/page/{page}", web::get().to(page_fragment))
         .route("/{project}/api/message", web::post().to(message))
         .route("/{project}/api/event", web::post().to(device_event))
+        .route("/{project}/static/{file:.*}", web::get().to(static_file))
         .configure(login::routes)
         .route("/{project}/{page}", web::get().to(page));
 }
@@ -217,6 +218,20 @@ async fn asset(file: web::Path<String>) -> HttpResponse {
         .content_type(content_type)
         .insert_header((header::CACHE_CONTROL, "no-cache"))
         .body(body)
+}
+
+/// A project's own assets (stylesheets, images) from its `static/` folder.
+/// Public like the runtime's assets: pages need them before anyone signs in.
+async fn static_file(state: State, path: web::Path<(String, String)>) -> Result<HttpResponse, RequestError> {
+    let (name, file) = path.into_inner();
+    let project = project_of(&state, &name)?;
+    let path = runtime::resolve_inside(&project.dir.join("static"), &file).ok_or(RequestError::PageNotFound)?;
+    let body = tokio::fs::read(&path).await.map_err(|_| RequestError::PageNotFound)?;
+    let content_type = mime_guess::from_path(&path).first_or_octet_stream();
+    Ok(HttpResponse::Ok()
+        .content_type(content_type.essence_str())
+        .insert_header((header::CACHE_CONTROL, "no-cache"))
+        .body(body))
 }
 
 async fn project_root_redirect(
