@@ -222,11 +222,17 @@ async fn asset(file: web::Path<String>) -> HttpResponse {
 
 /// A project's own assets (stylesheets, images) from its `static/` folder.
 /// Public like the runtime's assets: pages need them before anyone signs in.
-async fn static_file(state: State, path: web::Path<(String, String)>) -> Result<HttpResponse, RequestError> {
+async fn static_file(
+    state: State,
+    path: web::Path<(String, String)>,
+) -> Result<HttpResponse, RequestError> {
     let (name, file) = path.into_inner();
     let project = project_of(&state, &name)?;
-    let path = runtime::resolve_inside(&project.dir.join("static"), &file).ok_or(RequestError::PageNotFound)?;
-    let body = tokio::fs::read(&path).await.map_err(|_| RequestError::PageNotFound)?;
+    let path = runtime::resolve_inside(&project.dir.join("static"), &file)
+        .ok_or(RequestError::PageNotFound)?;
+    let body = tokio::fs::read(&path)
+        .await
+        .map_err(|_| RequestError::PageNotFound)?;
     let content_type = mime_guess::from_path(&path).first_or_octet_stream();
     Ok(HttpResponse::Ok()
         .content_type(content_type.essence_str())
