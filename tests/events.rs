@@ -558,3 +558,28 @@ async fn hot_reload_recompiles_and_keeps_the_last_good_version() {
     let _ = receive_any; // keep the helper linked for other test files
     std::fs::remove_dir_all(&projects).ok();
 }
+
+#[tokio::test]
+async fn removing_a_project_ends_its_sessions() {
+    let projects = common::temp_dir("removed");
+    common::copy_tree(
+        &common::test_projects().join("events"),
+        &projects.join("events"),
+    );
+    let server = Server::start(&projects);
+    let client = server.client("events").await;
+    let mut socket = client.socket_tab("t1", "home").await;
+    assert_eq!(pushed_toast(&mut socket).await, "welcome");
+    std::fs::remove_dir_all(projects.join("events")).unwrap();
+    let ended = receive_push(&mut socket, "session_ended").await;
+    assert_eq!(ended["reason"], "ProjectRemoved");
+    server.wait_for_log(&format!(
+        "EVENT sessionShutdown {} ProjectRemoved",
+        client.session
+    ));
+    assert_eq!(
+        reqwest::get(server.url("/events/")).await.unwrap().status(),
+        404
+    );
+    std::fs::remove_dir_all(&projects).ok();
+}

@@ -199,6 +199,7 @@ async fn logout_ends_the_session() {
     assert_eq!(response.status(), 303);
     assert_eq!(command(&server, &session, "status", "").await.0, 401);
     server.wait_for_log(r#"LOGOUT user="otto""#);
+    server.wait_for_log(&format!("EVENT sessionShutdown {session} Logout"));
 }
 
 #[tokio::test]

@@ -321,12 +321,15 @@ impl Runtime {
             return;
         };
         if !dir.join("project.toml").is_file() {
-            if self.remove_project(&name).is_some() {
+            if self.project(&name).is_some() {
                 info!(project = %name, "project removed");
+                // Sessions end while the project is still known, so that its
+                // sessionShutdown handler runs; then it stops being served.
                 for session in self.sessions.of_project(&name) {
                     self.end_session(&session, ShutdownReason::ProjectRemoved)
                         .await;
                 }
+                self.remove_project(&name);
             }
             return;
         }
