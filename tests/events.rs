@@ -577,9 +577,13 @@ async fn removing_a_project_ends_its_sessions() {
         "EVENT sessionShutdown {} ProjectRemoved",
         client.session
     ));
-    assert_eq!(
-        reqwest::get(server.url("/events/")).await.unwrap().status(),
-        404
-    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while reqwest::get(server.url("/events/")).await.unwrap().status() != 404 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the removed project is still served"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     std::fs::remove_dir_all(&projects).ok();
 }
