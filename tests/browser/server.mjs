@@ -46,6 +46,7 @@ export function startServer({ projects = join(ROOT, 'projects'), args = [] } = {
         });
       }
     });
+    child.on('error', (error) => reject(new Error(`cannot start ${BINARY}: ${error.message}`)));
     child.on('exit', (code) => reject(new Error(`server exited (${code}):\n${log}`)));
   });
 }
