@@ -18,10 +18,12 @@
 // ================================================================ configuration
 
 /**
- * Every tunable in one place. A page may override any of them by defining
- * `window.SwitchboardConfig = { TOAST_DURATION_MS: 6000, … }` before this
- * module runs (module scripts run after classic ones, so a plain <script> in
- * the head block is early enough).
+ * Every tunable in one place. A project may override any of them by setting
+ * `window.SwitchboardConfig = { TOAST_DURATION_MS: 6000, … }` in a classic
+ * script of the layout's head block, e.g.
+ * `<script src="/<project>/static/config.js"></script>`: module scripts run
+ * after classic ones, and the server's Content-Security-Policy refuses
+ * inline scripts.
  */
 const CONFIG = Object.freeze({
   /** First reconnect delay; doubles after each failed attempt… */
@@ -257,7 +259,9 @@ function _request(frame) {
 function _dispatch(entry) {
   const socket = _transport.socket;
   if (socket?.readyState === WebSocket.OPEN) {
-    socket.send(JSON.stringify(entry.frame));
+    const text = JSON.stringify(entry.frame);
+    entry.size = text.length;
+    socket.send(text);
     _transport.onSocket.push(entry.frame.seq);
   } else {
     _postFrame(entry);
@@ -339,11 +343,19 @@ function _onSocketMessage(event) {
     _onPush(reply);
     return;
   }
-  // The server answers a socket's frames in order, so a rejection too early
-  // to carry a seq (an oversized frame) belongs to the oldest one.
-  const seq = reply.seq ?? _transport.onSocket[0];
+  const seq = reply.seq ?? _largestOnSocket();
   _transport.onSocket = _transport.onSocket.filter((sent) => sent !== seq);
   _settle(seq, reply);
+}
+
+/**
+ * The server echoes the seq of every frame it can read; our frames are
+ * always valid JSON, so a rejection without one is for a frame too large to
+ * read: the largest still unanswered.
+ */
+function _largestOnSocket() {
+  const size = (seq) => _transport.pending.get(seq)?.size ?? 0;
+  return _transport.onSocket.reduce((largest, seq) => (size(seq) > size(largest) ? seq : largest), _transport.onSocket[0]);
 }
 
 function _onSocketClose(socket) {

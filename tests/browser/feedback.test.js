@@ -1,0 +1,179 @@
+// Toasts, message popups, error tooltips and the busy state: what a handler's
+// answer looks like on screen.
+
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import { box, idle, openPage, sleep, toast, until, useSuite } from './harness.js';
+
+const suite = useSuite();
+
+test('a toast shows the message, its level, top right', async (t) => {
+  const { page } = await openPage(suite, t);
+  await page.click('#toast-success');
+  await page.click('#toast-hello');
+  await idle(page);
+  const success = toast(page, 'level success');
+  assert.equal(await success.getAttribute('data-sb-level'), 'success');
+  assert.equal(await success.getAttribute('role'), 'status');
+  assert.equal(await toast(page, 'Hello').getAttribute('data-sb-level'), 'info', 'no level means info');
+  const where = await box(success);
+  assert.ok(where.x + where.width > 1280 - 40, `right edge at ${where.x + where.width}`);
+  assert.ok(where.y < 200, `top at ${where.y}`);
+  await page.click('#toast-error');
+  await page.click('#toast-warning');
+  await idle(page);
+  assert.equal(await toast(page, 'level error').getAttribute('data-sb-level'), 'error');
+  assert.equal(await toast(page, 'level warning').getAttribute('data-sb-level'), 'warning');
+});
+
+test('toasts stack; the same message refreshes, duplicate adds, close removes', async (t) => {
+  const { page } = await openPage(suite, t);
+  await page.click('#toast-hello');
+  await page.click('#toast-world');
+  await idle(page);
+  const hello = await box(toast(page, 'Hello'));
+  const world = await box(toast(page, 'World'));
+  assert.ok(hello.y + hello.height <= world.y || world.y + world.height <= hello.y, 'toasts do not overlap');
+
+  await page.click('#toast-hello');
+  await idle(page);
+  assert.equal(await toast(page, 'Hello').count(), 1, 'the same message refreshes its toast');
+
+  await page.click('#toast-dup');
+  await idle(page);
+  await page.click('#toast-dup');
+  await idle(page);
+  assert.equal(await toast(page, 'Twice').count(), 2, 'duplicate: true adds another');
+
+  await page.click('#toast-close');
+  await idle(page);
+  assert.equal(await toast(page, 'Hello').count(), 0, 'close: true removes it');
+  assert.equal(await toast(page, 'World').count(), 1);
+});
+
+test('a toast leaves after its duration, counted again when refreshed', async (t) => {
+  const { page } = await openPage(suite, t);
+  const shortLived = toast(page, 'Short lived'); // duration 1500 ms
+  await page.click('#toast-short');
+  await idle(page);
+  await sleep(1000);
+  await page.click('#toast-short');
+  await idle(page);
+  await sleep(1000); // 2 s after the first: gone unless refreshed
+  assert.equal(await shortLived.count(), 1, 'refreshed toast still there');
+  await shortLived.waitFor({ state: 'detached', timeout: 1500 });
+});
+
+test('a popup is a modal dialog: focus inside, Escape closes, focus restored', async (t) => {
+  const { page } = await openPage(suite, t);
+  await page.click('#popup');
+  await idle(page);
+  const dialog = page.getByRole('dialog');
+  assert.equal(await dialog.getAttribute('aria-modal'), 'true');
+  assert.equal(await dialog.getAttribute('data-sb-level'), 'warning');
+  assert.equal(await dialog.locator('.sb-dialog-title').textContent(), 'Notice');
+  assert.equal(await dialog.locator('.sb-dialog-message').textContent(), 'Check the filters');
+  assert.equal(await page.evaluate(() => document.activeElement.textContent), 'OK');
+  for (let i = 0; i < 4; i++) {
+    await page.keyboard.press(i % 2 ? 'Shift+Tab' : 'Tab');
+    assert.ok(await page.evaluate(() => document.querySelector('.sb-dialog').contains(document.activeElement)), 'focus trapped');
+  }
+  await page.keyboard.press('Escape');
+  await dialog.waitFor({ state: 'detached' });
+  assert.equal(await page.evaluate(() => document.activeElement.id), 'popup', 'focus back on the opener');
+
+  await page.click('#popup');
+  await idle(page);
+  await page.getByRole('button', { name: 'OK' }).click();
+  await dialog.waitFor({ state: 'detached' });
+});
+
+test('an error tooltip sits under the object that sent the command and goes on the next interaction', async (t) => {
+  const { page } = await openPage(suite, t);
+  await page.click('#error-tooltip');
+  await idle(page);
+  const tooltip = page.locator('.sb-tooltip');
+  assert.equal(await tooltip.textContent(), 'Too hot');
+  const button = await box(page.locator('#error-tooltip'));
+  const tip = await box(tooltip);
+  assert.ok(tip.y >= button.y + button.height, 'below the button');
+  assert.ok(tip.y - (button.y + button.height) < 20, 'right under it');
+  const centre = button.x + button.width / 2;
+  assert.ok(tip.x < centre && centre < tip.x + tip.width, 'centred on it');
+  await page.mouse.click(5, 790);
+  await tooltip.waitFor({ state: 'detached', timeout: 1000 });
+});
+
+test('errors as popup and toast; a null message says Error; a failed handler says so', async (t) => {
+  const { page } = await openPage(suite, t);
+  await page.click('#error-popup');
+  await idle(page);
+  const dialog = page.getByRole('dialog');
+  assert.equal(await dialog.getAttribute('data-sb-level'), 'error');
+  assert.equal(await dialog.locator('.sb-dialog-message').textContent(), 'Door open');
+  await page.keyboard.press('Escape');
+
+  await page.click('#error-toast');
+  await idle(page);
+  assert.equal(await toast(page, 'Sensor offline').getAttribute('data-sb-level'), 'error');
+
+  await page.click('#error-plain');
+  await idle(page);
+  assert.equal(await page.locator('.sb-tooltip').textContent(), 'Error');
+
+  await page.click('#throw');
+  await idle(page);
+  const failed = toast(page, 'Sorry, that did not work. Please try again.');
+  assert.equal(await failed.getAttribute('data-sb-level'), 'error');
+});
+
+test('markup in handler messages is shown as text and never runs', async (t) => {
+  const { page } = await openPage(suite, t);
+  const payload = '<img src=x onerror=window.__xss=1>';
+  await page.click('#toast-xss');
+  await idle(page);
+  assert.equal(await page.locator('.sb-toast-message').first().textContent(), payload);
+
+  await page.click('#error-xss');
+  await idle(page);
+  assert.equal(await page.locator('.sb-tooltip').textContent(), payload);
+
+  await page.click('#popup-xss');
+  await idle(page);
+  assert.equal(await page.locator('.sb-dialog-message').textContent(), `<b>bold</b>${payload}`);
+  await page.keyboard.press('Escape');
+
+  await page.click('#link-form');
+  await page.locator('#field-xss').click();
+  await idle(page);
+  assert.equal(await page.locator('.sb-field-error').textContent(), payload);
+
+  await sleep(100); // an injected <img> would have fired onerror by now
+  assert.equal(await page.evaluate(() => window.__xss), undefined);
+  assert.equal(await page.locator('.sb-toast img, .sb-tooltip img, .sb-dialog img, .sb-field-error img, .sb-dialog b').count(), 0);
+});
+
+test('a button waiting for its answer is busy and ignores more taps', async (t) => {
+  const { page, frames } = await openPage(suite, t);
+  const slow = page.locator('#slow'); // the handler takes ~700 ms
+  await slow.click();
+  assert.equal(await slow.getAttribute('aria-busy'), 'true');
+  assert.ok(await slow.evaluate((element) => element.classList.contains('sb-busy')));
+  await slow.click();
+  await slow.click();
+  await idle(page);
+  assert.equal(frames.commands('slow').length, 1, 'one command for three taps');
+  assert.equal(await slow.getAttribute('aria-busy'), null);
+  await until(async () => (await toast(page, 'slow tap').count()) === 1, { message: 'the answer' });
+});
+
+test('a refused command says why, and the commands around it still get their own answers', async (t) => {
+  const { page } = await openPage(suite, t);
+  await page.click('#slow'); // still running when the refusal comes back
+  const reply = await page.evaluate(() => window.Switchboard.send('toast', 'x'.repeat(70_000)));
+  assert.equal(reply.status, 'rejected');
+  const refused = toast(page, 'The server refused the command: frame of');
+  assert.equal(await refused.getAttribute('data-sb-level'), 'error');
+  await idle(page);
+  await toast(page, 'slow tap').waitFor();
+});

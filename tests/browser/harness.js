@@ -1,0 +1,209 @@
+// The fixture every browser test uses: the real switchboard binary on an
+// ephemeral port, serving tests/projects, and a headless Chromium driven by
+// playwright-core. Plus small helpers to see what the user sees and what the
+// runtime sent.
+
+import { spawn } from 'node:child_process';
+import { once } from 'node:events';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import assert from 'node:assert/strict';
+import { after, before } from 'node:test';
+import { chromium } from 'playwright-core';
+
+const HERE = path.dirname(fileURLToPath(import.meta.url));
+
+/** The server binary: $SWITCHBOARD_BIN, else the debug build of this checkout. */
+export const SERVER_BIN = process.env.SWITCHBOARD_BIN
+  ? path.resolve(process.env.SWITCHBOARD_BIN)
+  : path.resolve(HERE, '../../target/debug/switchboard');
+const PROJECTS = path.resolve(HERE, '../projects');
+const CHROMIUM = process.env.CHROMIUM_PATH ?? '/usr/bin/chromium';
+const CHROMIUM_ARGS = [
+  '--headless',
+  '--no-sandbox',
+  '--disable-gpu',
+  '--no-first-run',
+  '--disable-background-networking',
+  '--disable-component-update',
+  '--disable-sync',
+];
+const STARTUP_TIMEOUT_MS = 15_000;
+
+/** The project every test runs against (tests/projects/ui). */
+export const PROJECT = 'ui';
+
+/** A scratch folder for a server's database, removed when the test process ends. */
+export function scratchDir() {
+  const dir = mkdtempSync(path.join(tmpdir(), 'sb-ui-'));
+  process.once('exit', () => rmSync(dir, { recursive: true, force: true }));
+  return dir;
+}
+
+/**
+ * Starts the server and resolves once it listens. `bind` defaults to an
+ * ephemeral port; pass the same address and `dir` again to restart it with
+ * the same database (sessions survive a restart).
+ */
+export async function startServer({ bind = '127.0.0.1:0', dir = scratchDir() } = {}) {
+  // Run in the scratch folder: the database and any other relative default
+  // land there, never in the checkout.
+  const child = spawn(SERVER_BIN, ['--projects', PROJECTS, '--bind', bind, '--database', path.join(dir, 'db.redb')], {
+    cwd: dir,
+    stdio: ['ignore', 'pipe', 'pipe'],
+    env: { ...process.env, SWITCHBOARD_LOG: process.env.SWITCHBOARD_LOG ?? 'warn' },
+  });
+  let log = '';
+  child.stderr.setEncoding('utf8').on('data', (chunk) => {
+    log += chunk;
+  });
+  const origin = await listeningOrigin(child, () => log);
+  return {
+    origin,
+    bind: new URL(origin).host,
+    dir,
+    log: () => log,
+    stop: () => stopProcess(child),
+  };
+}
+
+function listeningOrigin(child, log) {
+  return new Promise((resolve, reject) => {
+    let stdout = '';
+    const finish = (error, origin) => {
+      clearTimeout(timer);
+      child.off('exit', onExit);
+      child.off('error', finish);
+      if (error) {
+        child.kill('SIGKILL');
+        reject(new Error(`${error.message}\n${log()}`));
+      } else {
+        resolve(origin);
+      }
+    };
+    const onExit = (code) => finish(new Error(`${SERVER_BIN} exited with ${code} before listening`));
+    const timer = setTimeout(() => finish(new Error('the server did not start in time')), STARTUP_TIMEOUT_MS);
+    child.once('exit', onExit);
+    child.once('error', finish);
+    child.stdout.setEncoding('utf8').on('data', (chunk) => {
+      stdout += chunk;
+      const match = /listening on (http:\/\/[^\s/]+)/.exec(stdout);
+      if (match) finish(null, match[1]);
+    });
+  });
+}
+
+async function stopProcess(child) {
+  if (child.exitCode !== null || child.signalCode !== null) return;
+  const exited = once(child, 'exit');
+  child.kill('SIGTERM');
+  await exited;
+}
+
+export function launchBrowser() {
+  return chromium.launch({ executablePath: CHROMIUM, args: CHROMIUM_ARGS });
+}
+
+/**
+ * One server and one browser for the whole test file. Call at the top level
+ * of the file; the returned object is filled in before the first test.
+ */
+export function useSuite() {
+  const suite = { server: null, browser: null };
+  before(async () => {
+    suite.server = await startServer();
+    suite.browser = await launchBrowser();
+  });
+  after(async () => {
+    await suite.browser?.close();
+    await suite.server?.stop();
+  });
+  return suite;
+}
+
+/**
+ * A fresh browser context (so a fresh session) on a page of the ui project,
+ * waiting until the runtime is connected. Closed when the test ends, which
+ * also fails the test if the page threw an uncaught error.
+ *
+ * Options: path (page after /ui/), viewport, hasTouch, isMobile,
+ * permissions (granted for the server's origin), initScript (runs before
+ * the page's own scripts), setup(context) before the page opens, origin
+ * (another server).
+ */
+export async function openPage(suite, t, options = {}) {
+  const origin = options.origin ?? suite.server.origin;
+  const context = await suite.browser.newContext({
+    viewport: options.viewport ?? { width: 1280, height: 800 },
+    hasTouch: options.hasTouch ?? false,
+    isMobile: options.isMobile ?? false,
+    acceptDownloads: true,
+  });
+  if (options.permissions) await context.grantPermissions(options.permissions, { origin });
+  if (options.initScript) await context.addInitScript(options.initScript);
+  await options.setup?.(context);
+  const page = await context.newPage();
+  // Fail fast: nothing in these tests should take seconds to appear.
+  page.setDefaultTimeout(5000);
+  const errors = [];
+  page.on('pageerror', (error) => errors.push(error));
+  const frames = recordFrames(page);
+  t.after(async () => {
+    await context.close();
+    assert.deepEqual(errors.map(String), [], 'uncaught errors in the page');
+  });
+  await page.goto(`${origin}/${PROJECT}/${options.path ?? ''}`);
+  await page.waitForFunction(() => window.Switchboard?.connected);
+  return { context, page, frames };
+}
+
+/**
+ * Every frame the page sends, over the WebSocket or HTTP, in order. The
+ * `commands(name)` helper filters the command frames of one name.
+ */
+export function recordFrames(page) {
+  const frames = [];
+  page.on('websocket', (socket) => {
+    socket.on('framesent', ({ payload }) => frames.push(JSON.parse(payload)));
+  });
+  page.on('request', (request) => {
+    if (request.method() === 'POST' && request.url().endsWith('/api/command')) {
+      frames.push(JSON.parse(request.postData()));
+    }
+  });
+  frames.commands = (name) => frames.filter((frame) => frame.type === 'command' && frame.name === name);
+  return frames;
+}
+
+/** Waits until no command is pending and the replies' actions ran. */
+export function idle(page) {
+  return page.evaluate(() => window.Switchboard.whenIdle());
+}
+
+export function toast(page, text) {
+  return page.locator('.sb-toast', { hasText: text });
+}
+
+/** Polls `check` (sync or async, returning truthy) until it holds or the time is up. */
+export async function until(check, { timeout = 5000, interval = 50, message = 'condition' } = {}) {
+  const deadline = Date.now() + timeout;
+  for (;;) {
+    const value = await check();
+    if (value) return value;
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${message}`);
+    await new Promise((resolve) => setTimeout(resolve, interval));
+  }
+}
+
+export function sleep(ms) {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}
+
+/** Where an element is on screen; fails when it is not rendered. */
+export async function box(locator) {
+  const found = await locator.boundingBox();
+  assert.ok(found, 'the element has no box on screen');
+  return found;
+}
