@@ -1,0 +1,325 @@
+//! The client side of the protocol, as lean as it can be so that the load
+//! client spends little of the machine it shares with the server: a
+//! keep-alive HTTP/1.1 connection written by hand (session creation and the
+//! command endpoint), WebSocket connections with small buffers, and frames
+//! built and replies read without building JSON trees.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use serde::Deserialize;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::{self, Message};
+
+pub type Socket = WebSocketStream<TcpStream>;
+
+pub type Error = Box<dyn std::error::Error + Send + Sync>;
+
+/// A load target: a server and one of its projects.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub addr: SocketAddr,
+    pub project: String,
+}
+
+impl Target {
+    /// Refuses anything but a loopback address: the suite loads this
+    /// machine only.
+    pub fn new(addr: SocketAddr, project: &str) -> Result<Target, Error> {
+        if !addr.ip().is_loopback() {
+            return Err(format!(
+                "{addr} is not a loopback address; the suite only loads this machine"
+            )
+            .into());
+        }
+        Ok(Target {
+            addr,
+            project: project.to_string(),
+        })
+    }
+}
+
+/// An HTTP response as far as the suite cares.
+#[derive(Debug)]
+pub struct Response {
+    pub status: u16,
+    pub session_cookie: Option<String>,
+    pub body: Vec<u8>,
+}
+
+/// One keep-alive HTTP/1.1 connection. Bodies must come with
+/// `Content-Length` (actix always sends one for these small answers).
+pub struct HttpConnection {
+    stream: TcpStream,
+    buffer: Vec<u8>,
+    host: String,
+}
+
+impl HttpConnection {
+    pub async fn open(addr: SocketAddr) -> Result<HttpConnection, Error> {
+        let stream = TcpStream::connect(addr).await?;
+        stream.set_nodelay(true)?;
+        Ok(HttpConnection {
+            stream,
+            buffer: Vec::with_capacity(1024),
+            host: addr.to_string(),
+        })
+    }
+
+    /// Sends a POST and reads the whole response.
+    pub async fn post(
+        &mut self,
+        path: &str,
+        cookie: Option<&str>,
+        body: &str,
+    ) -> Result<Response, Error> {
+        let mut request = format!(
+            "POST {path} HTTP/1.1\r\nhost: {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n",
+            self.host,
+            body.len()
+        );
+        if let Some(cookie) = cookie {
+            request.push_str("cookie: sb_session=");
+            request.push_str(cookie);
+            request.push_str("\r\n");
+        }
+        request.push_str("\r\n");
+        request.push_str(body);
+        self.stream.write_all(request.as_bytes()).await?;
+        self.read_response().await
+    }
+
+    async fn read_response(&mut self) -> Result<Response, Error> {
+        loop {
+            let mut headers = [httparse::EMPTY_HEADER; 32];
+            let mut parsed = httparse::Response::new(&mut headers);
+            if let httparse::Status::Complete(head_len) = parsed.parse(&self.buffer)? {
+                let status = parsed.code.unwrap_or(0);
+                let mut length = None;
+                let mut session_cookie = None;
+                for header in parsed.headers.iter() {
+                    if header.name.eq_ignore_ascii_case("content-length") {
+                        length = std::str::from_utf8(header.value)?
+                            .trim()
+                            .parse::<usize>()
+                            .ok();
+                    } else if header.name.eq_ignore_ascii_case("set-cookie") {
+                        let value = std::str::from_utf8(header.value)?;
+                        if let Some(rest) = value.strip_prefix("sb_session=") {
+                            session_cookie =
+                                Some(rest.split(';').next().unwrap_or_default().to_string());
+                        }
+                    } else if header.name.eq_ignore_ascii_case("transfer-encoding") {
+                        return Err("chunked responses are not supported by the load client".into());
+                    }
+                }
+                let length = length.ok_or("a response without content-length")?;
+                while self.buffer.len() < head_len + length {
+                    self.fill().await?;
+                }
+                let body = self.buffer[head_len..head_len + length].to_vec();
+                self.buffer.drain(..head_len + length);
+                return Ok(Response {
+                    status,
+                    session_cookie,
+                    body,
+                });
+            }
+            self.fill().await?;
+        }
+    }
+
+    async fn fill(&mut self) -> Result<(), Error> {
+        let mut chunk = [0u8; 4096];
+        let read = self.stream.read(&mut chunk).await?;
+        if read == 0 {
+            return Err("the server closed the connection".into());
+        }
+        self.buffer.extend_from_slice(&chunk[..read]);
+        Ok(())
+    }
+}
+
+/// `POST /<project>/api/session` without a cookie: a new session's id.
+pub async fn new_session(
+    connection: &mut HttpConnection,
+    target: &Target,
+) -> Result<String, Error> {
+    let response = connection
+        .post(&format!("/{}/api/session", target.project), None, "")
+        .await?;
+    if response.status != 200 {
+        return Err(format!(
+            "session creation answered {}: {}",
+            response.status,
+            String::from_utf8_lossy(&response.body)
+        )
+        .into());
+    }
+    response
+        .session_cookie
+        .ok_or_else(|| "no sb_session cookie in the answer".into())
+}
+
+/// Small buffers: the idle figure holds 15 000 sockets in this process.
+fn socket_config() -> WebSocketConfig {
+    WebSocketConfig::default()
+        .read_buffer_size(4096)
+        .write_buffer_size(0)
+}
+
+/// Opens the project's WebSocket with the session cookie.
+pub async fn connect(target: &Target, session: &str) -> Result<Socket, Error> {
+    let url = format!("ws://{}/{}/api/ws", target.addr, target.project);
+    let mut request = url.into_client_request()?;
+    request.headers_mut().insert(
+        "cookie",
+        HeaderValue::from_str(&format!("sb_session={session}"))?,
+    );
+    let stream = TcpStream::connect(target.addr).await?;
+    stream.set_nodelay(true)?;
+    let (socket, _) =
+        tokio_tungstenite::client_async_with_config(request, stream, Some(socket_config())).await?;
+    Ok(socket)
+}
+
+/// A command frame.
+pub fn command_frame(seq: u64, name: &str, param: &str) -> String {
+    // Names and params the suite sends are plain ASCII without quotes or
+    // backslashes, so no escaping is needed.
+    debug_assert!(!name.contains(['"', '\\']) && !param.contains(['"', '\\']));
+    format!(r#"{{"type":"command","seq":{seq},"name":"{name}","param":"{param}"}}"#)
+}
+
+/// What the load client reads of a message: pushes have a `type`, replies
+/// a `seq` and a `status`. Actions are skipped, not built.
+#[derive(Debug, Deserialize)]
+pub struct Incoming<'a> {
+    #[serde(rename = "type", borrow)]
+    pub kind: Option<&'a str>,
+    pub seq: Option<u64>,
+    #[serde(borrow)]
+    pub status: Option<&'a str>,
+}
+
+/// The outcome of one command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// `status` was `ok`.
+    Ok,
+    /// Any other status (`failed`, `error`, `rejected`…).
+    NotOk,
+}
+
+fn outcome_of(status: Option<&str>) -> Outcome {
+    if status == Some("ok") {
+        Outcome::Ok
+    } else {
+        Outcome::NotOk
+    }
+}
+
+/// Sends one command on a socket and waits for its reply, skipping pushes
+/// and pings. `Err` when the socket fails, closes or the reply does not
+/// come within `timeout`.
+pub async fn ws_command(
+    socket: &mut Socket,
+    seq: u64,
+    name: &str,
+    param: &str,
+    timeout: Duration,
+) -> Result<Outcome, Error> {
+    socket
+        .send(Message::text(command_frame(seq, name, param)))
+        .await?;
+    ws_reply(socket, seq, timeout).await
+}
+
+/// Waits for the reply with `seq`, skipping pushes.
+pub async fn ws_reply(socket: &mut Socket, seq: u64, timeout: Duration) -> Result<Outcome, Error> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let message = tokio::time::timeout_at(deadline, socket.next())
+            .await
+            .map_err(|_| format!("no reply to seq {seq} within {timeout:?}"))?
+            .ok_or("the server closed the socket")??;
+        match message {
+            Message::Text(text) => {
+                let incoming: Incoming = serde_json::from_str(&text)?;
+                if incoming.kind.is_some() {
+                    continue;
+                }
+                if incoming.seq != Some(seq) {
+                    return Err(format!("reply to seq {seq} has seq {:?}", incoming.seq).into());
+                }
+                return Ok(outcome_of(incoming.status));
+            }
+            Message::Close(frame) => return Err(format!("socket closed: {frame:?}").into()),
+            _ => {}
+        }
+    }
+}
+
+/// Sends one command over `POST /<project>/api/command`.
+pub async fn http_command(
+    connection: &mut HttpConnection,
+    path: &str,
+    session: &str,
+    seq: u64,
+    name: &str,
+    param: &str,
+) -> Result<Outcome, Error> {
+    let response = connection
+        .post(path, Some(session), &command_frame(seq, name, param))
+        .await?;
+    if response.status != 200 {
+        return Ok(Outcome::NotOk);
+    }
+    let incoming: Incoming = serde_json::from_slice(&response.body)?;
+    Ok(outcome_of(incoming.status))
+}
+
+/// Whether an error is only the socket closing (a test ending).
+pub fn is_closed(error: &tungstenite::Error) -> bool {
+    matches!(
+        error,
+        tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_and_replies() {
+        assert_eq!(
+            command_frame(3, "ping", ""),
+            r#"{"type":"command","seq":3,"name":"ping","param":""}"#
+        );
+        let reply: Incoming =
+            serde_json::from_str(r#"{"seq":3,"status":"ok","actions":[{"type":"toast"}]}"#)
+                .unwrap();
+        assert_eq!(
+            (reply.kind, reply.seq, reply.status),
+            (None, Some(3), Some("ok"))
+        );
+        let push: Incoming = serde_json::from_str(
+            r#"{"type":"ui","set":[{"id":"clock","attr":"text","value":"1"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(push.kind, Some("ui"));
+    }
+
+    #[test]
+    fn only_loopback_targets() {
+        assert!(Target::new("127.0.0.1:80".parse().unwrap(), "p").is_ok());
+        assert!(Target::new("10.0.0.1:80".parse().unwrap(), "p").is_err());
+    }
+}
