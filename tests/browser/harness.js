@@ -16,7 +16,7 @@ import { chromium } from 'playwright-core';
 const HERE = path.dirname(fileURLToPath(import.meta.url));
 
 /** The server binary: $SWITCHBOARD_BIN, else the debug build of this checkout. */
-export const SERVER_BIN = process.env.SWITCHBOARD_BIN
+const SERVER_BIN = process.env.SWITCHBOARD_BIN
   ? path.resolve(process.env.SWITCHBOARD_BIN)
   : path.resolve(HERE, '../../target/debug/switchboard');
 const PROJECTS = path.resolve(HERE, '../projects');
@@ -33,10 +33,10 @@ const CHROMIUM_ARGS = [
 const STARTUP_TIMEOUT_MS = 15_000;
 
 /** The project every test runs against (tests/projects/ui). */
-export const PROJECT = 'ui';
+const PROJECT = 'ui';
 
 /** A scratch folder for a server's database, removed when the test process ends. */
-export function scratchDir() {
+function scratchDir() {
   const dir = mkdtempSync(path.join(tmpdir(), 'sb-ui-'));
   process.once('exit', () => rmSync(dir, { recursive: true, force: true }));
   return dir;
@@ -64,7 +64,6 @@ export async function startServer({ bind = '127.0.0.1:0', dir = scratchDir() } =
     origin,
     bind: new URL(origin).host,
     dir,
-    log: () => log,
     stop: () => stopProcess(child),
   };
 }
@@ -163,7 +162,7 @@ export async function openPage(suite, t, options = {}) {
  * Every frame the page sends, over the WebSocket or HTTP, in order. The
  * `commands(name)` helper filters the command frames of one name.
  */
-export function recordFrames(page) {
+function recordFrames(page) {
   const frames = [];
   page.on('websocket', (socket) => {
     socket.on('framesent', ({ payload }) => frames.push(JSON.parse(payload)));
