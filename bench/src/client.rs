@@ -15,7 +15,7 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
-use tokio_tungstenite::tungstenite::{self, Message};
+use tokio_tungstenite::tungstenite::Message;
 
 pub type Socket = WebSocketStream<TcpStream>;
 
@@ -283,14 +283,6 @@ pub async fn http_command(
     }
     let incoming: Incoming = serde_json::from_slice(&response.body)?;
     Ok(outcome_of(incoming.status))
-}
-
-/// Whether an error is only the socket closing (a test ending).
-pub fn is_closed(error: &tungstenite::Error) -> bool {
-    matches!(
-        error,
-        tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed
-    )
 }
 
 #[cfg(test)]

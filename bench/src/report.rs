@@ -226,7 +226,16 @@ fn target_rows(records: &[Record], soak: &[Record]) -> Vec<Row> {
                 r.get("last_ms_worst").unwrap_or(0.0)
             )
         }),
-        compared: "–".into(),
+        compared: match (broadcast, find(records, "broadcast", "baseline-ws")) {
+            (Some(sb), Some(base)) => format!(
+                "baseline-ws: {:.1} ms (median), worst {:.1} ms; server CPU per delivery {:.1} µs vs {:.1} µs",
+                base.get("last_ms_median").unwrap_or(0.0),
+                base.get("last_ms_worst").unwrap_or(0.0),
+                sb.get("server_cpu_us_per_delivery").unwrap_or(0.0),
+                base.get("server_cpu_us_per_delivery").unwrap_or(0.0)
+            ),
+            _ => "–".into(),
+        },
         met: broadcast.map(|r| {
             r.get("last_ms_worst").unwrap_or(f64::MAX) <= 100.0
                 && r.get("sessions").unwrap_or(0.0) >= 10_000.0
@@ -247,7 +256,7 @@ fn target_rows(records: &[Record], soak: &[Record]) -> Vec<Row> {
         }),
         compared: spin.map_or("–".into(), |r| {
             format!(
-                "{:.0} spins of {:.0} ms each",
+                "{:.0} spins of {:.1} ms each",
                 r.get("spins").unwrap_or(0.0),
                 r.get("spin_ms").unwrap_or(0.0)
             )
@@ -362,12 +371,12 @@ fn measurements_table(out: &mut String, records: &[Record]) {
         .filter(|r| r.get("kib_per_session").is_some())
         .collect();
     if !crowds.is_empty() {
-        out.push_str("| Sockets held | Server | Sessions | RSS before → after (KiB) | KiB/session | of which session / socket | sessions/s created | sockets/s opened | Errors |\n");
-        out.push_str("|---|---|---:|---:|---:|---:|---:|---:|---:|\n");
+        out.push_str("| Sockets held | Server | Sessions | server RSS before → after (KiB) | KiB/session | of which session / socket | load client KiB/socket | sessions/s created | sockets/s opened | Errors |\n");
+        out.push_str("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|\n");
         for r in crowds {
             let _ = writeln!(
                 out,
-                "| {} | {} | {} | {} → {} | {:.2} | {:.2} / {:.2} | {} | {} | {} |",
+                "| {} | {} | {} | {} → {} | {:.2} | {:.2} / {:.2} | {:.2} | {} | {} | {} |",
                 r.id(),
                 r.server(),
                 thousands(r.get("sessions").unwrap_or(0.0)),
@@ -376,6 +385,7 @@ fn measurements_table(out: &mut String, records: &[Record]) {
                 r.get("kib_per_session").unwrap_or(0.0),
                 r.get("kib_per_session_without_socket").unwrap_or(0.0),
                 r.get("kib_per_socket").unwrap_or(0.0),
+                r.get("client_kib_per_socket").unwrap_or(0.0),
                 thousands(r.get("sessions_per_s").unwrap_or(0.0)),
                 thousands(r.get("connects_per_s").unwrap_or(0.0)),
                 errors_of(r)
@@ -397,10 +407,14 @@ fn measurements_table(out: &mut String, records: &[Record]) {
                 .unwrap_or_default();
         let _ = writeln!(
             out,
-            "Broadcast ({}): last delivery per round {rounds} ms; over all deliveries p50 {}, p99 {}.\n",
+            "Broadcast to {} sockets ({}): last delivery per round {rounds} ms; over all deliveries p50 {}, p99 {}; CPU per delivery: server {:.1} µs, load client {:.1} µs; other processes used {:.2} cores.\n",
+            thousands(r.get("sessions").unwrap_or(0.0)),
             r.server(),
             us(r, "delivery_p50_us"),
-            us(r, "delivery_p99_us")
+            us(r, "delivery_p99_us"),
+            r.get("server_cpu_us_per_delivery").unwrap_or(0.0),
+            r.get("client_cpu_us_per_delivery").unwrap_or(0.0),
+            r.get("cpu_other").unwrap_or(0.0)
         );
     }
     let micro: Vec<&Record> = records.iter().filter(|r| r.id() == "micro").collect();
@@ -421,13 +435,38 @@ fn measurements_table(out: &mut String, records: &[Record]) {
 
 /// The generated section.
 pub fn render(records: &[Record], soak: &[Record], date: &str, commit: &str) -> String {
+    // The run's own record (written by bench/run when it starts) says when
+    // and on what it was measured; the arguments are for results without one.
+    let run = records.iter().find(|r| r.id() == "run");
+    let date = run.and_then(|r| r.text("date")).unwrap_or(date);
+    let commit = run.and_then(|r| r.text("commit")).unwrap_or(commit);
+    let machine = run
+        .and_then(|r| r.text("machine"))
+        .map_or_else(crate::system::machine, String::from);
     let mut out = String::new();
     let _ = writeln!(out, "{BEGIN}\n");
     let _ = writeln!(
         out,
-        "Measured {date} on {}, server at commit `{commit}`; load client on the same machine.\n",
-        crate::system::machine()
+        "Measured {date} on {machine}, server at commit `{commit}`; load client on the same machine.\n",
     );
+    let others: Vec<f64> = records
+        .iter()
+        .flat_map(|r| ["cpu_other", "without_cpu_other", "with_cpu_other"].map(|k| r.get(k)))
+        .flatten()
+        .collect();
+    if !others.is_empty() {
+        let mean = others.iter().sum::<f64>() / others.len() as f64;
+        let max = others.iter().copied().fold(0.0, f64::max);
+        let _ = writeln!(
+            out,
+            "Other processes on the machine used {mean:.2} cores on average (at most {max:.2}) during the measured windows{}\n",
+            if max > 0.25 {
+                ": where they did, Switchboard and the baselines both lost CPU to them, so ratios and CPU per command hold better than absolute figures."
+            } else {
+                "."
+            }
+        );
+    }
     out.push_str(
         "| Figure | Target | Switchboard | Compared with | Verdict |\n|---|---|---|---|---|\n",
     );

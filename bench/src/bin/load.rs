@@ -8,12 +8,16 @@
 //! load spin     --addr A [--sessions 8] [--seconds S] [--warmup W]
 //! load idle     --addr A --pid PID [--sessions K]
 //! load broadcast --addr A --pid PID [--sessions K] [--rounds R]
+//! load quiet    [--max-wait S] [--threshold CORES]  (waits for an idle machine)
+//! load run      --date D --commit C                 (the record dating a run)
 //! load micro    --criterion DIR            (criterion estimates → records)
 //! load report   --results FILE [--soak FILE] --out FILE --date D --commit C
 //! ```
 //!
-//! Common flags: `--project bench`, `--server NAME` and `--id ID` (labels
-//! of the record).
+//! Common flags: `--project bench`, `--server NAME`, `--id ID` and
+//! `--label TEXT` (labels of the record); `--exec-at-start CMD` and
+//! `--exec-at-end CMD` run a shell command when the measured window opens
+//! and closes (e.g. `callgrind_control -i on PID`).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -199,6 +203,23 @@ async fn run(args: &Args, open_files: u64) -> Result<Option<Record>, Error> {
         "spin" => spin(args).await.map(Some),
         "idle" => idle(args, open_files).await.map(Some),
         "broadcast" => broadcast(args, open_files).await.map(Some),
+        "run" => {
+            // The record that dates a run and names the machine and commit.
+            let mut record = Record::new("run", "");
+            record
+                .set("date", args.text("date", "?"))
+                .set("commit", args.text("commit", "?"))
+                .set("machine", system::machine());
+            Ok(Some(record))
+        }
+        "quiet" => {
+            wait_for_quiet(
+                args.seconds("max-wait", 60.0)?,
+                args.number("threshold", 0.25)?,
+            )
+            .await;
+            Ok(None)
+        }
         "micro" => {
             for record in
                 report::criterion_records(std::path::Path::new(&args.required("criterion")?))
@@ -218,6 +239,25 @@ async fn run(args: &Args, open_files: u64) -> Result<Option<Record>, Error> {
             Ok(None)
         }
         other => Err(format!("unknown subcommand {other}").into()),
+    }
+}
+
+/// Waits (up to `max_wait`) until other processes use less than
+/// `threshold` cores over one second.
+async fn wait_for_quiet(max_wait: Duration, threshold: f64) {
+    let deadline = Instant::now() + max_wait;
+    loop {
+        let first = system::CpuSnapshot::take(0);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let (_, _, others) = system::CpuSnapshot::take(0).cores_since(&first, 1.0);
+        if others < threshold {
+            eprintln!("load quiet: other processes use {others:.2} cores");
+            return;
+        }
+        if Instant::now() >= deadline {
+            eprintln!("load quiet: other processes still use {others:.2} cores; going on");
+            return;
+        }
     }
 }
 
@@ -805,6 +845,7 @@ async fn crowd(
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     let before = rss_of(pid)?;
+    let client_before = rss_of(std::process::id())?;
     let started = Instant::now();
     let ids = create_sessions(&target, count).await?;
     let creating = started.elapsed();
@@ -828,6 +869,11 @@ async fn crowd(
     // Let every connection's first pushes go out and the server settle.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let with_sockets = rss_of(pid)?;
+    let client_after = rss_of(std::process::id())?;
+    record.set(
+        "client_kib_per_socket",
+        ((client_after as f64 - client_before as f64) / count as f64 * 100.0).round() / 100.0,
+    );
     let per_session = (with_sockets as f64 - before as f64) / count as f64;
     record
         .set("sessions", count)
@@ -903,10 +949,17 @@ async fn broadcast(args: &Args, open_files: u64) -> Result<Record, Error> {
         at: (0..count).map(|_| AtomicU64::new(0)).collect(),
     });
     let crowd = crowd(args, count, open_files, Some(board.clone()), &mut record).await?;
+    let pid = args.pid()?.unwrap_or(0);
     let mut lasts = Vec::new();
     let mut all = stats::histogram();
     let mut missing_total = 0;
+    let mut cpu_ticks = system::CpuSnapshot::default();
+    let mut busy = Duration::ZERO;
+    let hooks = HOOKS.get().cloned().unwrap_or_default();
+    run_hook(Instant::now(), hooks.0.as_ref()).await;
     for round in 1..=rounds {
+        let before = system::CpuSnapshot::take(pid);
+        let round_started = Instant::now();
         for slot in &board.at {
             slot.store(0, Ordering::Relaxed);
         }
@@ -934,6 +987,13 @@ async fn broadcast(args: &Args, open_files: u64) -> Result<Record, Error> {
                 stats::record(&mut all, delay);
             }
         }
+        // Let the last writes finish before the CPU is read.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let after = system::CpuSnapshot::take(pid);
+        cpu_ticks.server += after.server.saturating_sub(before.server);
+        cpu_ticks.client += after.client.saturating_sub(before.client);
+        cpu_ticks.machine_busy += after.machine_busy.saturating_sub(before.machine_busy);
+        busy += round_started.elapsed();
         missing_total += count - got;
         lasts.push(last);
         eprintln!(
@@ -943,6 +1003,7 @@ async fn broadcast(args: &Args, open_files: u64) -> Result<Record, Error> {
         );
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
+    run_hook(Instant::now(), hooks.1.as_ref()).await;
     let mut sorted = lasts.clone();
     sorted.sort();
     let ms = |d: Duration| (d.as_secs_f64() * 1e4).round() / 10.0;
@@ -963,6 +1024,24 @@ async fn broadcast(args: &Args, open_files: u64) -> Result<Record, Error> {
             missing_total as u64 + crowd.closed.load(Ordering::Relaxed),
         )
         .latencies("delivery_", &all);
+    let (server, client, other) =
+        cpu_ticks.cores_since(&system::CpuSnapshot::default(), busy.as_secs_f64());
+    let deliveries = (rounds as usize * count).max(1) as f64;
+    let per = |cores: f64| (cores * busy.as_secs_f64() / deliveries * 1e7).round() / 10.0;
+    record
+        .set("cpu_server", (server * 100.0).round() / 100.0)
+        .set("cpu_client", (client * 100.0).round() / 100.0)
+        .set("cpu_other", (other * 100.0).round() / 100.0)
+        .set("server_cpu_us_per_delivery", per(server))
+        .set("client_cpu_us_per_delivery", per(client));
+    eprintln!(
+        "{:>14} {:<16} CPU per delivery: server {:.1} µs, load client {:.1} µs; others used {:.2} cores",
+        record.id(),
+        record.server(),
+        per(server),
+        per(client),
+        other
+    );
     eprintln!(
         "{:>14} {:<16} {count} sockets: last delivery median {:.1} ms, worst {:.1} ms; {} KiB/session",
         record.id(),
