@@ -165,7 +165,8 @@ fn read_new_password(user: &str) -> Result<String, String> {
 }
 
 fn serve(args: Args) -> ExitCode {
-    init_logging();
+    // Held until the server has stopped: dropping it writes the last lines.
+    let _log_writer = init_logging();
     let config = ServerConfig {
         projects_dir: args.projects,
         bind: args.bind,
@@ -185,14 +186,23 @@ fn serve(args: Args) -> ExitCode {
     }
 }
 
-fn init_logging() {
+/// Log lines go to stderr from a background thread, in batches: a command
+/// logs one line, and writing it on the worker that answers the command
+/// cost a `write(2)` per command (docs/performance.md). Not lossy: when the
+/// writer falls behind, callers wait rather than lines disappear.
+fn init_logging() -> tracing_appender::non_blocking::WorkerGuard {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("SWITCHBOARD_LOG")
         .unwrap_or_else(|_| EnvFilter::new("info,actix_server=warn"));
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .thread_name("log-writer")
+        .finish(std::io::stderr());
     tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(writer)
         // Colour only for a person at a terminal, not in log files.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    guard
 }

@@ -109,31 +109,16 @@ pub struct ScriptHost {
     timeout: Duration,
 }
 
-/// Stack of the threads that run callbacks: deep (but limited) recursion in
-/// a script must hit the call-depth limit, never the end of the stack.
-const SCRIPT_THREAD_STACK: usize = 16 << 20;
+mod pool;
 
-/// Most callbacks running at once; more wait their turn. Each runaway
-/// handler holds one until its wall-clock limit.
-const MAX_SCRIPT_THREADS: usize = 256;
+pub use pool::PoolError;
 
 /// Runs `job` on the script threads and waits for it without blocking the
-/// caller's async worker.
+/// caller's async worker (see [`pool`]).
 pub async fn run_off_async<T: Send + 'static>(
     job: impl FnOnce() -> T + Send + 'static,
-) -> Result<T, tokio::task::JoinError> {
-    static POOL: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
-    let pool = POOL.get_or_init(|| {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .max_blocking_threads(MAX_SCRIPT_THREADS)
-            .thread_stack_size(SCRIPT_THREAD_STACK)
-            .thread_name("script")
-            .build()
-            .expect("the script thread pool starts")
-    });
-    pool.spawn_blocking(job).await
+) -> Result<T, PoolError> {
+    pool::run(job).await
 }
 
 thread_local! {
@@ -151,6 +136,11 @@ const OPERATIONS_TOKEN: &str = "operations limit";
 /// Checking the clock on every operation would cost more than the operation;
 /// every 256th keeps the overrun to microseconds.
 const CLOCK_CHECK_MASK: u64 = 0xFF;
+
+/// Operations before a callback may be demoted for running long: time
+/// alone would also catch a handler that spent it in a host function, like
+/// a `uiSet` to thousands of sessions, which must keep its priority.
+const DEMOTE_MIN_OPERATIONS: u64 = 4096;
 
 impl ScriptHost {
     /// Builds the sandboxed engine and compiles every file, in the order
@@ -257,7 +247,14 @@ fn sandboxed_engine(project: &str, limits: &Limits) -> Engine {
         }
         match DEADLINE.get() {
             Some(deadline) if Instant::now() >= deadline => Some(TIMEOUT_TOKEN.into()),
-            _ => None,
+            _ => {
+                // A handler busy with many operations is looping: let it
+                // have only the CPU time nobody else wants.
+                if operations >= DEMOTE_MIN_OPERATIONS {
+                    pool::demote_if_running_long();
+                }
+                None
+            }
         }
     });
     let print_project = project.to_string();

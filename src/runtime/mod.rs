@@ -283,6 +283,11 @@ impl Runtime {
                 let _ = script::run_off_async(move || runtime.prune_answers()).await;
             }
             for session in self.sessions.all() {
+                // Connected sessions are the many; skip them before the
+                // project lookup.
+                if session.is_connected() {
+                    continue;
+                }
                 let Some(project) = self.project(&session.project) else {
                     continue;
                 };

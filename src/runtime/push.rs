@@ -81,25 +81,40 @@ fn ui_frame(id: &str, attr: &str, value: Value) -> Frame {
     .to_frame()
 }
 
+/// Where the value a session sees for one object attribute comes from.
+enum Seen<'a> {
+    /// The session's own value.
+    Own(Value),
+    /// A project-level value (global, or one of the session's scopes);
+    /// `None`: no value anywhere.
+    Shared(Option<&'a Value>),
+}
+
+/// The value a session sees for one object attribute, looked up under one
+/// lock of the session's state.
+fn seen<'a>(ui: &'a ProjectUi, session: &Session, id: &str, attr: &str) -> Seen<'a> {
+    session.with_state(|state| {
+        if let Some(own) = get(&state.ui, id, attr) {
+            return Seen::Own(own.clone());
+        }
+        if let Some(global) = get(&ui.global, id, attr) {
+            return Seen::Shared(Some(global));
+        }
+        Seen::Shared(state.scopes.iter().find_map(|scope| {
+            ui.scopes
+                .get(scope)
+                .and_then(|values| get(values, id, attr))
+        }))
+    })
+}
+
 impl Runtime {
     /// The value a session sees for one object attribute.
     fn effective(&self, ui: &ProjectUi, session: &Session, id: &str, attr: &str) -> Value {
-        if let Some(own) = session.with_state(|state| get(&state.ui, id, attr).cloned()) {
-            return own;
+        match seen(ui, session, id, attr) {
+            Seen::Own(value) => value,
+            Seen::Shared(value) => value.cloned().unwrap_or(Value::Null),
         }
-        if let Some(global) = get(&ui.global, id, attr) {
-            return global.clone();
-        }
-        let scopes = session.with_state(|state| state.scopes.clone());
-        scopes
-            .iter()
-            .find_map(|scope| {
-                ui.scopes
-                    .get(scope)
-                    .and_then(|values| get(values, id, attr))
-            })
-            .cloned()
-            .unwrap_or(Value::Null)
     }
 
     /// `uiSet(id, attr, value)`: for every session of the project.
@@ -154,18 +169,29 @@ impl Runtime {
     }
 
     /// Pushes each session's effective value. One frame is shared by all
-    /// sessions that see the same value (the common case of a broadcast).
+    /// sessions that see the same project-level value (the common case of a
+    /// broadcast): per session this costs one look at its own values and a
+    /// queue send, nothing serialized or allocated.
     fn push_if_changed(&self, ui: &ProjectUi, sessions: Vec<Arc<Session>>, id: &str, attr: &str) {
-        let mut shared: Option<(Value, Frame)> = None;
+        let mut shared: Vec<(*const Value, Frame)> = Vec::new();
+        let mut null_frame: Option<Frame> = None;
         for session in sessions {
-            let value = self.effective(ui, &session, id, attr);
-            let frame = match &shared {
-                Some((shared_value, frame)) if *shared_value == value => frame.clone(),
-                _ => {
-                    let frame = ui_frame(id, attr, value.clone());
-                    shared = Some((value, frame.clone()));
-                    frame
+            let frame = match seen(ui, &session, id, attr) {
+                Seen::Own(value) => ui_frame(id, attr, value),
+                Seen::Shared(Some(value)) => {
+                    let key: *const Value = value;
+                    match shared.iter().find(|(k, _)| std::ptr::eq(*k, key)) {
+                        Some((_, frame)) => frame.clone(),
+                        None => {
+                            let frame = ui_frame(id, attr, value.clone());
+                            shared.push((key, frame.clone()));
+                            frame
+                        }
+                    }
                 }
+                Seen::Shared(None) => null_frame
+                    .get_or_insert_with(|| ui_frame(id, attr, Value::Null))
+                    .clone(),
             };
             session.push(&frame);
         }
