@@ -213,8 +213,11 @@ impl Rejection {
 /// Parses one frame of at most `max_bytes` bytes.
 pub fn parse_frame(text: &str, max_bytes: usize) -> Result<ClientFrame, Rejection> {
     if text.len() > max_bytes {
+        // The seq still matters: the client matches the rejection to its
+        // frame by it. Skimming for it costs no more than parsing would
+        // have (the transport caps frames at a megabyte).
         return Err(Rejection::new(
-            None,
+            seq_of_malformed(text),
             format!(
                 "frame of {} bytes exceeds the limit of {max_bytes} bytes",
                 text.len()
@@ -226,7 +229,8 @@ pub fn parse_frame(text: &str, max_bytes: usize) -> Result<ClientFrame, Rejectio
     })
 }
 
-/// Best effort: the `seq` of a frame that did not parse as a [`ClientFrame`].
+/// Best effort: the `seq` of a frame that was refused or did not parse as
+/// a [`ClientFrame`].
 fn seq_of_malformed(text: &str) -> Option<u64> {
     match serde_json::from_str::<Value>(text) {
         Ok(Value::Object(map)) => map.get("seq").and_then(Value::as_u64),
@@ -315,7 +319,7 @@ mod tests {
     #[test]
     fn oversized_frame_is_rejected_before_parsing() {
         let text = format!(
-            r#"{{"type":"command","name":"x","param":"{}"}}"#,
+            r#"{{"type":"command","name":"x","param":"{}","seq":41}}"#,
             "a".repeat(LIMIT)
         );
         let rejection = parse_frame(&text, LIMIT).unwrap_err();
@@ -324,6 +328,7 @@ mod tests {
             "{}",
             rejection.reason
         );
+        assert_eq!(rejection.seq, Some(41), "the client matches it by seq");
     }
 
     #[test]

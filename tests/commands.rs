@@ -518,6 +518,7 @@ async fn malformed_frames_are_rejected_and_the_socket_stays_usable() {
     .await;
     let reply = receive(&mut socket).await;
     assert_eq!(reply["status"], "rejected", "{reply}");
+    assert_eq!(reply["seq"], 6, "{reply}");
     assert!(
         reply["reason"].as_str().unwrap().contains("exceeds"),
         "{reply}"
