@@ -500,10 +500,9 @@ fn websockets_work_over_tls() {
     let headers = String::from_utf8_lossy(&output.stdout).to_string();
     let session = headers
         .lines()
-        .find_map(|l| {
+        .find(|l| {
             l.to_ascii_lowercase()
                 .starts_with("set-cookie: sb_session=")
-                .then_some(l)
         })
         .map(|l| cookie_value(l.split_once(": ").unwrap().1))
         .unwrap_or_else(|| panic!("a session cookie in {headers}"));
