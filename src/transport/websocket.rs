@@ -25,7 +25,7 @@ use serde::Deserialize;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::error::CapacityError;
+use tokio_tungstenite::tungstenite::error::{CapacityError, ProtocolError};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Bytes, Error as SocketError, Message};
@@ -396,6 +396,8 @@ fn closing(code: CloseCode, reason: &'static str) -> CloseFrame {
 fn closing_for(error: &SocketError) -> Option<CloseFrame> {
     let code = match error {
         SocketError::Capacity(CapacityError::MessageTooLong { .. }) => CloseCode::Size,
+        // The client vanished: nobody to tell.
+        SocketError::Protocol(ProtocolError::ResetWithoutClosingHandshake) => return None,
         SocketError::Capacity(_) | SocketError::Protocol(_) | SocketError::Utf8(_) => {
             CloseCode::Protocol
         }
