@@ -1,12 +1,19 @@
 //! Starting and stopping the HTTP server: load the projects, bind, print
 //! where to go, and on SIGTERM/Ctrl-C close every WebSocket and stop within
 //! the shutdown timeout instead of waiting for clients to leave.
+//!
+//! The server is actix-http's (what actix-web's `HttpServer` builds) with an
+//! upgrade service: WebSocket handshakes are taken off the HTTP/1 dispatcher
+//! and served by [`transport::Upgrades`].
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use actix_web::{App, HttpServer, web};
+use actix_http::{HttpService, KeepAlive};
+use actix_service::{IntoServiceFactory, ServiceFactoryExt, fn_service, map_config};
+use actix_web::dev::AppConfig;
+use actix_web::{App, web};
 use tracing::info;
 
 use crate::reload;
@@ -62,32 +69,79 @@ async fn serve(config: ServerConfig) -> Result<(), StartupError> {
         allowed_origins: config.allowed_origins.clone(),
         secure_cookies: config.tls.is_some(),
     });
+    let upgrades = transport::Upgrades::new(runtime.clone(), web_config.clone());
     let frame_ancestors = config.frame_ancestors.clone();
-    let server = HttpServer::new(move || {
-        App::new()
+    // The application as actix-web's `HttpServer` serves it: errors become
+    // responses. No route reads `connection_info()`, so the default
+    // `AppConfig` (scheme and host fallbacks) is enough.
+    let app = move || {
+        let app = App::new()
             .app_data(state.clone())
             .app_data(web_config.clone())
             .wrap(transport::security_headers(&frame_ancestors))
-            .configure(transport::routes)
-    })
-    .disable_signals()
-    .shutdown_timeout(config.shutdown_timeout_secs);
-    let server = match &config.tls {
-        Some((cert, key)) => server.bind_rustls_0_23(config.bind, tls_config(cert, key)?),
-        None => server.bind(config.bind),
+            .configure(transport::routes);
+        map_config(
+            app.into_factory()
+                .map_err(|error: actix_web::Error| error.error_response()),
+            |_| AppConfig::default(),
+        )
+    };
+    let listener = bind(config.bind).map_err(|source| StartupError::Bind {
+        addr: config.bind,
+        source,
+    })?;
+    let addr = listener.local_addr().unwrap_or(config.bind);
+    let builder = actix_server::Server::build()
+        .disable_signals()
+        .shutdown_timeout(config.shutdown_timeout_secs);
+    let shutdown_signal = builder.graceful_shutdown_signal();
+    // What actix-web's `HttpServer::listen` does, plus the upgrade service:
+    // a WebSocket handshake leaves the HTTP dispatcher (and its two 8 KiB
+    // buffers) for a connection of its own (see `transport::websocket`).
+    // What actix-web's `HttpServer::listen` builds, plus the upgrade
+    // service: a WebSocket handshake leaves the HTTP dispatcher (and its two
+    // 8 KiB buffers) for a connection of its own (`transport::Upgrades`).
+    macro_rules! http_service {
+        () => {{
+            let signal = shutdown_signal.clone();
+            let upgrades = upgrades.clone();
+            HttpService::build()
+                .graceful_shutdown_signal(move || {
+                    let signal = signal.clone();
+                    async move { signal.notified().await }
+                })
+                .keep_alive(KeepAlive::default())
+                .client_request_timeout(Duration::from_secs(5))
+                .client_disconnect_timeout(Duration::from_secs(1))
+                .h1_allow_half_closed(true)
+                .local_addr(addr)
+                .upgrade(fn_service(move |(req, framed)| {
+                    upgrades.clone().accept(req, framed)
+                }))
+                .finish(app())
+        }};
+    }
+    let name = format!("switchboard-{addr}");
+    let builder = match &config.tls {
+        Some((cert, key)) => {
+            let tls = tls_config(cert, key)?;
+            builder.listen(name, listener, move || {
+                http_service!().rustls_0_23(tls.clone())
+            })
+        }
+        None => builder.listen(name, listener, move || http_service!().tcp()),
     }
     .map_err(|source| StartupError::Bind {
         addr: config.bind,
         source,
     })?;
-    let addr = server.addrs().first().copied().unwrap_or(config.bind);
     let scheme = if config.tls.is_some() {
         "https"
     } else {
         "http"
     };
     announce(scheme, addr, &runtime.project_names());
-    let server = server.run();
+    let server = builder.run();
     let handle = server.handle();
     actix_web::rt::spawn(runtime.clone().sweep_idle_sessions());
     actix_web::rt::spawn(reload::watch(runtime.clone()));
@@ -102,6 +156,16 @@ async fn serve(config: ServerConfig) -> Result<(), StartupError> {
     server.await?;
     info!("stopped");
     Ok(())
+}
+
+/// A listening socket as actix-web binds one: address reuse, backlog 1 024.
+fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    Ok(socket.into())
 }
 
 /// The first lines on stdout: where to open the projects. Tests read the

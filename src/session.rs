@@ -23,7 +23,7 @@ use tokio::sync::mpsc;
 const MAX_PENDING_PUSHES: usize = 64;
 
 /// A frame ready to send, serialized once however many sessions get it.
-pub type Frame = Arc<str>;
+pub type Frame = tokio_tungstenite::tungstenite::Utf8Bytes;
 
 /// All live sessions of all projects.
 #[derive(Default)]

@@ -472,3 +472,144 @@ fn the_tls_listener_serves_https_with_secure_cookies() {
         "{cookie}"
     );
 }
+
+#[test]
+fn websockets_work_over_tls() {
+    use std::sync::Arc;
+
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, ServerName};
+    use tokio_tungstenite::tungstenite::{self, Message, client::IntoClientRequest};
+
+    let (cert, key) = self_signed_certificate();
+    let server = Server::start_with(
+        &common::test_projects(),
+        &[
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+        ],
+    );
+    let output = Command::new("curl")
+        .args(["-s", "-D", "-", "-o", "/dev/null", "-X", "POST", "--cacert"])
+        .arg(&cert)
+        .arg(format!("https://{}/testbed/api/session", server.addr))
+        .output()
+        .expect("curl is installed (.ci/run installs it)");
+    let headers = String::from_utf8_lossy(&output.stdout).to_string();
+    let session = headers
+        .lines()
+        .find(|l| {
+            l.to_ascii_lowercase()
+                .starts_with("set-cookie: sb_session=")
+        })
+        .map(|l| cookie_value(l.split_once(": ").unwrap().1))
+        .unwrap_or_else(|| panic!("a session cookie in {headers}"));
+
+    // The test certificate is its own CA, which webpki refuses as a server
+    // certificate: trust exactly that certificate instead.
+    let expected = CertificateDer::pem_file_iter(&cert)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(ExactCertificate { expected, provider }))
+        .with_no_client_auth();
+    let connection =
+        rustls::ClientConnection::new(Arc::new(config), ServerName::try_from("127.0.0.1").unwrap())
+            .unwrap();
+    let tcp = std::net::TcpStream::connect(&server.addr).unwrap();
+    tcp.set_read_timeout(Some(common::REPLY_TIMEOUT)).unwrap();
+    let tls = rustls::StreamOwned::new(connection, tcp);
+    let mut request = format!("wss://{}/testbed/api/ws", server.addr)
+        .into_client_request()
+        .unwrap();
+    request
+        .headers_mut()
+        .insert("cookie", format!("sb_session={session}").parse().unwrap());
+    let (mut socket, response) = tungstenite::client(request, tls).expect("handshake over TLS");
+    assert_eq!(response.status(), 101);
+    socket
+        .send(Message::text(
+            json!({"type":"command","seq":1,"name":"say","param":"!"}).to_string(),
+        ))
+        .unwrap();
+    let reply = loop {
+        match socket.read().expect("a message") {
+            Message::Text(text) => {
+                let value: Value = serde_json::from_str(&text).unwrap();
+                if value.get("type").is_none() {
+                    break value;
+                }
+            }
+            Message::Ping(_) | Message::Pong(_) => {}
+            other => panic!("expected text, got {other:?}"),
+        }
+    };
+    assert_eq!(reply["seq"], 1, "{reply}");
+    assert_eq!(reply["status"], "ok", "{reply}");
+}
+
+/// Accepts one certificate, as a browser told to trust it would.
+#[derive(Debug)]
+struct ExactCertificate {
+    expected: rustls_pki_types::CertificateDer<'static>,
+    provider: std::sync::Arc<rustls::crypto::CryptoProvider>,
+}
+
+impl rustls::client::danger::ServerCertVerifier for ExactCertificate {
+    fn verify_server_cert(
+        &self,
+        end_entity: &rustls_pki_types::CertificateDer<'_>,
+        _intermediates: &[rustls_pki_types::CertificateDer<'_>],
+        _server_name: &rustls_pki_types::ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls_pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        if end_entity.as_ref() == self.expected.as_ref() {
+            Ok(rustls::client::danger::ServerCertVerified::assertion())
+        } else {
+            Err(rustls::Error::General("not the test certificate".into()))
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls_pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls_pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}

@@ -1,28 +1,31 @@
-//! The actix routes: pages, the HTTP command endpoint, the WebSocket,
-//! downloads, and the endpoints external systems use (messages, device
-//! events). Thin by design: parse the request, find the project and the
-//! session, call into [`runtime`], serialize what comes back.
+//! The actix routes: pages, the HTTP command endpoint, downloads, and the
+//! endpoints external systems use (messages, device events); WebSockets are
+//! served apart from the routes ([`websocket`]). Thin by design: parse the
+//! request, find the project and the session, call into [`runtime`],
+//! serialize what comes back.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use actix_web::cookie::{Cookie, SameSite};
+use actix_web::error::QueryPayloadError;
 use actix_web::http::StatusCode;
+use actix_web::http::header::HeaderMap;
 use actix_web::http::header::{self, ContentDisposition, DispositionParam, DispositionType};
 use actix_web::{HttpRequest, HttpResponse, ResponseError, web};
-use actix_ws::{AggregatedMessage, CloseCode, CloseReason};
 use serde::Deserialize;
-use tokio::sync::{mpsc, watch};
-use tracing::{debug, error, info, warn};
+use tracing::{error, warn};
 
 mod login;
+mod websocket;
+
+pub use websocket::Upgrades;
 
 use crate::metrics::METRICS;
 
 use crate::project::Project;
 use crate::protocol::{self, ClientFrame, Push, Rejection};
 use crate::runtime::{self, DownloadError, Runtime};
-use crate::session::{Frame, Session};
+use crate::session::Session;
 
 /// Web settings from the command line.
 #[derive(Debug, Clone, Default)]
@@ -31,6 +34,18 @@ pub struct WebConfig {
     pub allowed_origins: Vec<String>,
     /// Mark cookies `Secure` (served over TLS).
     pub secure_cookies: bool,
+}
+
+/// What a request is checked against when the app was given no settings.
+static NO_WEB_CONFIG: WebConfig = WebConfig {
+    allowed_origins: Vec::new(),
+    secure_cookies: false,
+};
+
+/// The web settings the app was given.
+fn web_config(req: &HttpRequest) -> &WebConfig {
+    req.app_data::<web::Data<WebConfig>>()
+        .map_or(&NO_WEB_CONFIG, |config| config.get_ref())
 }
 
 /// Headers on every response. The CSP allows no inline script: everything
@@ -56,23 +71,11 @@ pub fn security_headers(frame_ancestors: &str) -> actix_web::middleware::Default
 /// The session cookie; scoped to the project's path, so each project has its own.
 pub const SESSION_COOKIE: &str = "sb_session";
 
-/// Largest WebSocket message the codec accepts at all. Anything between the
-/// project's `max_frame_bytes` and this is answered with a rejection and the
-/// connection stays open; past it, the connection is closed (1009).
+/// Largest HTTP body or WebSocket message read at all. Anything between the
+/// project's `max_frame_bytes` and this is answered with a rejection (and a
+/// WebSocket stays open); past it, a body gets `413` and a WebSocket is
+/// closed (1009).
 const HARD_FRAME_LIMIT: usize = 1 << 20;
-
-/// actix-ws sends no heartbeat of its own: ping this often, and drop a
-/// connection that has sent nothing (not even a pong) for `IDLE_CUTOFF`.
-const PING_INTERVAL: Duration = Duration::from_secs(20);
-const IDLE_CUTOFF: Duration = Duration::from_secs(60);
-
-/// Frames of one connection waiting for their turn; they run in order.
-const PENDING_FRAMES: usize = 64;
-
-/// Pushed frames waiting to be written to one connection. A browser that
-/// falls this far behind misses pushes (it gets current UI state again on
-/// reconnect) rather than holding memory for everyone.
-const PUSH_QUEUE: usize = 256;
 
 type State = web::Data<Runtime>;
 
@@ -115,6 +118,9 @@ pub enum RequestError {
     /// The WebSocket handshake failed.
     #[error("WebSocket handshake failed: {0}")]
     Handshake(String),
+    /// A WebSocket handshake for anything but `GET /<project>/api/ws`.
+    #[error("no WebSocket here: only /<project>/api/ws accepts one")]
+    NoWebSocket,
     /// A template failed to render (details logged).
     #[error("the page could not be rendered")]
     Render,
@@ -123,7 +129,9 @@ pub enum RequestError {
 impl ResponseError for RequestError {
     fn status_code(&self) -> StatusCode {
         match self {
-            RequestError::ProjectNotFound | RequestError::PageNotFound => StatusCode::NOT_FOUND,
+            RequestError::ProjectNotFound
+            | RequestError::PageNotFound
+            | RequestError::NoWebSocket => StatusCode::NOT_FOUND,
             RequestError::NoSession | RequestError::BadToken | RequestError::LoginRequired => {
                 StatusCode::UNAUTHORIZED
             }
@@ -155,9 +163,7 @@ impl ResponseError for RequestError {
 pub fn routes(config: &mut web::ServiceConfig) {
     config
         .app_data(web::PayloadConfig::new(HARD_FRAME_LIMIT))
-        .app_data(web::QueryConfig::default().error_handler(|error, _| {
-            RequestError::Rejected(Rejection::new(None, format!("bad query: {error}"))).into()
-        }))
+        .app_data(web::QueryConfig::default().error_handler(|error, _| bad_query(error).into()))
         .route("/", web::get().to(index))
         .route("/_sb/{file}", web::get().to(asset))
         .route("/metrics", web::get().to(metrics))
@@ -165,7 +171,7 @@ pub fn routes(config: &mut web::ServiceConfig) {
         .route("/{project}/", web::get().to(start_page))
         .route("/{project}/api/session", web::post().to(create_session))
         .route("/{project}/api/command", web::post().to(http_command))
-        .route("/{project}/api/ws", web::get().to(websocket))
+        .route("/{project}/api/ws", web::get().to(websocket::not_upgraded))
         .route("/{project}/api/download", web::get().to(download))
         .route("/{project}/api/page/{page}", web::get().to(page_fragment))
         .route("/{project}/api/message", web::post().to(message))
@@ -177,6 +183,11 @@ pub fn routes(config: &mut web::ServiceConfig) {
 
 fn project_of(state: &Runtime, name: &str) -> Result<Arc<Project>, RequestError> {
     state.project(name).ok_or(RequestError::ProjectNotFound)
+}
+
+/// A query string the route cannot read.
+fn bad_query(error: QueryPayloadError) -> RequestError {
+    RequestError::Rejected(Rejection::new(None, format!("bad query: {error}")))
 }
 
 // ---------------------------------------------------------------- pages
@@ -358,33 +369,69 @@ fn session_cookie(project: &str, session: &Session, secure: bool) -> Cookie<'sta
 }
 
 fn secure_cookies(req: &HttpRequest) -> bool {
-    req.app_data::<web::Data<WebConfig>>()
-        .is_some_and(|c| c.secure_cookies)
+    web_config(req).secure_cookies
 }
 
 /// The request's live session; any request with it counts as activity
 /// (an HTTP-only client is not idle while it keeps sending).
 fn session_of(req: &HttpRequest, state: &Runtime, project: &str) -> Option<Arc<Session>> {
-    let cookie = req.cookie(SESSION_COOKIE)?;
-    let session = state.sessions.get(cookie.value(), project)?;
+    session_in(req.headers(), state, project)
+}
+
+/// [`session_of`] for a request known by its headers alone.
+fn session_in(headers: &HeaderMap, state: &Runtime, project: &str) -> Option<Arc<Session>> {
+    let id = cookie_value(headers, SESSION_COOKIE)?;
+    let session = state.sessions.get(&id, project)?;
     session.touch();
     Some(session)
 }
 
+/// A cookie's (percent-decoded) value, read as actix-web's
+/// `HttpRequest::cookie` reads it: the first cookie of that name in the
+/// `Cookie` headers, unparseable ones skipped, none if a header is not UTF-8.
+fn cookie_value(headers: &HeaderMap, name: &str) -> Option<String> {
+    let mut found = None;
+    for header in headers.get_all(header::COOKIE) {
+        let text = std::str::from_utf8(header.as_bytes()).ok()?;
+        if found.is_none() {
+            found = text
+                .split(';')
+                .map(str::trim)
+                .filter(|part| !part.is_empty())
+                .filter_map(|part| Cookie::parse_encoded(part).ok())
+                .find(|cookie| cookie.name() == name)
+                .map(|cookie| cookie.value().to_string());
+        }
+    }
+    found
+}
+
 /// The project and the caller's session, after every check an API call
 /// needs: the project exists, a browser's `Origin` is this server's (any
-/// site could otherwise ride on the user's cookie — actix-ws does not check
-/// it for WebSockets either), the session is live, and its user may use the
-/// project (and `page`).
+/// site could otherwise ride on the user's cookie — the WebSocket handshake
+/// does not prevent that either), the session is live, and its user may use
+/// the project (and `page`).
 fn authorized(
     req: &HttpRequest,
     state: &Runtime,
     name: &str,
     page: Option<&str>,
 ) -> Result<(Arc<Project>, Arc<Session>), RequestError> {
+    authorized_by(req.headers(), web_config(req), state, name, page)
+}
+
+/// [`authorized`] for a request known by its headers alone (a WebSocket
+/// handshake, which never reaches the routes).
+fn authorized_by(
+    headers: &HeaderMap,
+    config: &WebConfig,
+    state: &Runtime,
+    name: &str,
+    page: Option<&str>,
+) -> Result<(Arc<Project>, Arc<Session>), RequestError> {
     let project = project_of(state, name)?;
-    check_origin(req)?;
-    let session = require_session(req, state, &project.name)?;
+    origin_allowed(headers, config)?;
+    let session = session_in(headers, state, &project.name).ok_or(RequestError::NoSession)?;
     login::authorize(state, &project, &session, page)?;
     Ok((project, session))
 }
@@ -423,13 +470,15 @@ async fn create_session(
 /// Requests without it (non-browser clients) pass: they cannot ride on a
 /// user's cookies.
 fn check_origin(req: &HttpRequest) -> Result<(), RequestError> {
-    let Some(origin) = req.headers().get(header::ORIGIN) else {
+    origin_allowed(req.headers(), web_config(req))
+}
+
+/// [`check_origin`] for a request known by its headers alone.
+fn origin_allowed(headers: &HeaderMap, config: &WebConfig) -> Result<(), RequestError> {
+    let Some(origin) = headers.get(header::ORIGIN) else {
         return Ok(());
     };
-    let allowed = req
-        .app_data::<web::Data<WebConfig>>()
-        .map(|c| c.allowed_origins.as_slice())
-        .unwrap_or_default();
+    let allowed = &config.allowed_origins;
     if origin.to_str().is_ok_and(|o| {
         allowed
             .iter()
@@ -439,8 +488,7 @@ fn check_origin(req: &HttpRequest) -> Result<(), RequestError> {
     }
     // The Host header itself, not X-Forwarded-Host: a forwarded header is
     // as easy to forge as the Origin it would be compared with.
-    let host = req
-        .headers()
+    let host = headers
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
         .unwrap_or_default()
@@ -461,8 +509,12 @@ fn check_origin(req: &HttpRequest) -> Result<(), RequestError> {
 /// The client's address as the logs name it: the TCP peer (a reverse
 /// proxy's own address when there is one; see docs/security.md).
 fn client_address(req: &HttpRequest) -> String {
-    req.peer_addr()
-        .map_or_else(|| "-".to_string(), |addr| addr.ip().to_string())
+    address_of(req.peer_addr())
+}
+
+/// [`client_address`] from the peer's socket address.
+fn address_of(peer: Option<std::net::SocketAddr>) -> String {
+    peer.map_or_else(|| "-".to_string(), |addr| addr.ip().to_string())
 }
 
 /// External systems authenticate with `Authorization: Bearer <api_token>`.
@@ -683,207 +735,4 @@ async fn device_event(
         );
     }
     Ok(HttpResponse::Ok().json(reply))
-}
-
-// ---------------------------------------------------------------- WebSocket
-
-#[derive(Debug, Deserialize)]
-struct SocketQuery {
-    /// The browser tab's id (kept in its sessionStorage): a new one means a
-    /// new tab or window, which gets `pageStartup`.
-    tab: Option<String>,
-    page: Option<String>,
-}
-
-async fn websocket(
-    req: HttpRequest,
-    body: web::Payload,
-    state: State,
-    name: web::Path<String>,
-    query: web::Query<SocketQuery>,
-) -> Result<HttpResponse, RequestError> {
-    let (project, session) = authorized(&req, &state, &name, None)?;
-    let (response, ws, stream) =
-        actix_ws::handle(&req, body).map_err(|e| RequestError::Handshake(e.to_string()))?;
-    let stream = stream
-        .max_frame_size(HARD_FRAME_LIMIT)
-        .aggregate_continuations()
-        .max_continuation_size(HARD_FRAME_LIMIT);
-    let query = query.into_inner();
-    let tab = query.tab.filter(|t| !t.is_empty() && t.len() <= 64);
-    let caller = runtime::Caller {
-        tab,
-        address: client_address(&req),
-    };
-    let runtime = state.into_inner();
-    actix_web::rt::spawn(serve_connection(
-        runtime, project, session, ws, stream, caller, query.page,
-    ));
-    Ok(response)
-}
-
-/// Reads frames until the client leaves, the heartbeat lapses, the session
-/// ends or the server stops; writes replies and pushed frames. Frames run
-/// one after the other on a worker task so that a slow handler never stops
-/// this loop from answering pings or noticing a close.
-async fn serve_connection(
-    runtime: Arc<Runtime>,
-    project: Arc<Project>,
-    session: Arc<Session>,
-    mut ws: actix_ws::Session,
-    mut stream: actix_ws::AggregatedMessageStream,
-    caller: runtime::Caller,
-    page: Option<String>,
-) {
-    let (push_tx, mut pushes) = mpsc::channel::<Frame>(PUSH_QUEUE);
-    let _ = push_tx.try_send(
-        Push::Config {
-            keystrokes: &project.settings.keystrokes,
-        }
-        .to_frame(),
-    );
-    let snapshot = runtime.ui_snapshot(&session);
-    if !snapshot.is_empty() {
-        let _ = push_tx.try_send(Push::Ui { set: &snapshot }.to_frame());
-    }
-    let connection = session.connect(push_tx);
-    METRICS.websocket_opened();
-    runtime::connection_opened(
-        &runtime,
-        &project,
-        &session,
-        caller.tab.as_deref(),
-        page.as_deref(),
-    )
-    .await;
-
-    let (frames, pending) = mpsc::channel::<Result<ClientFrame, Rejection>>(PENDING_FRAMES);
-    let worker = actix_web::rt::spawn(run_frames(
-        runtime.clone(),
-        project.name.clone(),
-        session.clone(),
-        ws.clone(),
-        pending,
-        caller,
-    ));
-    let mut shutdown: watch::Receiver<bool> = runtime.shutdown_signal();
-    let mut heartbeat = actix_web::rt::time::interval_at(
-        actix_web::rt::time::Instant::now() + PING_INTERVAL,
-        PING_INTERVAL,
-    );
-    let mut last_heard = Instant::now();
-    let limit = project.settings.max_frame_bytes;
-    drop(project);
-    let close_reason = loop {
-        tokio::select! {
-            message = stream.recv() => {
-                last_heard = Instant::now();
-                match message {
-                    // Rejections queue behind earlier frames, so every
-                    // answer comes back in the order its frame was sent.
-                    Some(Ok(AggregatedMessage::Text(text))) => {
-                        let parsed = protocol::parse_frame(&text, limit);
-                        if let Err(rejection) = &parsed {
-                            debug!(session = session.log_id(), "rejected frame: {}", rejection.reason);
-                        }
-                        if frames.send(parsed).await.is_err() {
-                            break None;
-                        }
-                    }
-                    Some(Ok(AggregatedMessage::Binary(_))) => {
-                        let rejection = Rejection::new(None, "binary frames are not supported; send JSON text");
-                        if frames.send(Err(rejection)).await.is_err() {
-                            break None;
-                        }
-                    }
-                    Some(Ok(AggregatedMessage::Ping(bytes))) => {
-                        if ws.pong(&bytes).await.is_err() {
-                            break None;
-                        }
-                    }
-                    Some(Ok(AggregatedMessage::Pong(_))) => {}
-                    Some(Ok(AggregatedMessage::Close(_))) | None => break None,
-                    Some(Err(error)) => {
-                        // Usually a tab that vanished without a close frame.
-                        info!(session = session.log_id(), "WebSocket ended: {error}");
-                        let code = match error {
-                            actix_ws::ProtocolError::Overflow => CloseCode::Size,
-                            _ => CloseCode::Protocol,
-                        };
-                        break Some(CloseReason { code, description: Some(error.to_string()) });
-                    }
-                }
-            }
-            pushed = pushes.recv() => match pushed {
-                Some(frame) => {
-                    if ws.text(frame.to_string()).await.is_err() {
-                        break None;
-                    }
-                }
-                // The session ended and dropped its senders.
-                None => break Some(CloseReason { code: CloseCode::Normal, description: Some("session ended".into()) }),
-            },
-            _ = heartbeat.tick() => {
-                if last_heard.elapsed() > IDLE_CUTOFF {
-                    break Some(CloseReason { code: CloseCode::Away, description: Some("heartbeat lapsed".into()) });
-                }
-                if ws.ping(b"").await.is_err() {
-                    break None;
-                }
-            }
-            _ = shutdown.wait_for(|stopping| *stopping) => {
-                break Some(CloseReason { code: CloseCode::Away, description: Some("server stopping".into()) });
-            }
-        }
-    };
-    session.disconnect(connection);
-    METRICS.websocket_closed();
-    // Frames already received still run to the end (their replies have
-    // nowhere to go): a command the user sent is never half-done, and a
-    // re-send after reconnecting is answered from its record.
-    drop(frames);
-    drop(worker);
-    let _ = ws.close(close_reason).await;
-}
-
-async fn run_frames(
-    runtime: Arc<Runtime>,
-    project: String,
-    session: Arc<Session>,
-    mut ws: actix_ws::Session,
-    mut pending: mpsc::Receiver<Result<ClientFrame, Rejection>>,
-    caller: runtime::Caller,
-) {
-    while let Some(frame) = pending.recv().await {
-        // Looked up per frame: a hot reload replaces the project meanwhile.
-        let Some(project) = runtime.project(&project) else {
-            break;
-        };
-        let answer = match frame {
-            Ok(frame) => {
-                runtime::run_frame(&runtime, project, session.clone(), frame, &caller).await
-            }
-            Err(rejection) => Err(rejection),
-        };
-        let sent = match answer {
-            Ok(reply) => send_json(&mut ws, &reply).await,
-            Err(rejection) => send_json(&mut ws, &rejection).await,
-        };
-        if sent.is_err() {
-            break;
-        }
-    }
-}
-
-async fn send_json(
-    ws: &mut actix_ws::Session,
-    value: &impl serde::Serialize,
-) -> Result<(), actix_ws::Closed> {
-    match serde_json::to_string(value) {
-        Ok(text) => ws.text(text).await,
-        Err(error) => {
-            error!("could not serialize a reply: {error}");
-            Ok(())
-        }
-    }
 }
