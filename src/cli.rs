@@ -186,27 +186,16 @@ fn serve(args: Args) -> ExitCode {
     }
 }
 
-/// Log lines go to stderr from a background thread, in batches: a command
-/// logs one line, and writing it on the worker that answers the command
-/// cost a `write(2)` per command (docs/performance.md). Not lossy: when the
-/// writer falls behind, callers wait rather than lines disappear.
-fn init_logging() -> tracing_appender::non_blocking::WorkerGuard {
+/// Log lines go to stderr in batches, written by a background thread
+/// ([`crate::logwriter`]).
+fn init_logging() -> crate::logwriter::FlushGuard {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("SWITCHBOARD_LOG")
         .unwrap_or_else(|_| EnvFilter::new("info,actix_server=warn"));
-    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
-        .lossy(false)
-        .thread_name("log-writer")
-        // The writer thread flushes whenever it has drained the queue, so
-        // a burst of lines is one write(2) and a quiet server still shows
-        // every line at once.
-        .finish(std::io::BufWriter::with_capacity(
-            64 << 10,
-            std::io::stderr(),
-        ));
+    let (writer, guard) = crate::logwriter::stderr();
     tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(writer)
+        .with_writer(move || writer.clone())
         // Colour only for a person at a terminal, not in log files.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
