@@ -440,8 +440,8 @@ fn self_signed_certificate() -> (PathBuf, PathBuf) {
     (cert, key)
 }
 
-#[test]
-fn the_tls_listener_serves_https_with_secure_cookies() {
+/// A server on TLS with a fresh self-signed certificate (for clients to trust).
+fn tls_server() -> (PathBuf, Server) {
     let (cert, key) = self_signed_certificate();
     let server = Server::start_with(
         &common::test_projects(),
@@ -452,6 +452,12 @@ fn the_tls_listener_serves_https_with_secure_cookies() {
             key.to_str().unwrap(),
         ],
     );
+    (cert, server)
+}
+
+#[test]
+fn the_tls_listener_serves_https_with_secure_cookies() {
+    let (cert, server) = tls_server();
     let output = Command::new("curl")
         .args(["-s", "-D", "-", "-o", "/dev/null", "--cacert"])
         .arg(&cert)
@@ -481,16 +487,7 @@ fn websockets_work_over_tls() {
     use rustls_pki_types::{CertificateDer, ServerName};
     use tokio_tungstenite::tungstenite::{self, Message, client::IntoClientRequest};
 
-    let (cert, key) = self_signed_certificate();
-    let server = Server::start_with(
-        &common::test_projects(),
-        &[
-            "--tls-cert",
-            cert.to_str().unwrap(),
-            "--tls-key",
-            key.to_str().unwrap(),
-        ],
-    );
+    let (cert, server) = tls_server();
     let output = Command::new("curl")
         .args(["-s", "-D", "-", "-o", "/dev/null", "-X", "POST", "--cacert"])
         .arg(&cert)

@@ -292,7 +292,7 @@ impl Runtime {
                     continue;
                 };
                 let timeout = Duration::from_secs(project.settings.idle_timeout_secs);
-                if !session.is_connected() && session.idle_for() >= timeout {
+                if session.idle_for() >= timeout {
                     events::session_terminating(&self, &project, &session, "IdleTimeout").await;
                     self.end_session(&session, ShutdownReason::IdleTimeout)
                         .await;
