@@ -21,18 +21,11 @@ pub struct Metrics {
     pushes: AtomicU64,
     limit_stops_operations: AtomicU64,
     limit_stops_timeout: AtomicU64,
+    store_commits: AtomicU64,
+    store_batches: AtomicU64,
 }
 
-pub static METRICS: Metrics = Metrics {
-    commands: [const { AtomicU64::new(0) }; 4],
-    handler_buckets: [const { AtomicU64::new(0) }; BUCKETS.len()],
-    handler_count: AtomicU64::new(0),
-    handler_micros: AtomicU64::new(0),
-    websockets: AtomicU64::new(0),
-    pushes: AtomicU64::new(0),
-    limit_stops_operations: AtomicU64::new(0),
-    limit_stops_timeout: AtomicU64::new(0),
-};
+pub static METRICS: Metrics = Metrics::new();
 
 fn status_index(status: Status) -> usize {
     match status {
@@ -46,6 +39,22 @@ fn status_index(status: Status) -> usize {
 const STATUS_NAMES: [&str; 4] = ["ok", "error", "unhandled", "failed"];
 
 impl Metrics {
+    /// Every counter at zero.
+    pub const fn new() -> Metrics {
+        Metrics {
+            commands: [const { AtomicU64::new(0) }; 4],
+            handler_buckets: [const { AtomicU64::new(0) }; BUCKETS.len()],
+            handler_count: AtomicU64::new(0),
+            handler_micros: AtomicU64::new(0),
+            websockets: AtomicU64::new(0),
+            pushes: AtomicU64::new(0),
+            limit_stops_operations: AtomicU64::new(0),
+            limit_stops_timeout: AtomicU64::new(0),
+            store_commits: AtomicU64::new(0),
+            store_batches: AtomicU64::new(0),
+        }
+    }
+
     pub fn command(&self, status: Status, handler_time: Duration) {
         self.commands[status_index(status)].fetch_add(1, Relaxed);
         let seconds = handler_time.as_secs_f64();
@@ -79,6 +88,14 @@ impl Metrics {
             &self.limit_stops_operations
         };
         counter.fetch_add(1, Relaxed);
+    }
+
+    /// One durable transaction of the store's writer, holding `batches`
+    /// queued write sets (group commit).
+    pub fn group_commit(&self, batches: usize) {
+        self.store_commits.fetch_add(1, Relaxed);
+        self.store_batches
+            .fetch_add(u64::try_from(batches).unwrap_or(u64::MAX), Relaxed);
     }
 
     /// The Prometheus text exposition; `sessions` is read by the caller.
@@ -128,6 +145,16 @@ impl Metrics {
         }
         let _ = writeln!(
             out,
+            "# HELP switchboard_store_commits_total Durable database transactions (each one fdatasync).\n# TYPE switchboard_store_commits_total counter\nswitchboard_store_commits_total {}",
+            self.store_commits.load(Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP switchboard_store_batches_total Write sets committed (several share a transaction).\n# TYPE switchboard_store_batches_total counter\nswitchboard_store_batches_total {}",
+            self.store_batches.load(Relaxed)
+        );
+        let _ = writeln!(
+            out,
             "# HELP switchboard_pushes_total Frames pushed to sessions.\n# TYPE switchboard_pushes_total counter\nswitchboard_pushes_total {}",
             self.pushes.load(Relaxed)
         );
@@ -152,16 +179,7 @@ mod tests {
 
     #[test]
     fn renders_counters_and_a_cumulative_histogram() {
-        let metrics = Metrics {
-            commands: [const { AtomicU64::new(0) }; 4],
-            handler_buckets: [const { AtomicU64::new(0) }; BUCKETS.len()],
-            handler_count: AtomicU64::new(0),
-            handler_micros: AtomicU64::new(0),
-            websockets: AtomicU64::new(0),
-            pushes: AtomicU64::new(0),
-            limit_stops_operations: AtomicU64::new(0),
-            limit_stops_timeout: AtomicU64::new(0),
-        };
+        let metrics = Metrics::new();
         metrics.command(Status::Ok, Duration::from_micros(300));
         metrics.command(Status::Failed, Duration::from_millis(30));
         metrics.limit_stop(true);
