@@ -27,6 +27,12 @@ pub struct Metrics {
 
 pub static METRICS: Metrics = Metrics::new();
 
+impl Default for Metrics {
+    fn default() -> Metrics {
+        Metrics::new()
+    }
+}
+
 fn status_index(status: Status) -> usize {
     match status {
         Status::Ok => 0,
