@@ -217,7 +217,9 @@ impl Store {
 
     /// How many transactions the writer committed so far.
     pub fn commits(&self) -> u64 {
-        self.queue.commits.load(std::sync::atomic::Ordering::Relaxed)
+        self.queue
+            .commits
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Reads a committed record (a batch still queued is not seen).
@@ -282,6 +284,7 @@ fn commit_forever(db: &Database, queue: &Queue) {
             }
             std::mem::take(&mut pending.batches)
         };
+        let started = std::time::Instant::now();
         let outcome = commit_group(db, &batches).map_err(|e| e.to_string());
         if let Err(message) = &outcome {
             error!(
@@ -289,7 +292,7 @@ fn commit_forever(db: &Database, queue: &Queue) {
                 batches.len()
             );
         }
-        crate::metrics::METRICS.group_commit(batches.len());
+        crate::metrics::METRICS.group_commit(batches.len(), started.elapsed());
         queue
             .commits
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -415,7 +418,10 @@ mod tests {
         }
         assert_eq!(store.scan(Table::Replies, "t").unwrap().len(), 320);
         let commits = store.commits() - before;
-        assert!(commits < 320, "{commits} transactions for 320 concurrent writes");
+        assert!(
+            commits < 320,
+            "{commits} transactions for 320 concurrent writes"
+        );
         drop(store);
         std::fs::remove_dir_all(dir).unwrap();
     }

@@ -173,18 +173,18 @@ impl Runtime {
 
     /// Claims `key` for running, unless it was answered already or is
     /// running now (then waits for that run's answer).
+    ///
+    /// The claim is taken before the store is read, so one read serves
+    /// every command: a run releases its claim only after its record is
+    /// durable, so once the claim is ours, a record that is not in the
+    /// store is not coming.
     pub async fn claim(&self, table: Table, key: &str) -> Claim {
         loop {
-            if let Some(stored) = self.stored(table, key) {
-                return Claim::Answered(stored);
-            }
             let mut running = match self.in_flight.entry(key.to_string()) {
                 Entry::Occupied(entry) => entry.get().clone(),
                 Entry::Vacant(entry) => {
                     let (done, running) = watch::channel(None);
                     entry.insert(running);
-                    // The first run may have committed and left between the
-                    // look-up above and this claim.
                     if let Some(stored) = self.stored(table, key) {
                         self.in_flight.remove(key);
                         return Claim::Answered(stored);
