@@ -21,6 +21,7 @@ pub struct Metrics {
     pushes: AtomicU64,
     limit_stops_operations: AtomicU64,
     limit_stops_timeout: AtomicU64,
+    password_checks: AtomicU64,
 }
 
 pub static METRICS: Metrics = Metrics {
@@ -32,6 +33,7 @@ pub static METRICS: Metrics = Metrics {
     pushes: AtomicU64::new(0),
     limit_stops_operations: AtomicU64::new(0),
     limit_stops_timeout: AtomicU64::new(0),
+    password_checks: AtomicU64::new(0),
 };
 
 fn status_index(status: Status) -> usize {
@@ -79,6 +81,11 @@ impl Metrics {
             &self.limit_stops_operations
         };
         counter.fetch_add(1, Relaxed);
+    }
+
+    /// A password was hashed and compared (a login or a challenge answer).
+    pub fn password_check(&self) {
+        self.password_checks.fetch_add(1, Relaxed);
     }
 
     /// The Prometheus text exposition; `sessions` is read by the caller.
@@ -142,6 +149,11 @@ impl Metrics {
             "switchboard_script_limit_stops_total{{limit=\"time\"}} {}",
             self.limit_stops_timeout.load(Relaxed)
         );
+        let _ = writeln!(
+            out,
+            "# HELP switchboard_password_checks_total Passwords hashed and compared (logins, challenge answers).\n# TYPE switchboard_password_checks_total counter\nswitchboard_password_checks_total {}",
+            self.password_checks.load(Relaxed)
+        );
         out
     }
 }
@@ -161,10 +173,12 @@ mod tests {
             pushes: AtomicU64::new(0),
             limit_stops_operations: AtomicU64::new(0),
             limit_stops_timeout: AtomicU64::new(0),
+            password_checks: AtomicU64::new(0),
         };
         metrics.command(Status::Ok, Duration::from_micros(300));
         metrics.command(Status::Failed, Duration::from_millis(30));
         metrics.limit_stop(true);
+        metrics.password_check();
         let text = metrics.render(7);
         assert!(
             text.contains("switchboard_commands_total{status=\"ok\"} 1"),
@@ -179,5 +193,6 @@ mod tests {
         assert!(text.contains("switchboard_handler_seconds_count 2"));
         assert!(text.contains("switchboard_sessions 7"));
         assert!(text.contains("switchboard_script_limit_stops_total{limit=\"time\"} 1"));
+        assert!(text.contains("switchboard_password_checks_total 1"));
     }
 }

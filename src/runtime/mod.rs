@@ -160,6 +160,18 @@ impl Runtime {
         &self.projects_dir
     }
 
+    /// Whether `page` is a page of the project that the session's user may
+    /// open. Every page name a client sends is checked here before anything
+    /// runs or is stored.
+    pub fn may_show_page(&self, project: &Project, session: &Session, page: &str) -> bool {
+        project.pages.contains_key(page)
+            && project.settings.access.allows_page(
+                page,
+                &session.userid,
+                &self.roles_of(&session.userid),
+            )
+    }
+
     /// The roles of a user (none for anonymous or unknown users).
     pub fn roles_of(&self, user: &str) -> Vec<String> {
         if user.is_empty() {
@@ -475,17 +487,14 @@ pub async fn connection_opened(
     let (Some(tab), Some(page)) = (tab, page) else {
         return;
     };
-    let page = if project.pages.contains_key(page) {
-        page
-    } else {
-        &project.settings.start
+    // The client's page if the user may see it, else the start page.
+    let Some(page) = [page, project.settings.start.as_str()]
+        .into_iter()
+        .find(|page| runtime.may_show_page(project, session, page))
+    else {
+        return;
     };
-    let new_tab = session.with_state(|state| {
-        state
-            .tabs
-            .insert(tab.to_string(), page.to_string())
-            .is_none()
-    });
+    let new_tab = session.with_state(|state| state.show_in_tab(tab, page).is_none());
     runtime.persist(session);
     if new_tab {
         events::page_startup(runtime, project, session, page).await;
@@ -497,6 +506,7 @@ impl Runtime {
     /// `switchboard passwd` takes effect without a restart. Blocking: hashing
     /// is deliberately slow.
     pub fn verify_password(&self, user: &str, password: &str) -> Option<User> {
+        crate::metrics::METRICS.password_check();
         match Users::load(&self.users_path) {
             Ok(users) => *self.users.write().unwrap_or_else(|p| p.into_inner()) = users,
             Err(error) => error!("users file not re-read, using the last good one: {error}"),
