@@ -168,6 +168,9 @@ impl Upgrades {
             .and_then(|path| path.strip_suffix("/api/ws"))
             .filter(|name| !name.is_empty() && !name.contains('/'))
             .ok_or(RequestError::NoWebSocket)?;
+        if !self.config.allowed_hosts.allows(req.head().headers()) {
+            return Err(RequestError::HostNotAllowed);
+        }
         if req.method() != Method::GET {
             return Err(handshake_failed(HandshakeError::GetMethodRequired));
         }
