@@ -168,10 +168,37 @@ pub fn set_password(
             source,
         })?;
     }
-    std::fs::write(path, text).map_err(|source| AuthError::Io {
+    write_private(path, text.as_bytes()).map_err(|source| AuthError::Io {
         path: path.to_path_buf(),
         source,
     })
+}
+
+/// Writes a file that only its owner may read (0600 when created: it holds
+/// password hashes). An existing file keeps its mode.
+fn write_private(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options.open(path)?.write_all(contents)
+}
+
+/// `Some(mode)` when the file at `path` can be read by users other than its
+/// owner (group or others), as a warning at start wants to say.
+pub fn readable_by_others(path: &Path) -> Option<u32> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(path).ok()?.permissions().mode() & 0o777;
+        (mode & 0o044 != 0).then_some(mode)
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = path;
+        None
+    }
 }
 
 /// Failed attempts of one user from one address before that pair is locked
@@ -444,6 +471,7 @@ mod tests {
         assert!(users.verify("ann", "two").is_some());
         assert!(users.verify("ann", "one").is_none());
         assert_eq!(users.get("ann").unwrap().roles, ["operator"], "roles kept");
+        assert_eq!(readable_by_others(&path), None, "created 0600");
         std::fs::remove_dir_all(dir).unwrap();
     }
 

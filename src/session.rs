@@ -351,6 +351,20 @@ impl Session {
 mod tests {
     use super::*;
 
+    /// Issue 12: a client opening ever new tabs grew the session record
+    /// (rewritten on every change) without bound.
+    #[test]
+    fn a_session_remembers_at_most_max_tabs() {
+        let mut state = SessionState::default();
+        for tab in 0..MAX_TABS * 3 {
+            assert_eq!(state.show_in_tab(&format!("tab-{tab:03}"), "home"), None);
+        }
+        assert_eq!(state.tabs.len(), MAX_TABS);
+        let newest = format!("tab-{:03}", MAX_TABS * 3 - 1);
+        assert_eq!(state.show_in_tab(&newest, "other"), Some("home".into()));
+        assert_eq!(state.tabs.len(), MAX_TABS, "a known tab takes no room");
+    }
+
     #[test]
     fn session_ids_are_long_and_distinct() {
         let sessions = Sessions::default();

@@ -382,6 +382,34 @@ fn the_tls_listener_serves_https_with_secure_cookies() {
     );
 }
 
+/// Issue 12, hardening: responses under TLS carried no HSTS, so a later
+/// visit typed without `https://` could be intercepted over plain HTTP.
+#[test]
+fn tls_responses_let_browsers_fall_back_to_http() {
+    let (cert, server) = tls_server();
+    let output = Command::new("curl")
+        .args(["-s", "-D", "-", "-o", "/dev/null", "--cacert"])
+        .arg(&cert)
+        .arg(format!("https://{}/testbed/", server.addr))
+        .output()
+        .expect("curl is installed (.ci/run installs it)");
+    let headers = String::from_utf8_lossy(&output.stdout).to_ascii_lowercase();
+    assert!(
+        headers.contains("strict-transport-security: max-age=31536000"),
+        "{headers}"
+    );
+    // Plain HTTP does not send it (browsers ignore it there anyway).
+    let plain = Server::start(&common::test_projects());
+    let output = Command::new("curl")
+        .args(["-s", "-D", "-", "-o", "/dev/null"])
+        .arg(plain.url("/testbed/"))
+        .output()
+        .unwrap();
+    let headers = String::from_utf8_lossy(&output.stdout).to_ascii_lowercase();
+    assert!(headers.starts_with("http/1.1 200"), "{headers}");
+    assert!(!headers.contains("strict-transport-security"), "{headers}");
+}
+
 #[test]
 fn websockets_work_over_tls() {
     use std::sync::Arc;

@@ -433,6 +433,11 @@ fn log_command(session: &Session, command: &Command, decoded: &Decoded) {
     }
 }
 
+/// The folder of a project that `file` downloads are confined to: not the
+/// project folder, which holds `project.toml` (with the API token) and the
+/// scripts.
+pub const DOWNLOADS_FOLDER: &str = "files";
+
 /// A file the client downloads.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Download {
@@ -453,7 +458,7 @@ pub enum DownloadError {
     /// The handler's answer is not a download.
     #[error("the download handler's answer is not a download: {0}")]
     BadAnswer(String),
-    /// `file` points outside the project or at nothing.
+    /// `file` points outside the project's `files/` folder or at nothing.
     #[error("the requested file is not available")]
     FileNotAvailable,
 }
@@ -486,7 +491,7 @@ pub async fn run_download(
             return Err(DownloadError::Failed(error));
         }
     };
-    let download = download_from_answer(&project.dir, answer).await;
+    let download = download_from_answer(&project.dir.join(DOWNLOADS_FOLDER), answer).await;
     match &download {
         Ok(file) => {
             info!(target: "switchboard::command", "session={} download name={name:?} file={:?} bytes={} [OK]",
@@ -501,7 +506,7 @@ pub async fn run_download(
 }
 
 async fn download_from_answer(
-    project_dir: &Path,
+    files_dir: &Path,
     answer: Dynamic,
 ) -> Result<Download, DownloadError> {
     let type_name = answer.type_name();
@@ -512,7 +517,7 @@ async fn download_from_answer(
     };
     let text_of = |key: &str| map.get(key).and_then(|v| v.clone().into_string().ok());
     if let Some(file) = text_of("file") {
-        let path = resolve_inside(project_dir, &file).ok_or(DownloadError::FileNotAvailable)?;
+        let path = resolve_inside(files_dir, &file).ok_or(DownloadError::FileNotAvailable)?;
         let body = tokio::fs::read(&path)
             .await
             .map_err(|_| DownloadError::FileNotAvailable)?;
