@@ -494,7 +494,10 @@ mod tests {
         let elsewhere = throttle.begin("ann", "10.0.0.2").expect("not locked out");
         assert_eq!(elsewhere.delay(), USER_DELAY_STEP, "only slowed down");
         elsewhere.succeeded();
-        assert_eq!(throttle.begin("ann", "10.0.0.3").unwrap().delay(), Duration::ZERO);
+        assert_eq!(
+            throttle.begin("ann", "10.0.0.3").unwrap().delay(),
+            Duration::ZERO
+        );
         assert_eq!(lockout_after(2), Duration::from_secs(2));
         assert_eq!(lockout_after(100), MAX_LOCKOUT);
     }
@@ -519,13 +522,20 @@ mod tests {
     fn one_attempt_per_address_and_one_hash_per_slot() {
         let throttle = Throttle::with_hashing_slots(1);
         let mut first = throttle.begin("ann", "10.0.0.1").unwrap();
-        assert_eq!(throttle.begin("bob", "10.0.0.1").unwrap_err(), Refused::Busy);
+        assert_eq!(
+            throttle.begin("bob", "10.0.0.1").unwrap_err(),
+            Refused::Busy
+        );
         let slot = first.start_check().unwrap();
         let mut other = throttle.begin("bob", "10.0.0.2").unwrap();
         assert_eq!(other.start_check().unwrap_err(), Refused::Busy);
         drop(first);
         let mut again = throttle.begin("bob", "10.0.0.1").expect("address freed");
-        assert_eq!(again.start_check().unwrap_err(), Refused::Busy, "hash still running");
+        assert_eq!(
+            again.start_check().unwrap_err(),
+            Refused::Busy,
+            "hash still running"
+        );
         drop(slot);
         assert!(again.start_check().is_ok(), "slot freed");
     }

@@ -57,7 +57,11 @@ pub struct Args {
 
     /// Anonymous sessions one client address may start per minute (a burst
     /// of as many, then refilled); past it, 429. 0: no limit.
-    #[arg(long, env = "SWITCHBOARD_NEW_SESSIONS_PER_MINUTE", default_value_t = 120)]
+    #[arg(
+        long,
+        env = "SWITCHBOARD_NEW_SESSIONS_PER_MINUTE",
+        default_value_t = 120
+    )]
     pub new_sessions_per_minute: u32,
 
     /// Who may frame the pages (CSP frame-ancestors), e.g. `'self'` or

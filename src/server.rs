@@ -94,7 +94,9 @@ async fn serve(config: ServerConfig) -> Result<(), StartupError> {
         let app = App::new()
             .app_data(state.clone())
             .app_data(web_config.clone())
-            .wrap(actix_web::middleware::from_fn(transport::refuse_other_hosts))
+            .wrap(actix_web::middleware::from_fn(
+                transport::refuse_other_hosts,
+            ))
             .wrap(transport::security_headers(&frame_ancestors, tls))
             .configure(transport::routes);
         map_config(

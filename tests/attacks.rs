@@ -88,7 +88,11 @@ async fn login_burst_exhausts_memory_and_skips_the_lockout() {
         "200 concurrent logins in {elapsed:?}: {wrong} checked (401), {refused} refused (429); \
          password checks {checks}; RSS before {rss_before} kB, peak {peak} kB"
     );
-    assert_eq!(wrong + refused as u64, 200, "every attempt answered: {statuses:?}");
+    assert_eq!(
+        wrong + refused as u64,
+        200,
+        "every attempt answered: {statuses:?}"
+    );
     assert_eq!(checks, wrong, "each 401 is one check, each 429 none");
     assert!(
         checks <= checks_allowed_within(elapsed),
@@ -115,7 +119,10 @@ async fn login_burst_guesses_past_the_lockout() {
     let statuses = login_burst(&server, "otto", &passwords).await;
     let checks = metric(&server, "switchboard_password_checks_total").await - checks_before;
     let answered = statuses.iter().filter(|s| **s != 429).count() as u64;
-    assert_eq!(checks, answered, "each answered guess is one check: {statuses:?}");
+    assert_eq!(
+        checks, answered,
+        "each answered guess is one check: {statuses:?}"
+    );
     if statuses.contains(&303) {
         return; // the right guess came first: nothing past the lock-out ran
     }
@@ -204,8 +211,14 @@ async fn one_valid_account_lets_an_address_spray_passwords() {
         let own = log_in(&server, None, "gus", PASSWORD).await.status();
         assert!(own == 303 || own == 429, "{own}");
     }
-    assert!(throttled, "{failures} failures from one address, never a 429");
-    assert!(failures <= 10, "{failures} failures before the address was locked");
+    assert!(
+        throttled,
+        "{failures} failures from one address, never a 429"
+    );
+    assert!(
+        failures <= 10,
+        "{failures} failures before the address was locked"
+    );
 }
 
 /// Issue 12, hardening: the per-user lock-out let anyone lock a user out
@@ -258,12 +271,20 @@ async fn page_names_from_the_client_run_page_startup_for_forbidden_pages() {
     let mut socket = otto.socket_tab("t2", "home").await;
     server.wait_for_log("EVENT pageStartup home");
     for (seq, page) in [(1, "vault".to_string()), (2, "x".repeat(60_000))] {
-        send(&mut socket, &json!({"type": "page_shown", "seq": seq, "page": page})).await;
+        send(
+            &mut socket,
+            &json!({"type": "page_shown", "seq": seq, "page": page}),
+        )
+        .await;
         let reply = receive(&mut socket).await;
         assert_eq!(reply["status"], "rejected", "{reply}");
         assert_eq!(reply["seq"], seq);
     }
-    send(&mut socket, &json!({"type": "page_shown", "seq": 3, "page": "home"})).await;
+    send(
+        &mut socket,
+        &json!({"type": "page_shown", "seq": 3, "page": "home"}),
+    )
+    .await;
     assert_eq!(receive(&mut socket).await["status"], "ok");
     assert!(
         !server.log().contains("EVENT pageStartup vault"),
@@ -286,7 +307,11 @@ async fn page_shown_names_grow_the_session_without_bound() {
     for tab in 0..40 {
         let mut socket = client.socket_tab(&format!("tab-{tab}"), "home").await;
         let page = format!("{tab}-{}", "x".repeat(60_000));
-        send(&mut socket, &json!({"type": "page_shown", "seq": 1, "page": page})).await;
+        send(
+            &mut socket,
+            &json!({"type": "page_shown", "seq": 1, "page": page}),
+        )
+        .await;
         assert_eq!(receive(&mut socket).await["status"], "rejected");
         sockets.push(socket);
     }
@@ -314,7 +339,10 @@ async fn anonymous_sessions_are_created_without_bound() {
     let body: serde_json::Value = refused.json().await.unwrap();
     assert_eq!(body["status"], "rejected");
     assert!(
-        body["reason"].as_str().unwrap().contains("too many new sessions"),
+        body["reason"]
+            .as_str()
+            .unwrap()
+            .contains("too many new sessions"),
         "{body}"
     );
     let page = bare().get(server.url("/testbed/")).send().await.unwrap();
@@ -354,13 +382,17 @@ async fn dns_rebinding_reaches_public_projects() {
     assert_eq!(command.status(), 421);
     // The WebSocket handshake too.
     let client = server.client("testbed").await;
-    let mut request = tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(
-        server.ws_url("/testbed/api/ws"),
-    )
-    .unwrap();
+    let mut request =
+        tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(
+            server.ws_url("/testbed/api/ws"),
+        )
+        .unwrap();
     let headers = request.headers_mut();
     headers.insert("host", rebound.parse().unwrap());
-    headers.insert("cookie", format!("sb_session={}", client.session).parse().unwrap());
+    headers.insert(
+        "cookie",
+        format!("sb_session={}", client.session).parse().unwrap(),
+    );
     assert!(tokio_tungstenite::connect_async(request).await.is_err());
     // The server's own names still work.
     for host in [format!("localhost:{port}"), format!("127.0.0.1:{port}")] {
@@ -428,7 +460,9 @@ async fn a_submission_id_from_another_session_gets_its_answer() {
     let intruder = server.client("reliable").await;
     let (_, first) = owner.post(&submission("s-1", "owner@example.com")).await;
     assert_eq!(first["status"], "ok", "{first}");
-    let (_, stolen) = intruder.post(&submission("s-1", "intruder@example.com")).await;
+    let (_, stolen) = intruder
+        .post(&submission("s-1", "intruder@example.com"))
+        .await;
     assert_eq!(stolen["status"], "ok", "{stolen}");
     assert!(
         !server.log().contains("[REPEAT]"),
@@ -452,7 +486,14 @@ async fn a_submission_id_from_another_session_gets_its_answer() {
 #[tokio::test]
 async fn the_index_lists_login_only_projects_to_anonymous_visitors() {
     let server = secure_server();
-    let index = bare().get(server.url("/")).send().await.unwrap().text().await.unwrap();
+    let index = bare()
+        .get(server.url("/"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     assert!(index.contains("/testbed/"), "{index}");
     assert!(!index.contains("/secure/"), "{index}");
 }
@@ -469,8 +510,16 @@ async fn static_files_of_login_only_projects_are_public() {
         async move { request.send().await.unwrap().status().as_u16() }
     };
     assert_eq!(get(None).await, 401, "anonymous");
-    assert_eq!(get(Some(session_of(&server, "gus").await)).await, 403, "a guest");
-    assert_eq!(get(Some(session_of(&server, "otto").await)).await, 200, "a user");
+    assert_eq!(
+        get(Some(session_of(&server, "gus").await)).await,
+        403,
+        "a guest"
+    );
+    assert_eq!(
+        get(Some(session_of(&server, "otto").await)).await,
+        200,
+        "a user"
+    );
 }
 
 /// Issue 12, hardening: `/metrics` was open to anyone.
@@ -575,9 +624,14 @@ async fn secret_files_are_created_world_readable() {
         &common::test_projects(),
         &["--users", users.to_str().unwrap()],
     );
-    let mode = |path: &std::path::Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+    let mode =
+        |path: &std::path::Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode(&users), 0o600, "users file");
-    assert_eq!(mode(&server.data.join("switchboard.redb")), 0o600, "database");
+    assert_eq!(
+        mode(&server.data.join("switchboard.redb")),
+        0o600,
+        "database"
+    );
     drop(server);
     // An existing file readable by others is reported at start.
     std::fs::set_permissions(&users, std::fs::Permissions::from_mode(0o644)).unwrap();

@@ -77,7 +77,9 @@ async fn a_download_file_reads_the_project_toml_and_scripts() {
         assert_eq!(response.status(), 404, "{path} was served");
     }
     assert_eq!(
-        get(&client, "name=file&parameter=manual.txt").await.status(),
+        get(&client, "name=file&parameter=manual.txt")
+            .await
+            .status(),
         200,
         "files/ itself is served"
     );

@@ -33,7 +33,10 @@ impl AllowedHosts {
     /// own names on loopback (`localhost`, `127.0.0.1`, `::1`). Bound to
     /// any other address with no list, every host is accepted and the
     /// second value is a warning to print. `*` in the list accepts any.
-    pub fn from_settings(configured: &[String], bind: SocketAddr) -> (AllowedHosts, Option<String>) {
+    pub fn from_settings(
+        configured: &[String],
+        bind: SocketAddr,
+    ) -> (AllowedHosts, Option<String>) {
         let configured: Vec<String> = configured
             .iter()
             .map(|name| name.trim().to_ascii_lowercase())
@@ -43,7 +46,12 @@ impl AllowedHosts {
             return (AllowedHosts::any(), None);
         }
         if !configured.is_empty() {
-            return (AllowedHosts { names: Some(configured) }, None);
+            return (
+                AllowedHosts {
+                    names: Some(configured),
+                },
+                None,
+            );
         }
         if bind.ip().is_loopback() {
             let mut names = vec!["localhost".to_string(), "127.0.0.1".into(), "::1".into()];
@@ -67,10 +75,11 @@ impl AllowedHosts {
         let Some(host) = headers.get(header::HOST) else {
             return true;
         };
-        host.to_str()
-            .ok()
-            .map(host_name)
-            .is_some_and(|name| names.iter().any(|allowed| allowed.eq_ignore_ascii_case(name)))
+        host.to_str().ok().map(host_name).is_some_and(|name| {
+            names
+                .iter()
+                .any(|allowed| allowed.eq_ignore_ascii_case(name))
+        })
     }
 }
 
@@ -137,8 +146,7 @@ mod tests {
         let (hosts, warning) = AllowedHosts::from_settings(&[], bind);
         assert!(warning.is_some_and(|w| w.contains("--allowed-hosts")));
         assert!(hosts.allows(&with_host("anything.example")));
-        let (hosts, warning) =
-            AllowedHosts::from_settings(&["panel.example.com".into()], bind);
+        let (hosts, warning) = AllowedHosts::from_settings(&["panel.example.com".into()], bind);
         assert!(warning.is_none());
         assert!(hosts.allows(&with_host("panel.example.com:8443")));
         assert!(!hosts.allows(&with_host("other.example.com")));

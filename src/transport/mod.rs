@@ -599,7 +599,11 @@ fn origin_allowed(headers: &HeaderMap, config: &WebConfig) -> Result<(), Request
         .and_then(|h| h.to_str().ok())
         .unwrap_or_default()
         .to_string();
-    let scheme = if config.secure_cookies { "https" } else { "http" };
+    let scheme = if config.secure_cookies {
+        "https"
+    } else {
+        "http"
+    };
     let own_origin = format!("{scheme}://{host}");
     if origin
         .to_str()

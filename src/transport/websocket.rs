@@ -180,10 +180,11 @@ impl Upgrades {
         let headers = req.head().headers();
         // A page the user may not open is refused like the page itself;
         // an unknown one falls back to the start page.
-        let page = query
-            .page
-            .as_deref()
-            .filter(|page| self.runtime.project(name).is_some_and(|p| p.pages.contains_key(*page)));
+        let page = query.page.as_deref().filter(|page| {
+            self.runtime
+                .project(name)
+                .is_some_and(|p| p.pages.contains_key(*page))
+        });
         let (project, session) = authorized_by(headers, &self.config, &self.runtime, name, page)?;
         actix_http::ws::verify_handshake(req.head()).map_err(handshake_failed)?;
         let key = headers

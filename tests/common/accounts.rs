@@ -109,4 +109,3 @@ pub async fn command(server: &Server, session: &str, name: &str, param: &str) ->
         .unwrap();
     (response.status().as_u16(), response.json().await.unwrap())
 }
-
