@@ -107,6 +107,59 @@ async fn login_burst_exhausts_memory_and_skips_the_lockout() {
     assert_eq!(log_in(&server, None, "otto", PASSWORD).await.status(), 303);
 }
 
+/// Issue 12, item 1, from many addresses at once (all of 127.0.0.0/8 is
+/// loopback): one attempt per address runs at a time, and hashing is capped
+/// at one per core, so memory stays bounded whatever the addresses.
+#[tokio::test]
+async fn login_burst_from_many_addresses_exhausts_memory() {
+    let server = secure_server();
+    assert_eq!(log_in(&server, None, "ann", PASSWORD).await.status(), 303);
+    let checks_before = metric(&server, "switchboard_password_checks_total").await;
+    let rss_before = proc_status_kb(server.pid(), "VmRSS:");
+    let url = server.url("/secure/login");
+    let started = Instant::now();
+    let requests = (0..200).map(|n| {
+        let client = client_from(&format!("127.0.1.{}", 10 + n % 20));
+        let url = url.clone();
+        async move {
+            client
+                .post(url)
+                .form(&[("user", "mallory"), ("password", &format!("guess-{n}"))])
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    });
+    let statuses = join_all(requests).await;
+    let elapsed = started.elapsed();
+    let peak = proc_status_kb(server.pid(), "VmHWM:");
+    let checks = metric(&server, "switchboard_password_checks_total").await - checks_before;
+    let checked = statuses.iter().filter(|s| **s == 401).count() as u64;
+    eprintln!(
+        "200 concurrent logins from 20 addresses in {elapsed:?}: {checked} checked; \
+         RSS before {rss_before} kB, peak {peak} kB"
+    );
+    assert!(
+        statuses.iter().all(|s| *s == 401 || *s == 429),
+        "{statuses:?}"
+    );
+    assert_eq!(checks, checked);
+    assert!(
+        checks <= 20 * checks_allowed_within(elapsed),
+        "{checks} checks"
+    );
+    // Up to one hash per core at once, ~19 MiB each: the 100 MB budget is
+    // for two cores, each further core may add one hash's memory.
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get()) as u64;
+    let budget_kb = (100 + 20 * cores.saturating_sub(2)) * 1024;
+    assert!(
+        peak.saturating_sub(rss_before) < budget_kb,
+        "RSS grew from {rss_before} kB to a peak of {peak} kB ({cores} cores)"
+    );
+}
+
 /// Issue 12, item 1: in a burst of 100 guesses containing the right
 /// password, the right one logged in (100 checked, the lock-out allows 5).
 #[tokio::test]
