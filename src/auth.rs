@@ -98,7 +98,22 @@ impl Users {
                     .is_ok()
             })
             .unwrap_or(false);
+        release_freed_memory();
         user.filter(|_| matches)
+    }
+}
+
+/// Gives the hash's ~19 MiB back to the system. glibc raises its mmap
+/// threshold after the first large free, so later hash buffers come from
+/// the hashing thread's own arena and stay resident there: six logins on
+/// six blocking threads kept 114 MB. Trimming after each check keeps the
+/// resident size at the hashes running now.
+fn release_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only returns free memory to the system; it takes
+    // the allocator's own locks and touches no memory the program uses.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 
