@@ -237,6 +237,12 @@ const MAX_USER_DELAY: Duration = Duration::from_secs(8);
 const MAX_LOCKOUT: Duration = Duration::from_secs(15 * 60);
 /// Failures older than this are forgotten.
 const FAILURE_WINDOW: Duration = Duration::from_secs(15 * 60);
+/// Past this many counters, the forgotten ones are dropped (a stream of
+/// made-up user names would otherwise grow the table).
+const MAX_COUNTERS: usize = 10_000;
+/// The part of a user name a counter is keyed on: real ids are short, and a
+/// 16 KiB made-up one should not cost 16 KiB of memory.
+const MAX_KEYED_NAME: usize = 128;
 
 /// Guards password checks (logins and challenge answers).
 ///
@@ -319,6 +325,7 @@ impl Throttle {
     /// Admits an attempt of `user` from `address`, or says why not. The
     /// attempt is not counted yet: see [`Attempt::start_check`].
     pub fn begin(&self, user: &str, address: &str) -> Result<Attempt<'_>, Refused> {
+        let user: String = user.chars().take(MAX_KEYED_NAME).collect();
         let address_key = format!("address:{address}");
         match self.in_flight.entry(address_key.clone()) {
             Entry::Occupied(_) => return Err(Refused::Busy),
@@ -359,6 +366,10 @@ impl Throttle {
     }
 
     fn count_failure(&self, key: &str) {
+        if self.failures.len() > MAX_COUNTERS {
+            self.failures
+                .retain(|_, failures| failures.last.elapsed() <= FAILURE_WINDOW);
+        }
         let mut entry = self.failures.entry(key.to_string()).or_insert(Failures {
             count: 0,
             last: Instant::now(),
