@@ -225,7 +225,7 @@ async fn execute(
         (runtime.clone(), project.clone(), session.clone());
     let job_command = command.clone();
     let job = move || {
-        job_runtime.atomically(|| {
+        let (mut ran, durable) = job_runtime.atomically(|| {
             let (ran, record) = execute_here(
                 &job_runtime,
                 &job_project,
@@ -235,9 +235,12 @@ async fn execute(
                 reply_key,
             );
             (ran, record.into_iter().collect())
-        })
+        });
+        ran.durable = Some(durable);
+        ran
     };
     let mut ran = handlers::off_async("userCommand", Some(&object), job).await;
+    ran.wait_durable().await;
     let decoded = ran.decoded.take().unwrap_or_else(handlers::unhandled);
     Executed {
         command,

@@ -20,7 +20,7 @@ use super::state::Runtime;
 use crate::answer::{Action, Status};
 use crate::protocol::Reply;
 use crate::session::Session;
-use crate::store::{Table, Write};
+use crate::store::{Commit, Table, Write};
 
 /// How long answers to commands are kept for repeats: far longer than any
 /// reconnect, short enough that the table stays small.
@@ -99,18 +99,27 @@ pub enum Claim {
 }
 
 impl Runtime {
-    /// Defers this thread's store writes while `work` runs, then commits
-    /// them with `extra` in one transaction.
-    pub(super) fn atomically<R>(&self, work: impl FnOnce() -> (R, Vec<Write>)) -> R {
+    /// Defers this thread's store writes while `work` runs, then queues
+    /// them with `extra` as one batch (one transaction) for the next group
+    /// commit. The returned [`Commit`] is what the reply waits for: the
+    /// batch when it holds what must not be lost once the user was
+    /// answered (`!` variables, an answer's record); nothing when it holds
+    /// only the session's own state (rollback values, openers, properties),
+    /// which is written behind (see docs/reliability.md).
+    pub(super) fn atomically<R>(&self, work: impl FnOnce() -> (R, Vec<Write>)) -> (R, Commit) {
         BATCH.set(Some(Batch::default()));
         let (result, extra) = work();
         let batch = BATCH.take().unwrap_or_default();
+        let must_wait = !batch.vars.is_empty() || !extra.is_empty();
         let mut writes = self.batch_writes(batch);
         writes.extend(extra);
-        if let Err(error) = self.store.write(&writes) {
-            error!("could not commit a handler's changes: {error}");
+        let commit = self.store.write_soon(writes);
+        if must_wait {
+            (result, commit)
+        } else {
+            drop(commit);
+            (result, Commit::done())
         }
-        result
     }
 
     /// Records a session write for the running batch; `false` when there is
@@ -232,9 +241,8 @@ impl Runtime {
                 }
             }
         }
-        if let Err(error) = self.store.write(&writes) {
-            error!("could not prune stored answers: {error}");
-        }
+        // Written behind: a lost prune is redone a minute later.
+        drop(self.store.write_soon(writes));
     }
 
     fn submission_retention(&self, key: &str) -> u64 {
@@ -251,9 +259,7 @@ impl Runtime {
                 .into_iter()
                 .map(|(key, _)| Write::Delete(Table::Replies, key))
                 .collect();
-            if let Err(error) = self.store.write(&writes) {
-                error!("could not forget a session's answers: {error}");
-            }
+            drop(self.store.write_soon(writes));
         }
     }
 }

@@ -18,7 +18,7 @@ use crate::project::{self, LoadError, Project};
 use crate::protocol::Push;
 use crate::script;
 use crate::session::{Session, SessionRecord, Sessions};
-use crate::store::{Store, StoreError, Table};
+use crate::store::{Store, StoreError, Table, Write};
 
 /// Meta key set while the server runs: found set at start-up, the last run
 /// ended in a crash.
@@ -120,7 +120,10 @@ impl Runtime {
                     restored += 1;
                 }
                 Ok(_) | Err(_) => {
-                    let _ = self.store.delete(Table::Sessions, &id);
+                    drop(
+                        self.store
+                            .write_soon(vec![Write::Delete(Table::Sessions, id)]),
+                    );
                 }
             }
         }
@@ -146,12 +149,10 @@ impl Runtime {
         tokio::time::sleep(Duration::from_millis(20)).await;
         session.end();
         self.sessions.remove(&session.id);
-        if let Err(error) = self.store.delete(Table::Sessions, &session.id) {
-            error!(
-                session = session.log_id(),
-                "could not delete the stored session: {error}"
-            );
-        }
+        drop(
+            self.store
+                .write_soon(vec![Write::Delete(Table::Sessions, session.id.clone())]),
+        );
         self.forget_replies(&session.id);
         info!(project = %session.project, session = session.log_id(), reason = reason.as_str(), "session ended");
     }

@@ -20,7 +20,7 @@ use crate::auth::{Throttle, User, Users};
 use crate::project::Project;
 use crate::protocol::Reply;
 use crate::session::Session;
-use crate::store::{Store, Table};
+use crate::store::{Store, Table, Write};
 
 pub struct Runtime {
     pub(super) projects: RwLock<HashMap<String, Arc<Project>>>,
@@ -170,7 +170,8 @@ impl Runtime {
     }
 
     /// Writes the session's persisted part to the store (or to the running
-    /// handler's transaction: see `delivery`).
+    /// handler's transaction: see `delivery`). Written behind: the next
+    /// group commit makes it durable, nobody waits for it.
     pub fn persist(&self, session: &Session) {
         if session.has_ended() || self.defer_session(&session.id) {
             return;
@@ -178,12 +179,11 @@ impl Runtime {
         let record = session.record();
         match serde_json::to_vec(&record) {
             Ok(bytes) => {
-                if let Err(error) = self.store.put(Table::Sessions, &session.id, &bytes) {
-                    error!(
-                        session = session.log_id(),
-                        "could not persist the session: {error}"
-                    );
-                }
+                drop(self.store.write_soon(vec![Write::Put(
+                    Table::Sessions,
+                    session.id.clone(),
+                    bytes,
+                )]));
             }
             Err(error) => error!(
                 session = session.log_id(),
