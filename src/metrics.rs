@@ -24,6 +24,7 @@ pub struct Metrics {
     store_commits: AtomicU64,
     store_batches: AtomicU64,
     store_commit_micros: AtomicU64,
+    password_checks: AtomicU64,
 }
 
 pub static METRICS: Metrics = Metrics::new();
@@ -60,6 +61,7 @@ impl Metrics {
             store_commits: AtomicU64::new(0),
             store_batches: AtomicU64::new(0),
             store_commit_micros: AtomicU64::new(0),
+            password_checks: AtomicU64::new(0),
         }
     }
 
@@ -107,6 +109,11 @@ impl Metrics {
             .fetch_add(u64::try_from(batches).unwrap_or(u64::MAX), Relaxed);
         self.store_commit_micros
             .fetch_add(u64::try_from(took.as_micros()).unwrap_or(u64::MAX), Relaxed);
+    }
+
+    /// A password was hashed and compared (a login or a challenge answer).
+    pub fn password_check(&self) {
+        self.password_checks.fetch_add(1, Relaxed);
     }
 
     /// The Prometheus text exposition; `sessions` is read by the caller.
@@ -171,6 +178,11 @@ impl Metrics {
         );
         let _ = writeln!(
             out,
+            "# HELP switchboard_password_checks_total Passwords hashed and compared (logins, challenge answers).\n# TYPE switchboard_password_checks_total counter\nswitchboard_password_checks_total {}",
+            self.password_checks.load(Relaxed)
+        );
+        let _ = writeln!(
+            out,
             "# HELP switchboard_pushes_total Frames pushed to sessions.\n# TYPE switchboard_pushes_total counter\nswitchboard_pushes_total {}",
             self.pushes.load(Relaxed)
         );
@@ -199,6 +211,7 @@ mod tests {
         metrics.command(Status::Ok, Duration::from_micros(300));
         metrics.command(Status::Failed, Duration::from_millis(30));
         metrics.limit_stop(true);
+        metrics.password_check();
         let text = metrics.render(7);
         assert!(
             text.contains("switchboard_commands_total{status=\"ok\"} 1"),
@@ -213,6 +226,7 @@ mod tests {
         assert!(text.contains("switchboard_handler_seconds_count 2"));
         assert!(text.contains("switchboard_sessions 7"));
         assert!(text.contains("switchboard_script_limit_stops_total{limit=\"time\"} 1"));
+        assert!(text.contains("switchboard_password_checks_total 1"));
     }
 
     #[test]

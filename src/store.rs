@@ -148,6 +148,7 @@ impl Store {
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent).map_err(io)?;
         }
+        create_private(path).map_err(io)?;
         let db = Database::create(path).map_err(|source| StoreError::Open {
             path: path.to_path_buf(),
             source: Box::new(source),
@@ -245,6 +246,20 @@ impl Store {
             found.push((key.value().to_string(), value.value().to_vec()));
         }
         Ok(found)
+    }
+}
+
+/// Creates the database file readable by its owner only (0600): it holds
+/// live session ids, which are credentials. An existing file is left as it is.
+fn create_private(path: &Path) -> std::io::Result<()> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    match options.open(path) {
+        Ok(_) => Ok(()),
+        Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(error) => Err(error),
     }
 }
 

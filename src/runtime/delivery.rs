@@ -19,6 +19,7 @@ use tracing::error;
 use super::state::Runtime;
 use crate::answer::{Action, Status};
 use crate::protocol::Reply;
+use crate::session::Session;
 use crate::store::{Commit, Table, Write};
 
 /// How long answers to commands are kept for repeats: far longer than any
@@ -75,9 +76,18 @@ pub fn reply_key(session: &str, id: &str) -> String {
     format!("{session}\u{0}{id}")
 }
 
-/// Key of a form submission's answer.
-pub fn submission_key(project: &str, id: &str) -> String {
-    format!("{project}\u{0}{id}")
+/// Key of a form submission's answer: bound to who submitted it (the user,
+/// or the session for anonymous ones), so that an id reused by someone else
+/// is a new submission and never gets another's stored answer. A user's
+/// offline queue may deliver after a new login (a new session): still a
+/// repeat. The project comes first: pruning reads it.
+pub fn submission_key(project: &str, session: &Session, id: &str) -> String {
+    let owner = if session.userid.is_empty() {
+        format!("session:{}", session.id)
+    } else {
+        format!("user:{}", session.userid)
+    };
+    format!("{project}\u{0}{owner}\u{0}{id}")
 }
 
 /// The outcome of claiming an id: run it, or use the answer it already has.

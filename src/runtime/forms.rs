@@ -26,7 +26,7 @@ pub async fn submit(
     form: FormSubmit,
 ) -> Reply {
     let seq = form.seq;
-    let key = submission_key(&project.name, &form.id);
+    let key = submission_key(&project.name, &session, &form.id);
     match runtime.claim(Table::Submissions, &key).await {
         Claim::Answered(stored) => {
             info!(target: "switchboard::form", "session={} form={:?} id={:?} retry={} [REPEAT] answered from the record",

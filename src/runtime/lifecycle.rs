@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use dashmap::DashMap;
 use tokio::sync::watch;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use super::state::{Runtime, ShutdownReason};
 use super::{events, handlers, schedule};
@@ -40,6 +40,14 @@ impl Runtime {
     ) -> Result<Arc<Runtime>, StartupError> {
         let users = Users::load(users_path)?;
         let store = Store::open(database)?;
+        for (what, path) in [("users file", users_path), ("database", database)] {
+            if let Some(mode) = crate::auth::readable_by_others(path) {
+                warn!(
+                    "the {what} {} is readable by other users (mode {mode:o}); it holds secrets: chmod 600 it",
+                    path.display()
+                );
+            }
+        }
         let crashed = store.get(Table::Meta, RUNNING_KEY)?.is_some();
         store.put(Table::Meta, RUNNING_KEY, b"1")?;
         let runtime = Arc::new_cyclic(|myself| Runtime {

@@ -120,6 +120,18 @@ impl Runtime {
         &self.projects_dir
     }
 
+    /// Whether `page` is a page of the project that the session's user may
+    /// open. Every page name a client sends is checked here before anything
+    /// runs or is stored.
+    pub fn may_show_page(&self, project: &Project, session: &Session, page: &str) -> bool {
+        project.pages.contains_key(page)
+            && project.settings.access.allows_page(
+                page,
+                &session.userid,
+                &self.roles_of(&session.userid),
+            )
+    }
+
     /// The roles of a user (none for anonymous or unknown users).
     pub fn roles_of(&self, user: &str) -> Vec<String> {
         if user.is_empty() {
@@ -136,6 +148,7 @@ impl Runtime {
     /// `switchboard passwd` takes effect without a restart. Blocking: hashing
     /// is deliberately slow.
     pub fn verify_password(&self, user: &str, password: &str) -> Option<User> {
+        crate::metrics::METRICS.password_check();
         match Users::load(&self.users_path) {
             Ok(users) => *self.users.write().unwrap_or_else(|p| p.into_inner()) = users,
             Err(error) => error!("users file not re-read, using the last good one: {error}"),
