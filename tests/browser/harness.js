@@ -1,7 +1,13 @@
-// The fixture every browser test uses: the real switchboard binary on an
-// ephemeral port, serving tests/projects, and a headless Chromium driven by
-// playwright-core. Plus small helpers to see what the user sees and what the
-// runtime sent.
+// The one fixture every browser test uses: the real switchboard binary on an
+// ephemeral port, serving tests/projects (or the example projects/), and a
+// headless Chromium driven by playwright-core. Plus small helpers to see what
+// the user sees, what the runtime sent and what the server logged.
+//
+// Environment:
+//   SWITCHBOARD_BIN   the server binary (default: $CARGO_TARGET_DIR/debug/switchboard,
+//                     else target/debug/switchboard of this checkout)
+//   CHROMIUM_PATH     the Chromium executable (default: /usr/bin/chromium)
+//   SWITCHBOARD_LOG   the server's log filter (default: info; tests read the log)
 
 import { spawn } from 'node:child_process';
 import { once } from 'node:events';
@@ -15,11 +21,14 @@ import { chromium } from 'playwright-core';
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
 
-/** The server binary: $SWITCHBOARD_BIN, else the debug build of this checkout. */
+const ROOT = path.resolve(HERE, '../..');
 const SERVER_BIN = process.env.SWITCHBOARD_BIN
   ? path.resolve(process.env.SWITCHBOARD_BIN)
-  : path.resolve(HERE, '../../target/debug/switchboard');
-const PROJECTS = path.resolve(HERE, '../projects');
+  : path.join(process.env.CARGO_TARGET_DIR ? path.resolve(process.env.CARGO_TARGET_DIR) : path.join(ROOT, 'target'), 'debug/switchboard');
+/** The test projects (tests/projects): the default. */
+export const TEST_PROJECTS = path.join(ROOT, 'tests/projects');
+/** The example projects shipped with Switchboard (projects/: the demo). */
+export const EXAMPLE_PROJECTS = path.join(ROOT, 'projects');
 const CHROMIUM = process.env.CHROMIUM_PATH ?? '/usr/bin/chromium';
 const CHROMIUM_ARGS = [
   '--headless',
@@ -32,8 +41,8 @@ const CHROMIUM_ARGS = [
 ];
 const STARTUP_TIMEOUT_MS = 15_000;
 
-/** The project every test runs against (tests/projects/ui). */
-const PROJECT = 'ui';
+/** The project a page opens on unless a test names another. */
+const DEFAULT_PROJECT = 'ui';
 
 /** A scratch folder for a server's database, removed when the test process ends. */
 function scratchDir() {
@@ -45,15 +54,16 @@ function scratchDir() {
 /**
  * Starts the server and resolves once it listens. `bind` defaults to an
  * ephemeral port; pass the same address and `dir` again to restart it with
- * the same database (sessions survive a restart).
+ * the same database (sessions survive a restart). `projects` is the folder
+ * served (default TEST_PROJECTS); `args` are extra command-line flags.
  */
-export async function startServer({ bind = '127.0.0.1:0', dir = scratchDir() } = {}) {
+export async function startServer({ bind = '127.0.0.1:0', dir = scratchDir(), projects = TEST_PROJECTS, args = [] } = {}) {
   // Run in the scratch folder: the database and any other relative default
   // land there, never in the checkout.
-  const child = spawn(SERVER_BIN, ['--projects', PROJECTS, '--bind', bind, '--database', path.join(dir, 'db.redb')], {
+  const child = spawn(SERVER_BIN, ['--projects', projects, '--bind', bind, '--database', path.join(dir, 'db.redb'), ...args], {
     cwd: dir,
     stdio: ['ignore', 'pipe', 'pipe'],
-    env: { ...process.env, SWITCHBOARD_LOG: process.env.SWITCHBOARD_LOG ?? 'warn' },
+    env: { ...process.env, SWITCHBOARD_LOG: process.env.SWITCHBOARD_LOG ?? 'info' },
   });
   let log = '';
   child.stderr.setEncoding('utf8').on('data', (chunk) => {
@@ -64,7 +74,20 @@ export async function startServer({ bind = '127.0.0.1:0', dir = scratchDir() } =
     origin,
     bind: new URL(origin).host,
     dir,
-    stop: () => stopProcess(child),
+    pid: child.pid,
+    /** Everything the server logged so far. */
+    log: () => log,
+    /** Waits until the log contains `needle` (a string or a RegExp); fails with the log. */
+    async waitForLog(needle, { timeout = 10_000 } = {}) {
+      const found = () => (typeof needle === 'string' ? log.includes(needle) : needle.test(log));
+      await until(found, { timeout, message: String(needle) }).catch((error) => {
+        throw new Error(`${error.message}; the server log:\n${log}`);
+      });
+    },
+    /** Stops it the way a service manager does (SIGTERM) and waits. */
+    stop: () => stopProcess(child, 'SIGTERM'),
+    /** Kills it with no chance to clean up (SIGKILL), as a crash would. */
+    kill: () => stopProcess(child, 'SIGKILL'),
   };
 }
 
@@ -94,10 +117,10 @@ function listeningOrigin(child, log) {
   });
 }
 
-async function stopProcess(child) {
+async function stopProcess(child, signal) {
   if (child.exitCode !== null || child.signalCode !== null) return;
   const exited = once(child, 'exit');
-  child.kill('SIGTERM');
+  child.kill(signal);
   await exited;
 }
 
@@ -108,11 +131,12 @@ export function launchBrowser() {
 /**
  * One server and one browser for the whole test file. Call at the top level
  * of the file; the returned object is filled in before the first test.
+ * `options` go to startServer (e.g. `{ projects: EXAMPLE_PROJECTS }`).
  */
-export function useSuite() {
+export function useSuite(options = {}) {
   const suite = { server: null, browser: null };
   before(async () => {
-    suite.server = await startServer();
+    suite.server = await startServer(options);
     suite.browser = await launchBrowser();
   });
   after(async () => {
@@ -127,7 +151,7 @@ export function useSuite() {
  * waiting until the runtime is connected. Closed when the test ends, which
  * also fails the test if the page threw an uncaught error.
  *
- * Options: path (page after /ui/), viewport, hasTouch, isMobile,
+ * Options: project (default ui), path (page after /<project>/), viewport, hasTouch, isMobile,
  * permissions (granted for the server's origin), initScript (runs before
  * the page's own scripts), setup(context) before the page opens, origin
  * (another server).
@@ -153,7 +177,7 @@ export async function openPage(suite, t, options = {}) {
     await context.close();
     assert.deepEqual(errors.map(String), [], 'uncaught errors in the page');
   });
-  await page.goto(`${origin}/${PROJECT}/${options.path ?? ''}`);
+  await page.goto(`${origin}/${options.project ?? DEFAULT_PROJECT}/${options.path ?? ''}`);
   await page.waitForFunction(() => window.Switchboard?.connected);
   return { context, page, frames };
 }
@@ -179,6 +203,12 @@ function recordFrames(page) {
 /** Waits until no command is pending and the replies' actions ran. */
 export function idle(page) {
   return page.evaluate(() => window.Switchboard.whenIdle());
+}
+
+/** Clicks and waits until the command's reply has had its effect. */
+export async function tap(page, selector) {
+  await page.click(selector);
+  await idle(page);
 }
 
 export function toast(page, text) {
