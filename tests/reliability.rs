@@ -36,15 +36,24 @@ async fn extra_replies(socket: &mut Socket, wait: Duration) -> Vec<Value> {
     extra
 }
 
+/// Lets the handler waiting in `slowCount` finish.
+async fn open_gate(client: &common::Client) {
+    let (_, reply) = client
+        .post(&json!({"type":"command","seq":99,"id":"gate","name":"openGate"}))
+        .await;
+    assert_eq!(toast_of(&reply), "gate open", "{reply}");
+}
+
 #[tokio::test]
 async fn a_command_resent_after_a_dropped_socket_runs_once() {
     let server = Server::start(&common::test_projects());
     let client = server.client("reliable").await;
     let mut socket = client.socket_tab("t", "home").await;
-    // Sent, then the connection dies before the (300 ms) answer can arrive.
+    // Sent, then the connection dies while the handler waits for the gate.
     send(&mut socket, &counted("t-1", 1, "slowCount")).await;
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    server.wait_for_log("GATE waiting");
     drop(socket);
+    open_gate(&client).await;
     server.wait_for_log(r#"name="slowCount" param="" [OK]"#);
     let mut socket = client.socket_tab("t", "home").await;
     send(&mut socket, &counted("t-1", 1, "slowCount")).await;
@@ -76,11 +85,12 @@ async fn a_repeat_that_arrives_while_the_first_run_is_going_waits_for_it() {
     let client = server.client("reliable").await;
     let mut socket = client.socket_tab("t", "home").await;
     send(&mut socket, &counted("t-7", 1, "slowCount")).await;
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    server.wait_for_log("GATE waiting");
     drop(socket);
-    // The 300 ms handler is still running when the client comes back.
+    // The handler is still running (held at the gate) when the client comes back.
     let mut socket = client.socket_tab("t", "home").await;
     send(&mut socket, &counted("t-7", 1, "slowCount")).await;
+    open_gate(&client).await;
     assert_eq!(toast_of(&receive(&mut socket).await), "count=1");
     send(
         &mut socket,

@@ -158,10 +158,11 @@ describe('demo panel', () => {
 
   test('repeat buttons send down, repeat and stop when held; down and up when tapped', async (t) => {
     const { page } = await demo(t, 'lighting');
+    await page.clock.install(); // the test decides how long the press lasts
     const box = await page.locator('#dimUp').boundingBox();
     await page.mouse.move(box.x + box.width / 2, box.y + box.height / 2);
     await page.mouse.down();
-    await page.waitForTimeout(1300);
+    await page.clock.runFor(1300);
     await page.mouse.up();
     await page.evaluate(() => window.Switchboard.whenIdle());
     for (const param of ['down', 'repeat', 'stop']) await suite.server.waitForLog(`name="dimUp" param="${param}" [OK]`);

@@ -3,7 +3,7 @@
 
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { box, idle, openPage, sleep, toast, until, useSuite } from './harness.js';
+import { box, idle, openPage, replyGate, toast, until, useSuite } from './harness.js';
 
 const suite = useSuite();
 
@@ -53,15 +53,17 @@ test('toasts stack; the same message refreshes, duplicate adds, close removes', 
 
 test('a toast leaves after its duration, counted again when refreshed', async (t) => {
   const { page } = await openPage(suite, t);
+  await page.clock.install(); // the test moves time, so a busy machine cannot
   const shortLived = toast(page, 'Short lived'); // duration 1500 ms
   await page.click('#toast-short');
   await idle(page);
-  await sleep(1000);
+  await page.clock.runFor(1000);
   await page.click('#toast-short');
   await idle(page);
-  await sleep(1000); // 2 s after the first: gone unless refreshed
+  await page.clock.runFor(1000); // 2 s after the first: gone unless refreshed
   assert.equal(await shortLived.count(), 1, 'refreshed toast still there');
-  await shortLived.waitFor({ state: 'detached', timeout: 1500 });
+  await page.clock.runFor(600);
+  assert.equal(await shortLived.count(), 0, 'gone 1.5 s after the refresh');
 });
 
 test('a popup is a modal dialog: focus inside, Escape closes, focus restored', async (t) => {
@@ -148,32 +150,41 @@ test('markup in handler messages is shown as text and never runs', async (t) => 
   await idle(page);
   assert.equal(await page.locator('.sb-field-error').textContent(), payload);
 
-  await sleep(100); // an injected <img> would have fired onerror by now
   assert.equal(await page.evaluate(() => window.__xss), undefined);
   assert.equal(await page.locator('.sb-toast img, .sb-tooltip img, .sb-dialog img, .sb-field-error img, .sb-dialog b').count(), 0);
 });
 
 test('a button waiting for its answer is busy and ignores more taps', async (t) => {
-  const { page, frames } = await openPage(suite, t);
-  const slow = page.locator('#slow'); // the handler takes ~700 ms
+  // The answer is held until the test has tapped: no race with the handler.
+  const gate = replyGate();
+  const { page } = await openPage(suite, t, { setup: gate.install });
+  gate.hold('slow');
+  const slow = page.locator('#slow');
   await slow.click();
+  await until(() => gate.held === 1, { message: 'the answer, held' });
   assert.equal(await slow.getAttribute('aria-busy'), 'true');
   assert.ok(await slow.evaluate((element) => element.classList.contains('sb-busy')));
   await slow.click();
   await slow.click();
+  gate.release();
   await idle(page);
-  assert.equal(frames.commands('slow').length, 1, 'one command for three taps');
+  assert.equal(gate.sent.filter((frame) => frame.name === 'slow').length, 1, 'one command for three taps');
   assert.equal(await slow.getAttribute('aria-busy'), null);
   await until(async () => (await toast(page, 'slow tap').count()) === 1, { message: 'the answer' });
 });
 
 test('a refused command says why, and the commands around it still get their own answers', async (t) => {
-  const { page } = await openPage(suite, t);
-  await page.click('#slow'); // still running when the refusal comes back
+  const gate = replyGate();
+  const { page } = await openPage(suite, t, { setup: gate.install });
+  gate.hold('slow');
+  await page.click('#slow');
+  await until(() => gate.held === 1, { message: 'the answer to slow, held' });
+  // Refused while slow's answer is still outstanding.
   const reply = await page.evaluate(() => window.Switchboard.send('toast', 'x'.repeat(70_000)));
   assert.equal(reply.status, 'rejected');
   const refused = toast(page, 'The server refused the command: frame of');
   assert.equal(await refused.getAttribute('data-sb-level'), 'error');
+  gate.release();
   await idle(page);
   await toast(page, 'slow tap').waitFor();
 });

@@ -236,3 +236,55 @@ export async function box(locator) {
   assert.ok(found, 'the element has no box on screen');
   return found;
 }
+
+/**
+ * Routes a context's WebSockets through the test, so that a test can hold
+ * the replies to one command until it releases them: a handler that is
+ * "still running" for exactly as long as the test wants, however busy the
+ * machine. Pass `gate.install` as openPage's `setup`; pushes (frames with a
+ * `type`) and other replies pass straight through.
+ *
+ *   const gate = replyGate();
+ *   const { page } = await openPage(suite, t, { setup: gate.install });
+ *   gate.hold('save');   // replies to `save` wait…
+ *   gate.release();      // …until now
+ */
+export function replyGate() {
+  const names = new Map(); // seq → command name, of the frames the page sent
+  const held = [];
+  let holding = null;
+  const gate = {
+    /** Every command frame the page sent through the gate, in order. */
+    sent: [],
+    install: (context) =>
+      context.routeWebSocket(/\/api\/ws/, (page) => {
+        const server = page.connectToServer();
+        page.onMessage((message) => {
+          const frame = JSON.parse(message);
+          if (frame.type === 'command') {
+            gate.sent.push(frame);
+            names.set(frame.seq, frame.name);
+          }
+          server.send(message);
+        });
+        server.onMessage((message) => {
+          const frame = JSON.parse(message);
+          if (!frame.type && holding !== null && names.get(frame.seq) === holding) held.push(() => page.send(message));
+          else page.send(message);
+        });
+      }),
+    hold(name) {
+      holding = name;
+    },
+    /** Delivers what was held and stops holding. */
+    release() {
+      holding = null;
+      for (const deliver of held.splice(0)) deliver();
+    },
+    /** How many replies wait. */
+    get held() {
+      return held.length;
+    },
+  };
+  return gate;
+}
