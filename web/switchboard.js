@@ -469,7 +469,15 @@ function _reportClosed(page) {
 let _replyQueue = Promise.resolve();
 
 function _applyReply(reply, origin) {
-  const run = _replyQueue.then(() => _runReply(reply, origin));
+  return _enqueue(() => _runReply(reply, origin));
+}
+
+/**
+ * Runs `task` after everything already queued. A task (an action) must
+ * never await `_enqueue`/`_applyReply` itself: it would wait behind itself.
+ */
+function _enqueue(task) {
+  const run = _replyQueue.then(task);
   _replyQueue = run.catch(() => {});
   return run;
 }
@@ -1233,6 +1241,8 @@ const _pushes = {
   dev_error: ({ message }) => _showDevError(message),
   session_ended: () => _sessionEnded(),
   config: ({ keystrokes }) => _installKeystrokes(keystrokes ?? []),
+  // Queued: the dialog it closes may still be waiting in the queue.
+  challenge_closed: (frame) => _track(_enqueue(() => _challengeClosed(frame))),
 };
 
 function _onPush(frame) {
@@ -1404,44 +1414,59 @@ async function _deviceEvent(event, data, context) {
 
 // ================================================================ authentication challenges
 
-/** Asks for credentials in a modal; the server checks them and runs `authChallenge`. */
+/** Open challenge dialogs by id, so that the server can close one (timeout, answered elsewhere). */
+const _challenges = new Map();
+
+/**
+ * Asks for credentials in a modal; the server checks them and runs
+ * `authChallenge`. The action only opens the dialog and returns: it runs
+ * inside the reply queue, and the user's answer (whose reply goes through
+ * that same queue) may take minutes. Like every action, it must never wait
+ * on the queue it runs in.
+ */
 function _challengeAction({ id }) {
-  return new Promise((resolve) => {
-    let answered = false;
-    const answer = async (body) => {
-      if (answered) return;
-      answered = true;
-      const reply = await fetch(_api('challenge'), {
-        method: 'POST',
-        headers: { 'Content-Type': 'application/json' },
-        body: JSON.stringify({ id, ...body }),
-      })
-        .then((response) => response.json())
-        .catch(() => null);
-      if (reply?.actions) await _applyReply(reply, {});
-      resolve();
-    };
-    const modal = _openModal({ kind: 'challenge', onClose: () => answer({ cancel: true }) });
-    _addDialogHeader(modal, CONFIG.TEXT_CHALLENGE_TITLE);
-    const form = _el('form', { class: 'sb-dialog-body sb-challenge' });
-    const user = _el('input', { name: 'user', autocomplete: 'username', required: '' });
-    const password = _el('input', { name: 'password', type: 'password', autocomplete: 'current-password', required: '' });
-    for (const [label, input] of [[CONFIG.TEXT_CHALLENGE_USER, user], [CONFIG.TEXT_CHALLENGE_PASSWORD, password]]) {
-      const field = _el('label', { class: 'sb-field' });
-      field.append(_el('span', { class: 'sb-field-label' }, label), input);
-      form.append(field);
-    }
-    const submit = _el('button', { type: 'submit', class: 'sb-button sb-primary' }, CONFIG.TEXT_CHALLENGE_SUBMIT);
-    form.append(submit);
-    form.addEventListener('submit', (event) => {
-      event.preventDefault();
-      const body = { user: user.value, password: password.value };
-      answer(body);
-      _closeModal(modal);
-    });
-    modal.dialog.append(form);
-    user.focus();
+  const modal = _openModal({ kind: 'challenge', onClose: () => _answerChallenge(id, { cancel: true }) });
+  _challenges.set(id, modal);
+  _addDialogHeader(modal, CONFIG.TEXT_CHALLENGE_TITLE);
+  const form = _el('form', { class: 'sb-dialog-body sb-challenge' });
+  const user = _el('input', { name: 'user', autocomplete: 'username', required: '' });
+  const password = _el('input', { name: 'password', type: 'password', autocomplete: 'current-password', required: '' });
+  for (const [label, input] of [[CONFIG.TEXT_CHALLENGE_USER, user], [CONFIG.TEXT_CHALLENGE_PASSWORD, password]]) {
+    const field = _el('label', { class: 'sb-field' });
+    field.append(_el('span', { class: 'sb-field-label' }, label), input);
+    form.append(field);
+  }
+  const submit = _el('button', { type: 'submit', class: 'sb-button sb-primary' }, CONFIG.TEXT_CHALLENGE_SUBMIT);
+  form.append(submit);
+  form.addEventListener('submit', (event) => {
+    event.preventDefault();
+    _answerChallenge(id, { user: user.value, password: password.value });
+    _closeModal(modal);
   });
+  modal.dialog.append(form);
+  user.focus();
+}
+
+/** Sends the user's answer once (closing the dialog is a cancel unless it was answered). */
+function _answerChallenge(id, body) {
+  if (!_challenges.delete(id)) return;
+  const done = fetch(_api('challenge'), {
+    method: 'POST',
+    headers: { 'Content-Type': 'application/json' },
+    body: JSON.stringify({ id, ...body }),
+  })
+    .then(async (response) => (response.ok ? response.json() : { status: 'rejected', reason: await _reasonOf(response) }))
+    .catch((error) => ({ status: 'rejected', reason: error.message }))
+    .then((reply) => _applyReply(reply, {}));
+  _track(done);
+}
+
+/** The server ended the challenge (timed out, or answered in another tab): close its dialog, no answer. */
+function _challengeClosed({ id }) {
+  const modal = _challenges.get(id);
+  if (!modal) return;
+  _challenges.delete(id);
+  _closeModal(modal);
 }
 
 // ================================================================ reliable forms: offline queue (IndexedDB)

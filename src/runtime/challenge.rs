@@ -91,6 +91,7 @@ impl Runtime {
             ) else {
                 return;
             };
+            session.push(&Push::ChallengeClosed { id: &id }.to_frame());
             let reply = runtime
                 .run_auth_challenge(
                     &project,
@@ -121,6 +122,8 @@ impl Runtime {
         let (_, pending) = self
             .challenges
             .remove_if(id, |_, p| p.session == session.id)?;
+        // Other tabs of the session show the same dialog: close theirs.
+        session.push(&Push::ChallengeClosed { id }.to_frame());
         let result = if pending.opened.elapsed() > pending.timeout {
             ChallengeResult::Timeout(minutes(pending.timeout))
         } else {

@@ -9,7 +9,7 @@
 //   CHROMIUM_PATH     the Chromium executable (default: /usr/bin/chromium)
 //   SWITCHBOARD_LOG   the server's log filter (default: info; tests read the log)
 
-import { spawn } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { once } from 'node:events';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -122,6 +122,36 @@ async function stopProcess(child, signal) {
   const exited = once(child, 'exit');
   child.kill(signal);
   await exited;
+}
+
+/** The password `usersFile` gives every user. */
+export const PASSWORD = 'correct horse battery';
+
+/**
+ * A users file made with `switchboard passwd`, as an operator would:
+ * `usersFile([['ann', 'supervisor,operator']])`. Pass it to the server
+ * with `args: ['--users', file]`.
+ */
+export function usersFile(users) {
+  const file = path.join(scratchDir(), 'users.toml');
+  for (const [user, roles] of users) {
+    const result = spawnSync(SERVER_BIN, ['passwd', user, '--roles', roles, '--users', file], { input: `${PASSWORD}\n` });
+    if (result.status !== 0) throw new Error(`switchboard passwd ${user} failed: ${result.stderr}`);
+  }
+  return file;
+}
+
+/** Signs `user` in through the login form, for openPage's `setup`. */
+export function logIn(suite, project, user) {
+  return async (context) => {
+    const origin = suite.server.origin;
+    const response = await context.request.post(`${origin}/${project}/login`, {
+      form: { user, password: PASSWORD, next: `/${project}/` },
+      headers: { Origin: origin },
+      maxRedirects: 0,
+    });
+    assert.equal(response.status(), 303, `login of ${user}: ${await response.text()}`);
+  };
 }
 
 export function launchBrowser() {
