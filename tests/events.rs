@@ -173,7 +173,7 @@ async fn the_wall_clock_limit_reports_element_timeout() {
 }
 
 #[tokio::test]
-async fn push_priority_is_session_over_global_over_scope() {
+async fn push_priority_is_newest_own_or_global_then_scope() {
     let server = events_server();
     let plain = server.client("events").await;
     let subscribed = server.client("events").await;
@@ -204,15 +204,23 @@ async fn push_priority_is_session_over_global_over_scope() {
         receive_push(&mut plain_socket, "ui").await["set"][0]["value"],
         "mine-1"
     );
+    // Issue 13: a session's own value must not hide later project-wide
+    // values for ever; the newer uiSet replaces it.
     plain.command("uiSet", "global-2").await;
     assert_eq!(
         receive_push(&mut plain_socket, "ui").await["set"][0]["value"],
-        "mine-1",
-        "session beats global"
+        "global-2",
+        "a later uiSet replaces the session's own value"
     );
     assert_eq!(
         receive_push(&mut scoped_socket, "ui").await["set"][0]["value"],
         "global-2"
+    );
+    plain.command("uiMine", "mine-2").await;
+    assert_eq!(
+        receive_push(&mut plain_socket, "ui").await["set"][0]["value"],
+        "mine-2",
+        "a later own value beats the global one"
     );
 
     // A new session sees current values as soon as it connects.

@@ -439,6 +439,8 @@ function _command(name, param, { element = null, object = element?.id || null, c
   _setBusy(element, 1);
   const done = _request(frame).then(async (reply) => {
     _setBusy(element, -1);
+    // The value sent, not the field's current one: the user may have typed on.
+    if ((reply.status === 'ok' || reply.status === 'unhandled') && element?.matches(_FIELD)) _validValues.set(element, frame.param);
     await _applyReply(reply, { element, container });
     return reply;
   });
@@ -547,9 +549,24 @@ function _errorAction({ message, display, object }, origin) {
 
 function _rollbackAction({ object, value }) {
   const element = document.getElementById(object);
-  if (value == null || !element) return;
-  if (element.type === 'checkbox') element.checked = value === 'true';
-  else if ('value' in element) element.value = value;
+  // The server knows the last accepted or pushed value; before either, the
+  // page still knows what it showed (the template's value).
+  const valid = value ?? (element && _validValues.get(element));
+  if (valid == null || !element) return;
+  if (element.type === 'checkbox') element.checked = valid === 'true';
+  else if ('value' in element) element.value = valid;
+  _validValues.set(element, valid);
+}
+
+/**
+ * field → the last value the page showed as valid: rendered by the
+ * template, pushed (`value` of uiSet/uiSessionSet), or sent and accepted.
+ * What rollback restores when the server has nothing newer.
+ */
+const _validValues = new WeakMap();
+
+function _rememberValid(field) {
+  if (field?.matches?.(_FIELD)) _validValues.set(field, _valueOf(field));
 }
 
 function _fieldErrorAction({ field, message, display }) {
@@ -1222,6 +1239,7 @@ function _onFocusOut(event) {
  */
 function _enhance(root) {
   for (const button of root.querySelectorAll('button[data-sb-object="button"]:not([type])')) button.type = 'button';
+  for (const field of root.querySelectorAll(_FIELD)) _rememberValid(field);
   // Pushed values outlive page changes: objects shown again get them again.
   _applyUiValues(root);
 }
@@ -1278,6 +1296,7 @@ const _uiAttributes = {
     if (element.type === 'checkbox') element.checked = value === true || value === 'true';
     else if ('value' in element && element.matches(_FIELD)) element.value = value ?? '';
     else element.textContent = value ?? '';
+    _rememberValid(element);
   },
   visible: (element, value) => {
     element.hidden = value === false;

@@ -274,7 +274,10 @@ fn execute(
         .clone()
         .unwrap_or_else(|| command.name.clone());
     let rollback_value = if remember_value {
-        session.last_valid_value(&object)
+        // The last accepted value, else what a push made the page show.
+        session
+            .last_valid_value(&object)
+            .or_else(|| runtime.shown_value(session, &object))
     } else {
         None
     };

@@ -16,7 +16,7 @@ use serde_json::Value;
 use super::{Runtime, events};
 use crate::answer::{Answer, Origin};
 use crate::protocol::{Push, UiValue};
-use crate::session::{Frame, Session};
+use crate::session::{Frame, Session, SessionState};
 
 /// The attributes a script may push. `text` and `label` set an object's
 /// text, `items` the entries of a list or select.
@@ -81,6 +81,19 @@ fn ui_frame(id: &str, attr: &str, value: Value) -> Frame {
     .to_frame()
 }
 
+/// A pushed value is newer than what the session remembered of the object:
+/// a pushed `value` replaces the last accepted one as what rollback restores,
+/// and (`own`) a project-wide value replaces the session's own. Returns
+/// whether the persisted state changed.
+fn supersede(state: &mut SessionState, id: &str, attr: &str, own: bool) -> bool {
+    let mut changed = attr == "value" && state.last_valid.remove(id).is_some();
+    if own && get(&state.ui, id, attr).is_some() {
+        set(&mut state.ui, id, attr, Value::Null);
+        changed = true;
+    }
+    changed
+}
+
 /// Where the value a session sees for one object attribute comes from.
 enum Seen<'a> {
     /// The session's own value.
@@ -118,6 +131,11 @@ impl Runtime {
     }
 
     /// `uiSet(id, attr, value)`: for every session of the project.
+    ///
+    /// It is the newest word on that attribute, so it replaces what sessions
+    /// set for themselves: an earlier `uiSessionSet(session, …)` (often made
+    /// only to give rollback a value) must not hide project-wide values from
+    /// that session for ever.
     pub fn ui_set(
         &self,
         project: &str,
@@ -129,8 +147,30 @@ impl Runtime {
         let value = to_json(value)?;
         let mut ui = self.ui(project);
         set(&mut ui.global, id, attr, value);
-        self.push_if_changed(&ui, self.sessions.of_project(project), id, attr);
+        let sessions = self.sessions.of_project(project);
+        let superseded: Vec<Arc<Session>> = sessions
+            .iter()
+            .filter(|session| session.with_state(|state| supersede(state, id, attr, true)))
+            .cloned()
+            .collect();
+        self.push_if_changed(&ui, sessions, id, attr);
+        drop(ui);
+        for session in superseded {
+            self.persist(&session);
+        }
         Ok(())
+    }
+
+    /// The value the page shows for an object's `value`, as pushed by
+    /// `uiSet`/`uiSessionSet`: what rollback restores when no command from
+    /// the object was accepted since.
+    pub(super) fn shown_value(&self, session: &Session, id: &str) -> Option<String> {
+        let ui = self.ui(&session.project);
+        match self.effective(&ui, session, id, "value") {
+            Value::Null => None,
+            Value::String(text) => Some(text),
+            other => Some(other.to_string()),
+        }
     }
 
     /// `uiSessionSet(target, id, attr, value)`: `target` is a session of the
@@ -147,7 +187,10 @@ impl Runtime {
         let value = to_json(value)?;
         let mut ui = self.ui(project);
         if let Some(session) = self.sessions.get(target, project) {
-            session.with_state(|state| set(&mut state.ui, id, attr, value));
+            session.with_state(|state| {
+                supersede(state, id, attr, false);
+                set(&mut state.ui, id, attr, value);
+            });
             self.persist(&session);
             self.push_if_changed(&ui, vec![session], id, attr);
             return Ok(());
@@ -158,13 +201,22 @@ impl Runtime {
             attr,
             value,
         );
-        let subscribed = self
+        let subscribed: Vec<Arc<Session>> = self
             .sessions
             .of_project(project)
             .into_iter()
             .filter(|s| s.with_state(|state| state.scopes.contains(target)))
             .collect();
+        let superseded: Vec<Arc<Session>> = subscribed
+            .iter()
+            .filter(|session| session.with_state(|state| supersede(state, id, attr, false)))
+            .cloned()
+            .collect();
         self.push_if_changed(&ui, subscribed, id, attr);
+        drop(ui);
+        for session in superseded {
+            self.persist(&session);
+        }
         Ok(())
     }
 

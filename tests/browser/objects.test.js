@@ -216,3 +216,45 @@ test('rollback puts the last valid value back into fields, sliders and checkboxe
   await idle(page);
   assert.equal(await page.isChecked('#lamp'), true);
 });
+
+test('rollback with no accepted value yet restores what the page showed: rendered, then pushed', async (t) => {
+  const { page } = await openPage(suite, t, { path: 'form' });
+  const commit = async (value) => {
+    await page.fill('#limit', value);
+    await page.click('#form-title');
+    await idle(page);
+  };
+  // Fresh panel: the first value sent is refused; the template's 20 comes back.
+  await commit('50');
+  assert.equal(await page.locator('.sb-tooltip').textContent(), '50 is above the limit of 28');
+  assert.equal(await page.inputValue('#limit'), '20', 'the rendered value');
+
+  // The session's own value (uiSessionSet) is what the page shows now.
+  await page.evaluate(() => window.Switchboard.send('limit_mine', '21'));
+  await page.waitForFunction(() => document.getElementById('limit').value === '21');
+  await commit('51');
+  assert.equal(await page.inputValue('#limit'), '21', 'the uiSessionSet value');
+
+  // A later project-wide uiSet reaches this session too (no freeze)…
+  await page.evaluate(() => window.Switchboard.send('limit_all', '23'));
+  await page.waitForFunction(() => document.getElementById('limit').value === '23');
+  await commit('52');
+  assert.equal(await page.inputValue('#limit'), '23', 'the uiSet value');
+
+  // …and an accepted value is the valid one until the next push.
+  await commit('25');
+  await commit('53');
+  assert.equal(await page.inputValue('#limit'), '25', 'the accepted value');
+  await page.evaluate(() => window.Switchboard.send('limit_all', '24'));
+  await page.waitForFunction(() => document.getElementById('limit').value === '24');
+  await commit('54');
+  assert.equal(await page.inputValue('#limit'), '24', 'the newer uiSet value');
+
+  // A new session sees the project-wide value and rolls back to it.
+  const other = await openPage(suite, t, { path: 'form' });
+  await other.page.waitForFunction(() => document.getElementById('limit').value === '24');
+  await other.page.fill('#limit', '55');
+  await other.page.click('#form-title');
+  await idle(other.page);
+  assert.equal(await other.page.inputValue('#limit'), '24');
+});
