@@ -34,7 +34,7 @@ const CONFIG = Object.freeze({
   RECONNECT_JITTER: 0.3,
   /** How long a toast stays when the answer gives no duration. */
   TOAST_DURATION_MS: 4000,
-  /** Most toasts on screen at once; the oldest goes first. */
+  /** Most toasts on screen at once; more wait until one leaves. */
   TOAST_LIMIT: 5,
   /** How long an error tooltip stays if the user does nothing. */
   TOOLTIP_DURATION_MS: 4000,
@@ -569,10 +569,10 @@ function _rememberValid(field) {
   if (field?.matches?.(_FIELD)) _validValues.set(field, _valueOf(field));
 }
 
-function _fieldErrorAction({ field, message, display }) {
+function _fieldErrorAction({ field, message, display, title = null }) {
   const text = message ?? CONFIG.TEXT_INVALID;
   const element = document.getElementById(field);
-  if (element) _markField(element, text);
+  if (element) _markField(element, text, title);
   // The mark under the field is the tooltip form; popup and toast come on
   // top of it, and a field that is not on screen still gets its message out.
   if (display !== 'tooltip') _showError(display, text, element);
@@ -758,42 +758,86 @@ function _showPopup({ title = null, message, level = null }) {
 // ================================================================ toasts
 
 const _TOAST_POSITIONS = ['top-right', 'top-left', 'top-center', 'bottom-right', 'bottom-left', 'bottom-center'];
-const _toasts = []; // { element, message, timer }, oldest first
+/** The longest delay setTimeout keeps (2³¹ − 1 ms); a longer one fires at once. */
+const _LONGEST_TIMER_MS = 2 ** 31 - 1;
+const _toasts = []; // on screen: { element, message, timer }, oldest first
+const _waitingToasts = []; // beyond TOAST_LIMIT: shown as on-screen ones leave, in order
 
-/** Shows a toast, or refreshes the one with the same message unless `duplicate`. */
-function _showToast({ message, duration = null, level = null, duplicate = false }) {
+/**
+ * Shows a toast, or refreshes the one with the same message unless
+ * `duplicate`. When TOAST_LIMIT toasts are on screen it waits for a free
+ * place: an answer with more toasts than fit loses none of them.
+ */
+function _showToast(spec) {
+  const { message, duplicate = false } = spec;
   const existing = duplicate ? null : _toasts.find((toast) => toast.message === message);
-  const toast = existing ?? _createToast(message);
+  if (existing) {
+    _fillToast(existing, spec);
+    return existing;
+  }
+  const waiting = duplicate ? null : _waitingToasts.find((toast) => toast.message === message);
+  if (waiting) {
+    waiting.spec = spec;
+    return waiting;
+  }
+  if (_toasts.length >= CONFIG.TOAST_LIMIT) {
+    const queued = { message, spec, element: null };
+    _waitingToasts.push(queued);
+    return queued;
+  }
+  const toast = _createToast(message);
+  _fillToast(toast, spec);
+  return toast;
+}
+
+/** Level, title and lifetime; a refresh starts the lifetime again. */
+function _fillToast(toast, { duration = null, level = null, title = null }) {
   toast.element.dataset.sbLevel = level ?? 'info';
+  toast.title.textContent = title ?? '';
+  toast.title.hidden = !title;
   clearTimeout(toast.timer);
   // A duration of 0 keeps the toast until it is closed.
-  const lifetime = duration ?? CONFIG.TOAST_DURATION_MS;
+  const lifetime = Math.min(duration ?? CONFIG.TOAST_DURATION_MS, _LONGEST_TIMER_MS);
   toast.timer = lifetime > 0 ? setTimeout(() => _removeToast(toast), lifetime) : 0;
-  return toast;
 }
 
 function _createToast(message) {
   const element = _el('div', { class: 'sb-toast', role: 'status' });
   const close = _el('button', { type: 'button', class: 'sb-toast-close', 'aria-label': CONFIG.TEXT_CLOSE }, '×');
-  element.append(_el('p', { class: 'sb-toast-message' }, message), close);
-  const toast = { element, message, timer: 0 };
+  const text = _el('div', { class: 'sb-toast-text' });
+  const title = _el('p', { class: 'sb-toast-title' });
+  text.append(title, _el('p', { class: 'sb-toast-message' }, message));
+  element.append(text, close);
+  const toast = { element, message, title, timer: 0 };
   close.addEventListener('click', () => _removeToast(toast));
   _toastStack().append(element);
   _toasts.push(toast);
-  while (_toasts.length > CONFIG.TOAST_LIMIT) _removeToast(_toasts[0]);
   return toast;
 }
 
 function _removeToast(toast) {
+  const waiting = _waitingToasts.indexOf(toast);
+  if (waiting >= 0) {
+    _waitingToasts.splice(waiting, 1);
+    return;
+  }
   const index = _toasts.indexOf(toast);
   if (index < 0) return;
   _toasts.splice(index, 1);
   clearTimeout(toast.timer);
   toast.element.remove();
+  _showWaitingToasts();
+}
+
+function _showWaitingToasts() {
+  while (_waitingToasts.length > 0 && _toasts.length < CONFIG.TOAST_LIMIT) {
+    const { message, spec } = _waitingToasts.shift();
+    _fillToast(_createToast(message), spec);
+  }
 }
 
 function _closeToasts(message) {
-  for (const toast of _toasts.filter((t) => t.message === message)) _removeToast(toast);
+  for (const toast of [..._waitingToasts, ..._toasts].filter((t) => t.message === message)) _removeToast(toast);
 }
 
 function _toastStack() {
@@ -848,9 +892,12 @@ function _fieldErrorId(field) {
   return `${field.id}-sb-error`;
 }
 
-function _markField(field, message) {
+function _markField(field, message, title = null) {
   _clearFieldError(field);
-  const note = _el('p', { class: 'sb-field-error', id: _fieldErrorId(field), 'data-sb-for': field.id }, message);
+  const note = _el('p', { class: 'sb-field-error', id: _fieldErrorId(field), 'data-sb-for': field.id });
+  // Form results may give both (the seed's `{ title, message }`): both shown.
+  if (title) note.append(_el('span', { class: 'sb-field-error-title' }, title), ' ');
+  note.append(message);
   // A field wrapped in its <label> gets the message under the label.
   (field.closest('label') ?? field).after(note);
   field.classList.add('sb-invalid');
@@ -875,6 +922,14 @@ function _clearFieldErrors(container) {
 const _SAFE_SCHEMES = new Set(['http:', 'https:', 'mailto:', 'tel:']);
 
 function _openUrl({ url, target }) {
+  // `//host` is an absolute URL on another host, not a relative one (so are
+  // backslashed forms, and tabs or newlines inside, as browsers read them):
+  // the server refuses it, and so does this second lock.
+  const cleaned = url.replace(/[\t\n\r]/g, '').replace(/^[\x00-\x20]+/, '');
+  if (/^[/\\]{2}/.test(cleaned)) {
+    console.warn('Switchboard: refused to open a scheme-relative url');
+    return;
+  }
   const resolved = new URL(url, location.href);
   // The server already refuses other schemes; this is a second lock.
   if (!_SAFE_SCHEMES.has(resolved.protocol)) {
@@ -1382,7 +1437,9 @@ function _keyListener(matcher) {
       [matcher.shift, event.shiftKey],
       [matcher.meta, event.metaKey],
     ];
-    if (modifiers.some(([wanted, held]) => Boolean(wanted) !== held)) return;
+    // A modifier the matcher does not name does not matter, unless `exact`.
+    const mismatch = ([wanted, held]) => (wanted == null ? matcher.exact && held : wanted !== held);
+    if (modifiers.some(mismatch)) return;
     if (matcher.prevent_default) event.preventDefault();
     if (matcher.stop_propagation) event.stopPropagation();
     _sendKeystroke(matcher, event, null);

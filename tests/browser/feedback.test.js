@@ -188,3 +188,67 @@ test('a refused command says why, and the commands around it still get their own
   await idle(page);
   await toast(page, 'slow tap').waitFor();
 });
+
+test('more toasts than fit wait their turn: seven sent, seven shown', async (t) => {
+  const { page } = await openPage(suite, t);
+  await page.clock.install();
+  await page.evaluate(() => window.Switchboard.send('toast_many'));
+  const shown = () => page.locator('.sb-toast-message').allTextContents();
+  assert.deepEqual(await shown(), ['many 1', 'many 2', 'many 3', 'many 4', 'many 5'], 'the first five, none dropped');
+  await toast(page, 'many 1').locator('.sb-toast-close').click();
+  assert.deepEqual(await shown(), ['many 2', 'many 3', 'many 4', 'many 5', 'many 6'], 'the sixth takes the freed place');
+  await page.clock.runFor(1000);
+  assert.deepEqual(await shown(), ['many 7'], 'the seventh after the others timed out');
+  await page.clock.runFor(1000);
+  assert.deepEqual(await shown(), []);
+});
+
+test('a duration beyond what a browser timer holds keeps the toast', async (t) => {
+  const { page } = await openPage(suite, t);
+  await page.evaluate(() => window.Switchboard.send('toast_forever'));
+  // Another round trip later, it is still there (an overflowing timer fires at once).
+  await page.click('#toast-hello');
+  await toast(page, 'Hello').waitFor();
+  assert.equal(await toast(page, 'Forever').count(), 1);
+});
+
+test('type and display are read in any letter case', async (t) => {
+  const { page } = await openPage(suite, t);
+  await page.evaluate(() => window.Switchboard.send('toast_case'));
+  assert.equal(await toast(page, 'Careful').getAttribute('data-sb-level'), 'warning');
+  await page.evaluate(() => window.Switchboard.send('error_case'));
+  assert.equal(await page.getByRole('dialog').locator('.sb-dialog-message').textContent(), 'Boxed');
+});
+
+test('a form result shows its title and its message, for the form and for each field', async (t) => {
+  const { page } = await openPage(suite, t, { path: 'form' });
+  await page.evaluate(() => window.Switchboard.send('form_result'));
+  const refused = toast(page, 'Email address is required.');
+  assert.equal(await refused.locator('.sb-toast-title').textContent(), 'Missing Required Field');
+  assert.equal(await refused.getAttribute('data-sb-level'), 'error');
+  const note = page.locator('#email-sb-error');
+  assert.equal(await note.locator('.sb-field-error-title').textContent(), 'Required');
+  assert.match(await note.textContent(), /Required Please enter your email\./);
+  await page.evaluate(() => window.Switchboard.send('form_ok'));
+  const thanks = toast(page, 'Thank you for your submission!');
+  assert.equal(await thanks.locator('.sb-toast-title').textContent(), 'Form Submitted');
+});
+
+test('a scheme-relative url (//host) is not opened', async (t) => {
+  const { page, context } = await openPage(suite, t);
+  const opened = [];
+  await context.route('http://example.com/**', (route) => {
+    opened.push(route.request().url());
+    return route.fulfill({ contentType: 'text/html', body: '<h1>Elsewhere</h1>' });
+  });
+  await page.evaluate(() => {
+    window.__sameDocument = true;
+  });
+  await page.evaluate(() => window.Switchboard.send('url_scheme_relative'));
+  // A later answer still lands in this document: nothing navigated away.
+  await page.click('#toast-hello');
+  await toast(page, 'Hello').waitFor();
+  assert.equal(await page.evaluate(() => window.__sameDocument), true);
+  assert.deepEqual(opened, []);
+  await suite.server.waitForLog('scheme-relative url');
+});
