@@ -279,6 +279,37 @@ async fn acl_first_match_wins_and_default_deny_never_reaches_the_handler() {
     }
 }
 
+/// Issue 13: the `[[acl]]` applies to form submissions, as a command named
+/// after the form whose param is its data as JSON.
+#[tokio::test]
+async fn acl_applies_to_form_submissions() {
+    let server = secure_server();
+    let operator = session_of(&server, "otto").await;
+    let submit = |name: &'static str, id: &'static str| {
+        bare()
+            .post(server.url("/secure/api/command"))
+            .header("cookie", format!("sb_session={operator}"))
+            .json(&json!({"type":"form","seq":1,"id":id,"name":name,"data":{"text":"hello"}}))
+            .send()
+    };
+    let reply: Value = submit("feedback", "f-1").await.unwrap().json().await.unwrap();
+    assert_eq!(reply["status"], "ok", "{reply}");
+    assert_eq!(reply["actions"][0]["message"], "stored feedback");
+    server.wait_for_log("FORM feedback hello");
+
+    let reply: Value = submit("payroll", "f-2").await.unwrap().json().await.unwrap();
+    assert_eq!(reply["status"], "error", "{reply}");
+    assert_eq!(
+        reply["actions"][0]["message"],
+        "You are not allowed to do that."
+    );
+    server.wait_for_log(r#"ACL DENIED user="otto" address=127.0.0.1 name="payroll" param="{\"text\":\"hello\"}""#);
+    assert!(
+        !server.log().contains("FORM payroll"),
+        "formSubmission must not run for a refused form"
+    );
+}
+
 /// Opens a challenge through the handler and returns its id.
 async fn open_challenge(server: &Server, session: &str) -> String {
     let (_, reply) = command(server, session, "openVault", "").await;
