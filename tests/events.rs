@@ -315,6 +315,12 @@ async fn messages_reach_the_sessions_in_scope() {
     // From a script: sendMessage returns the count.
     assert_eq!(http_toast(&a, "broadcast", "hi").await, "sent to 2");
     assert_eq!(pushed_toast(&mut b_socket).await, "news: hi");
+
+    // Issue 13: the seed's scope letters. "S" is every session; "G" names
+    // gateway handlers, which Switchboard does not have: nobody, no failure.
+    assert_eq!(http_toast(&a, "seedBroadcast", "seed").await, "sent to 2");
+    assert_eq!(pushed_toast(&mut b_socket).await, "news: seed");
+    assert_eq!(http_toast(&a, "gatewayOnly", "g").await, "sent to 0");
 }
 
 #[tokio::test]

@@ -349,9 +349,19 @@ impl Runtime {
             None if scope == "project" || scope.is_empty() => {
                 self.sessions.of_project(&project.name)
             }
+            None if is_perspective_scope(scope) => {
+                // The seed's letters: S (sessions) reaches every session; G
+                // (gateway handlers) and C (Vision clients) name targets
+                // Switchboard does not have, and reach nobody.
+                if scope.contains(['S', 's']) {
+                    self.sessions.of_project(&project.name)
+                } else {
+                    Vec::new()
+                }
+            }
             _ => {
                 return Err(format!(
-                    "unknown message scope `{scope}`; use session:<id>, user:<id> or project"
+                    "unknown message scope `{scope}`; use session:<id>, user:<id>, project, or the letters S, G, C"
                 ));
             }
         };
@@ -373,9 +383,24 @@ impl Runtime {
     }
 }
 
+/// Perspective's `sendMessage` scope: any of the letters S, G and C.
+fn is_perspective_scope(scope: &str) -> bool {
+    !scope.is_empty() && scope.chars().all(|c| matches!(c.to_ascii_uppercase(), 'S' | 'G' | 'C'))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn perspective_scope_letters() {
+        for scope in ["S", "G", "C", "SG", "CGS", "s"] {
+            assert!(is_perspective_scope(scope), "{scope}");
+        }
+        for scope in ["", "X", "project", "SX", "session:1"] {
+            assert!(!is_perspective_scope(scope), "{scope}");
+        }
+    }
 
     #[test]
     fn null_removes_a_value() {
