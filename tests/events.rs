@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Client, Server, Socket, command, receive, receive_any, receive_push, send};
+use common::{Client, Server, Socket, command, receive, receive_any, receive_push, send, toast_of};
 use futures_util::StreamExt;
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
@@ -17,17 +17,7 @@ fn events_server() -> Server {
 /// The message of the next pushed toast.
 async fn pushed_toast(socket: &mut Socket) -> String {
     let push = receive_push(socket, "actions").await;
-    push["actions"][0]["message"]
-        .as_str()
-        .unwrap_or_else(|| panic!("no toast in {push}"))
-        .to_string()
-}
-
-/// The first toast of a reply.
-fn toast_of(reply: &Value) -> &str {
-    reply["actions"][0]["message"]
-        .as_str()
-        .unwrap_or_else(|| panic!("no toast in {reply}"))
+    toast_of(&push).to_string()
 }
 
 async fn http_toast(client: &Client, name: &str, param: &str) -> String {
@@ -316,11 +306,11 @@ async fn messages_reach_the_sessions_in_scope() {
     assert_eq!(http_toast(&a, "broadcast", "hi").await, "sent to 2");
     assert_eq!(pushed_toast(&mut b_socket).await, "news: hi");
 
-    // Issue 13: the seed's scope letters. "S" is every session; "G" names
-    // gateway handlers, which Switchboard does not have: nobody, no failure.
+    // Issue 13: the seed's scope letters. "S" is every session; "G" the
+    // gateway's handler, run once for the project (like "once").
     assert_eq!(http_toast(&a, "seedBroadcast", "seed").await, "sent to 2");
     assert_eq!(pushed_toast(&mut b_socket).await, "news: seed");
-    assert_eq!(http_toast(&a, "gatewayOnly", "g").await, "sent to 0");
+    assert_eq!(http_toast(&a, "gatewayOnly", "g").await, "sent to 1");
 }
 
 #[tokio::test]

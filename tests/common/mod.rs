@@ -405,3 +405,10 @@ pub async fn command(socket: &mut Socket, seq: u64, name: &str, param: &str) -> 
     );
     reply
 }
+
+/// The message of a reply's first action (a toast, usually).
+pub fn toast_of(reply: &Value) -> &str {
+    reply["actions"][0]["message"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no toast in {reply}"))
+}
