@@ -76,6 +76,12 @@ const CONFIG = Object.freeze({
   /** First retry delay of a queued form submission; doubles up to the next. */
   SUBMIT_RETRY_BASE_MS: 1000,
   SUBMIT_RETRY_MAX_MS: 30_000,
+  /**
+   * A submission whose handler failed (status `failed`: nothing of that run
+   * was kept) is delivered again, as a retry, up to this many runs in all;
+   * then the user sees the failure and it leaves the queue.
+   */
+  SUBMIT_MAX_FAILED_RUNS: 5,
 
   ...window.SwitchboardConfig,
 });
@@ -1617,7 +1623,7 @@ async function _deliverQueued() {
   _submissions.failures = 0;
 }
 
-/** One delivery attempt; false when the server could not be reached. */
+/** One delivery attempt; false when the server could not be reached or the run failed (try again later). */
 async function _deliverOne(entry) {
   const frame = {
     type: 'form',
@@ -1644,6 +1650,8 @@ async function _deliverOne(entry) {
     return false;
   }
   if (!reply?.status) return false;
+  // The server kept nothing of a failed run: run it again, as the seed's `retry`.
+  if (reply.status === 'failed' && entry.attempts < CONFIG.SUBMIT_MAX_FAILED_RUNS) return false;
   await _queueOperation('readwrite', (store) => store.delete(entry.id));
   await _updatePendingCount();
   const container = document.getElementById(entry.name);

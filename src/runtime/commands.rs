@@ -214,17 +214,20 @@ async fn execute(
         (runtime.clone(), project.clone(), session.clone());
     let job_command = command.clone();
     let job = move || {
-        job_runtime.atomically(|| {
-            let (ran, record) = execute_here(
-                &job_runtime,
-                &job_project,
-                &job_session,
-                &job_command,
-                remember_value,
-                reply_key,
-            );
-            (ran, record.into_iter().collect())
-        })
+        job_runtime.atomically(
+            || {
+                let (ran, record) = execute_here(
+                    &job_runtime,
+                    &job_project,
+                    &job_session,
+                    &job_command,
+                    remember_value,
+                    reply_key,
+                );
+                (ran, record.into_iter().collect())
+            },
+            |ran| ran.failure.is_some(),
+        )
     };
     let mut ran = handlers::off_async("userCommand", Some(&object), job).await;
     let decoded = ran.decoded.take().unwrap_or_else(handlers::unhandled);

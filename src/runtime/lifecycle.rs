@@ -48,6 +48,8 @@ impl Runtime {
             store,
             ui: DashMap::new(),
             vars: DashMap::new(),
+            var_versions: DashMap::new(),
+            var_updates: std::sync::Mutex::new(()),
             in_flight: DashMap::new(),
             form_locks: DashMap::new(),
             challenges: DashMap::new(),

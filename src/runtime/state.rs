@@ -30,6 +30,11 @@ pub struct Runtime {
     /// In-memory variables by `project\u{0}name`; names ending in `!` are
     /// also written to the store.
     pub(super) vars: DashMap<String, Dynamic>,
+    /// Which write each variable's value came from: a failed run undoes its
+    /// change only if nobody wrote the variable since.
+    pub(super) var_versions: DashMap<String, u64>,
+    /// `varUpdate` calls run one at a time, so that no two interleave.
+    pub(super) var_updates: std::sync::Mutex<()>,
     /// Commands and submissions being run, by answer key.
     pub(super) in_flight: InFlight,
     /// Form submissions of a project run one at a time, so that their
@@ -44,6 +49,20 @@ pub struct Runtime {
     pub throttle: Throttle,
     pub(super) projects_dir: PathBuf,
     pub(super) myself: Weak<Runtime>,
+}
+
+/// Why `varUpdate` changed nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum VarUpdateError<E> {
+    /// The update function itself called `varUpdate`.
+    #[error("varUpdate cannot be called inside a varUpdate function")]
+    Nested,
+    /// The update function failed.
+    #[error("the varUpdate function failed")]
+    Update(E),
+    /// The new value cannot be stored.
+    #[error("{0}")]
+    Store(String),
 }
 
 /// Claims being run, by answer key: anyone repeating one waits for its answer.
@@ -211,7 +230,13 @@ impl Runtime {
     /// Sets a variable; names ending in `!` are persisted (HSYCO's rule).
     pub fn var_set(&self, project: &str, name: &str, value: Dynamic) -> Result<(), String> {
         let key = Self::var_key(project, name);
-        if name.ends_with('!') && !self.defer_var(&key) {
+        if !value.is_unit() && name.ends_with('!') {
+            // Refused before anything changes, in a batch too.
+            rhai::serde::from_dynamic::<serde_json::Value>(&value)
+                .map_err(|e| format!("variable `{name}` cannot be stored: {e}"))?;
+        }
+        let deferred = self.defer_var(&key, name.ends_with('!'));
+        if name.ends_with('!') && !deferred {
             if value.is_unit() {
                 self.store
                     .delete(Table::Vars, &key)
@@ -225,12 +250,55 @@ impl Runtime {
                     .map_err(|e| e.to_string())?;
             }
         }
-        if value.is_unit() {
-            self.vars.remove(&key);
-        } else {
-            self.vars.insert(key, value);
+        let version = self.write_var(&key, value);
+        if deferred {
+            self.wrote_var(&key, version);
         }
         Ok(())
+    }
+
+    /// Changes a variable in memory (`()` removes it); returns the write's
+    /// version.
+    pub(super) fn write_var(&self, key: &str, value: Dynamic) -> u64 {
+        static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        let version = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if value.is_unit() {
+            self.vars.remove(key);
+        } else {
+            self.vars.insert(key.to_string(), value);
+        }
+        self.var_versions.insert(key.to_string(), version);
+        version
+    }
+
+    /// `varUpdate(name, f)`: sets the variable to `f(current value)` with no
+    /// other `varUpdate` in between, so that concurrent read-modify-writes
+    /// (a counter two panels bump at once) never lose one. Returns the new
+    /// value.
+    pub fn var_update<E>(
+        &self,
+        project: &str,
+        name: &str,
+        update: impl FnOnce(Dynamic) -> Result<Dynamic, E>,
+    ) -> Result<Dynamic, VarUpdateError<E>> {
+        thread_local! {
+            static UPDATING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+        }
+        // `f` calling varUpdate again would wait for itself.
+        if UPDATING.get() {
+            return Err(VarUpdateError::Nested);
+        }
+        let _one_at_a_time = self
+            .var_updates
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        UPDATING.set(true);
+        let next = update(self.var_get(project, name));
+        UPDATING.set(false);
+        let next = next.map_err(VarUpdateError::Update)?;
+        self.var_set(project, name, next.clone())
+            .map_err(VarUpdateError::Store)?;
+        Ok(next)
     }
 
     pub(super) fn ui(&self, project: &str) -> dashmap::mapref::one::RefMut<'_, String, ProjectUi> {

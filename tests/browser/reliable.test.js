@@ -43,3 +43,15 @@ test('a submission made online is delivered at once, not as a retry', async (t) 
   await page.locator('.sb-toast', { hasText: 'stored visit-c (retry=false' }).waitFor();
   assert.equal(await pending(page), 0);
 });
+
+test('a submission whose handler fails is delivered again as a retry, and runs once', async (t) => {
+  const { page } = await openPage(suite, t, { project: 'reliable', path: 'visit' });
+  await page.fill('#id', 'visit-f');
+  await page.fill('#email', 'flaky'); // the handler throws unless retry is true
+  await page.click('#visitSubmit');
+  await page.locator('.sb-toast', { hasText: 'stored visit-f (retry=true' }).waitFor({ timeout: 20_000 });
+  assert.equal(await pending(page), 0);
+  assert.equal(await page.locator('.sb-toast', { hasText: 'Sorry, that did not work' }).count(), 0, 'the failure was retried, not shown');
+  await suite.server.waitForLog(/form="visit" id="[0-9a-f]+" retry=false \[FAILED\]/);
+  await suite.server.waitForLog(/form="visit" id="[0-9a-f]+" retry=true \[OK\]/);
+});
