@@ -485,10 +485,13 @@ async fn restart_keeps_everything(clean: bool) {
     drop(socket);
     if clean {
         server.signal_and_wait("TERM");
-        server.wait_for_log(&format!(
-            "EVENT sessionShutdown {} ServerStop",
-            client.session
-        ));
+        // Issue 13: the session is paused, not ended: its own hook, and no
+        // sessionShutdown (which would record a false end).
+        server.wait_for_log(&format!("EVENT serverStopping {}", client.session));
+        assert!(
+            !server.log().contains("EVENT sessionShutdown"),
+            "a clean stop ends no session"
+        );
     } else {
         server.kill9();
     }

@@ -73,6 +73,18 @@ pub async fn session_shutdown(
     fire(runtime, project, session, call, OnFailure::LogOnly).await;
 }
 
+/// `serverStopping(session)`: a clean stop is about to pause the session
+/// (it comes back with `sessionRestored` `persisted`). Not
+/// `sessionShutdown`: the session does not end. A failure is only logged.
+pub async fn server_stopping(
+    runtime: &Arc<Runtime>,
+    project: &Arc<Project>,
+    session: &Arc<Session>,
+) {
+    let call = Call::new("serverStopping", vec![text(&session.id)]);
+    fire(runtime, project, session, call, OnFailure::LogOnly).await;
+}
+
 /// `sessionRestored(session, type, pages)`: after a restart (`persisted`,
 /// `failure`) or a hot reload (`newdoc`).
 pub async fn session_restored(

@@ -180,14 +180,15 @@ impl Runtime {
         }
     }
 
-    /// Clean stop: every session gets `sessionShutdown(…, ServerStop)` but
-    /// stays stored (it comes back as `persisted`), browsers are told to close.
+    /// Clean stop: every session gets `serverStopping(session)` and stays
+    /// stored (it comes back as `persisted`), browsers are told to close.
+    /// Not `sessionShutdown`: no session ends, and a script logging session
+    /// ends (the Perspective seed's example) must not record false ones.
     pub async fn stop(&self) {
         self.shutdown.send_replace(true);
         for session in self.sessions.all() {
             if let (Some(project), Some(runtime)) = (self.project(&session.project), self.arc()) {
-                events::session_shutdown(&runtime, &project, &session, ShutdownReason::ServerStop)
-                    .await;
+                events::server_stopping(&runtime, &project, &session).await;
             }
             self.persist(&session);
         }

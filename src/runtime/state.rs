@@ -84,7 +84,6 @@ pub enum ShutdownReason {
     Logout,
     Terminated,
     ProjectRemoved,
-    ServerStop,
 }
 
 impl ShutdownReason {
@@ -94,7 +93,6 @@ impl ShutdownReason {
             ShutdownReason::Logout => "Logout",
             ShutdownReason::Terminated => "Terminated",
             ShutdownReason::ProjectRemoved => "ProjectRemoved",
-            ShutdownReason::ServerStop => "ServerStop",
         }
     }
 }
