@@ -577,6 +577,42 @@ async fn hot_reload_recompiles_and_keeps_the_last_good_version() {
     std::fs::remove_dir_all(&projects).ok();
 }
 
+/// Issue 13 (the seed's "the project being made unrunnable"): a project
+/// that fails to load at start does not lose its sessions silently; once it
+/// loads again they end, and its `sessionShutdown` hears why.
+#[tokio::test]
+async fn sessions_of_a_project_that_fails_to_load_at_start_end_with_a_reason() {
+    let projects = common::temp_dir("unrunnable");
+    common::copy_tree(
+        &common::test_projects().join("events"),
+        &projects.join("events"),
+    );
+    let mut server = Server::start(&projects);
+    let client = server.client("events").await;
+    let mut socket = client.socket_tab("t1", "home").await;
+    assert_eq!(pushed_toast(&mut socket).await, "welcome");
+    drop(socket);
+    server.signal_and_wait("TERM");
+    let broken = projects.join("events/events/99-broken.rhai");
+    std::fs::write(&broken, "fn broken( {").unwrap();
+    let restarted = server.restart();
+    restarted.wait_for_log("is not served, it has errors");
+    // Fixed once the server watches for changes.
+    restarted.wait_for_log("for changes");
+    std::fs::remove_file(&broken).unwrap();
+    restarted.wait_for_log(&format!(
+        "EVENT sessionShutdown {} ProjectUnavailable",
+        client.session
+    ));
+    let mut client = client;
+    client.base = restarted.url("/events");
+    let (status, _) = client
+        .post(&json!({"type":"command","seq":1,"name":"count","param":""}))
+        .await;
+    assert_eq!(status, 401, "the session ended");
+    std::fs::remove_dir_all(&projects).ok();
+}
+
 #[tokio::test]
 async fn removing_a_project_ends_its_sessions() {
     let projects = common::temp_dir("removed");

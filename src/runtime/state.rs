@@ -46,6 +46,12 @@ pub struct Runtime {
     /// The users file's contents, re-read at each login attempt.
     pub(super) users: RwLock<Users>,
     pub(super) users_path: PathBuf,
+    /// When the users file was last read (its modification time): the idle
+    /// sweep re-reads it when that changes.
+    pub(super) users_modified: std::sync::Mutex<Option<std::time::SystemTime>>,
+    /// Projects whose files exist but failed to load at start: their stored
+    /// sessions wait, to be ended once the project loads.
+    pub(super) unrunnable: DashMap<String, ()>,
     pub throttle: Throttle,
     pub(super) projects_dir: PathBuf,
     pub(super) myself: Weak<Runtime>,
@@ -84,6 +90,12 @@ pub enum ShutdownReason {
     Logout,
     Terminated,
     ProjectRemoved,
+    /// The user was removed from the users file, or lost the role the
+    /// project needs (the Perspective seed's "the user losing authorization").
+    AuthorizationLost,
+    /// The project failed to load at start (the seed's "made unrunnable");
+    /// reported once it loads again, so that its `sessionShutdown` can run.
+    ProjectUnavailable,
 }
 
 impl ShutdownReason {
@@ -93,6 +105,8 @@ impl ShutdownReason {
             ShutdownReason::Logout => "Logout",
             ShutdownReason::Terminated => "Terminated",
             ShutdownReason::ProjectRemoved => "ProjectRemoved",
+            ShutdownReason::AuthorizationLost => "AuthorizationLost",
+            ShutdownReason::ProjectUnavailable => "ProjectUnavailable",
         }
     }
 }
@@ -147,6 +161,46 @@ impl Runtime {
             .unwrap_or_else(|p| p.into_inner())
             .roles_of(user)
             .to_vec()
+    }
+
+    /// Whether the session's user still exists and may use the project
+    /// (anonymous sessions always may: `[access]` decides on each request).
+    pub fn still_authorized(&self, project: &Project, session: &Session) -> bool {
+        if session.userid.is_empty() {
+            return true;
+        }
+        let users = self.users.read().unwrap_or_else(|p| p.into_inner());
+        users.get(&session.userid).is_some()
+            && project
+                .settings
+                .access
+                .allows_project(&session.userid, users.roles_of(&session.userid))
+    }
+
+    /// Re-reads the users file if it changed since it was last read;
+    /// returns whether it did.
+    pub(super) fn reload_users_if_changed(&self) -> bool {
+        let modified = std::fs::metadata(&self.users_path)
+            .and_then(|meta| meta.modified())
+            .ok();
+        let mut last = self
+            .users_modified
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if *last == modified {
+            return false;
+        }
+        *last = modified;
+        match Users::load(&self.users_path) {
+            Ok(users) => {
+                *self.users.write().unwrap_or_else(|p| p.into_inner()) = users;
+                true
+            }
+            Err(error) => {
+                error!("users file not re-read, using the last good one: {error}");
+                false
+            }
+        }
     }
 
     /// Checks a password against the users file, re-read so that
