@@ -35,7 +35,11 @@ async fn startup_and_page_startup_for_new_tabs_only() {
         "welcome",
         "the startup answer waited for the browser"
     );
-    server.wait_for_log(&format!("EVENT pageStartup {} home", client.session));
+    // Issue 13: a page object with the seed's id and path.
+    server.wait_for_log(&format!(
+        "EVENT pageStartup {} home id=t1 path=/events/home pageId=t1 named=true",
+        client.session
+    ));
     // Navigating inside the tab and reconnecting it (a reload) are not new tabs.
     send(
         &mut first,
@@ -330,6 +334,10 @@ async fn keystrokes_single_key_and_regex_with_capture_groups() {
     .await;
     let reply = receive(&mut socket).await;
     assert_eq!(toast_of(&reply), "save on home: [] ctrl=true");
+    server.wait_for_log(&format!(
+        "EVENT keystroke {} home save id=t path=/events/home",
+        client.session
+    ));
 
     // A HID scanner typing 12 digits and `@`, after some noise.
     send(
@@ -504,7 +512,7 @@ async fn restart_keeps_everything(clean: bool) {
     let kind = if clean { "persisted" } else { "failure" };
     assert_eq!(pushed_toast(&mut socket).await, format!("restored {kind}"));
     restarted.wait_for_log(&format!(
-        r#"EVENT sessionRestored {} {kind} ["other"]"#,
+        r#"EVENT sessionRestored {} {kind} ["other"] name=events states=["other"]"#,
         client.session
     ));
     assert_eq!(

@@ -161,7 +161,7 @@ async fn opened(
     });
     runtime.persist(session);
     if new_tab {
-        events::page_startup(runtime, project, session, page).await;
+        events::page_startup(runtime, project, session, page, tab).await;
     }
 }
 

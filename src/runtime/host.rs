@@ -36,6 +36,7 @@ impl Runtime {
 pub fn register(engine: &mut Engine, runtime: Weak<Runtime>, project: &str) {
     let bind = || (runtime.clone(), project.to_string());
     super::challenge::register_result_type(engine);
+    super::events::register_page_type(engine);
 
     let (rt, p) = bind();
     engine.register_fn(
