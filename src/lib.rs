@@ -21,4 +21,5 @@ pub mod script;
 pub mod server;
 pub mod session;
 pub mod store;
+pub mod text;
 pub mod transport;
