@@ -510,10 +510,12 @@ fn decode_form_field_errors(errors: &Value, out: &mut Decoded) -> usize {
         };
         let (title, message) = match detail {
             Value::String(message) => (None, Some(message.clone())),
-            Value::Object(detail) => match title_and_text(text("title", detail), text("message", detail)) {
-                Some((title, message)) => (title, Some(message)),
-                None => (None, None),
-            },
+            Value::Object(detail) => {
+                match title_and_text(text("title", detail), text("message", detail)) {
+                    Some((title, message)) => (title, Some(message)),
+                    None => (None, None),
+                }
+            }
             other => {
                 out.warn(format!(
                     "fieldErrors.{}: expected an object or a string, got {}",
@@ -722,7 +724,11 @@ fn decode_toast(key: Key, value: &Value, out: &mut Decoded) {
 
 /// A toast's spec; a bad `type` is a warning, not a reason to drop the
 /// message (the user still needs to read it).
-fn toast_from_spec(key: Key, spec: &Map<String, Value>, out: &mut Decoded) -> Result<Action, String> {
+fn toast_from_spec(
+    key: Key,
+    spec: &Map<String, Value>,
+    out: &mut Decoded,
+) -> Result<Action, String> {
     let mut message = None;
     let mut duration = None;
     let mut level = None;
@@ -770,7 +776,11 @@ fn decode_popup(value: &Value, out: &mut Decoded) {
     }
 }
 
-fn popup_from_spec(key: Key, spec: &Map<String, Value>, out: &mut Decoded) -> Result<Action, String> {
+fn popup_from_spec(
+    key: Key,
+    spec: &Map<String, Value>,
+    out: &mut Decoded,
+) -> Result<Action, String> {
     let mut title = None;
     let mut message = None;
     let mut level = None;
@@ -1459,11 +1469,21 @@ mod tests {
             )
             .warns(&["url"]),
             row("url vbscript", json(json!({"url": "vbscript:msgbox"}))).warns(&["url"]),
-            row("url scheme-relative", json(json!({"url": "//evil.example/x"}))).warns(&["url"]),
-            row("url scheme-relative backslashes", json(json!({"url": "\\\\evil.example/x"})))
-                .warns(&["url"]),
-            row("url scheme-relative mixed slashes", json(json!({"url": "/\\evil.example"})))
-                .warns(&["url"]),
+            row(
+                "url scheme-relative",
+                json(json!({"url": "//evil.example/x"})),
+            )
+            .warns(&["url"]),
+            row(
+                "url scheme-relative backslashes",
+                json(json!({"url": "\\\\evil.example/x"})),
+            )
+            .warns(&["url"]),
+            row(
+                "url scheme-relative mixed slashes",
+                json(json!({"url": "/\\evil.example"})),
+            )
+            .warns(&["url"]),
             row("url file", json(json!({"url": "file:///etc/passwd"}))).warns(&["url"]),
             row("url ftp", json(json!({"url": "ftp://x.y"}))).warns(&["url"]),
             row("url leading space", json(json!({"url": " javascript:x"}))).warns(&["url"]),
@@ -1588,12 +1608,24 @@ mod tests {
                 "toast huge duration saturates",
                 t(json!({"message": "m", "duration": 1e300})),
             )
-            .gives(vec![toast_with("m", Some(LONGEST_TIMER_MS), None, false, false)]),
+            .gives(vec![toast_with(
+                "m",
+                Some(LONGEST_TIMER_MS),
+                None,
+                false,
+                false,
+            )]),
             row(
                 "toast duration beyond a browser timer is clamped",
                 t(json!({"message": "m", "duration": 2_147_483_648_u64})),
             )
-            .gives(vec![toast_with("m", Some(2_147_483_647), None, false, false)]),
+            .gives(vec![toast_with(
+                "m",
+                Some(2_147_483_647),
+                None,
+                false,
+                false,
+            )]),
             row(
                 "toast type in any letter case",
                 t(json!([{"message": "a", "type": "Warning"}, {"message": "b", "type": "ERROR"}])),
@@ -2205,12 +2237,32 @@ mod tests {
 
     fn titled(action: Action, heading: &str) -> Action {
         match action {
-            Action::Toast { message, duration, level, duplicate, close, .. } => {
-                Action::Toast { message, duration, level, duplicate, close, title: Some(heading.into()) }
-            }
-            Action::FieldError { field, message, display, .. } => {
-                Action::FieldError { field, message, display, title: Some(heading.into()) }
-            }
+            Action::Toast {
+                message,
+                duration,
+                level,
+                duplicate,
+                close,
+                ..
+            } => Action::Toast {
+                message,
+                duration,
+                level,
+                duplicate,
+                close,
+                title: Some(heading.into()),
+            },
+            Action::FieldError {
+                field,
+                message,
+                display,
+                ..
+            } => Action::FieldError {
+                field,
+                message,
+                display,
+                title: Some(heading.into()),
+            },
             other => other,
         }
     }

@@ -313,7 +313,10 @@ async fn a_failed_run_rolls_back_its_persistent_variables() {
     let failed = client.command("halfThenThrow", "").await;
     assert_eq!(failed["status"], "failed", "{failed}");
     server.wait_for_log("the second half failed");
-    assert_eq!(toast_of(&client.command("light", "").await), "light=on dimmed=");
+    assert_eq!(
+        toast_of(&client.command("light", "").await),
+        "light=on dimmed="
+    );
     server.kill9();
     let restarted = server.restart();
     client.base = restarted.url("/reliable");

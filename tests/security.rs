@@ -244,18 +244,30 @@ async fn acl_applies_to_form_submissions() {
             .json(&json!({"type":"form","seq":1,"id":id,"name":name,"data":{"text":"hello"}}))
             .send()
     };
-    let reply: Value = submit("feedback", "f-1").await.unwrap().json().await.unwrap();
+    let reply: Value = submit("feedback", "f-1")
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(reply["status"], "ok", "{reply}");
     assert_eq!(reply["actions"][0]["message"], "stored feedback");
     server.wait_for_log("FORM feedback hello");
 
-    let reply: Value = submit("payroll", "f-2").await.unwrap().json().await.unwrap();
+    let reply: Value = submit("payroll", "f-2")
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(reply["status"], "error", "{reply}");
     assert_eq!(
         reply["actions"][0]["message"],
         "You are not allowed to do that."
     );
-    server.wait_for_log(r#"ACL DENIED user="otto" address=127.0.0.1 name="payroll" param="{\"text\":\"hello\"}""#);
+    server.wait_for_log(
+        r#"ACL DENIED user="otto" address=127.0.0.1 name="payroll" param="{\"text\":\"hello\"}""#,
+    );
     assert!(
         !server.log().contains("FORM payroll"),
         "formSubmission must not run for a refused form"

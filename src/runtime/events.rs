@@ -148,7 +148,11 @@ pub async fn session_restored(
         .map(Dynamic::from)
         .collect();
     info!(session = session.log_id(), kind, "session restored");
-    let mut args = vec![text(&session.id), text(kind), Dynamic::from_array(pages.clone())];
+    let mut args = vec![
+        text(&session.id),
+        text(kind),
+        Dynamic::from_array(pages.clone()),
+    ];
     // The SCXML seed's event also has `states` and the previous `name` (the
     // application's, here the project's): given to a 4-parameter handler.
     if project.scripts.defines("sessionRestored", 4) {
@@ -222,7 +226,11 @@ pub async fn keystroke(
         .or_else(|| tab.and_then(|tab| session.with_state(|state| state.tabs.get(tab).cloned())))
         .unwrap_or_default();
     let page = PageInfo::new(&project, &page, tab.unwrap_or_default());
-    let args = vec![text(&session.id), Dynamic::from(page), Dynamic::from_map(event)];
+    let args = vec![
+        text(&session.id),
+        Dynamic::from(page),
+        Dynamic::from_map(event),
+    ];
     Ok(reply_from_event(
         runtime,
         &project,

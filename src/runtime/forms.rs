@@ -71,25 +71,31 @@ async fn run_handler(
         let _serialized = lock.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let (mut ran, durable) = job_runtime.atomically(
             || {
-            let call = Call::new("formSubmission", arguments(&job_session, form));
-            let ran =
-                handlers::run_blocking(Some(&job_runtime), &job_project, Some(&job_session), call);
-            let record = match &ran.decoded {
-                Some(decoded) if !matches!(decoded.status, Status::Unhandled | Status::Failed) => {
-                    let reply = Reply {
-                        seq: None,
-                        status: decoded.status,
-                        actions: decoded.actions.clone(),
-                    };
-                    vec![Write::Put(
-                        Table::Submissions,
-                        key,
-                        serde_json::to_vec(&StoredReply::new(&reply)).unwrap_or_default(),
-                    )]
-                }
-                _ => Vec::new(),
-            };
-            (ran, record)
+                let call = Call::new("formSubmission", arguments(&job_session, form));
+                let ran = handlers::run_blocking(
+                    Some(&job_runtime),
+                    &job_project,
+                    Some(&job_session),
+                    call,
+                );
+                let record = match &ran.decoded {
+                    Some(decoded)
+                        if !matches!(decoded.status, Status::Unhandled | Status::Failed) =>
+                    {
+                        let reply = Reply {
+                            seq: None,
+                            status: decoded.status,
+                            actions: decoded.actions.clone(),
+                        };
+                        vec![Write::Put(
+                            Table::Submissions,
+                            key,
+                            serde_json::to_vec(&StoredReply::new(&reply)).unwrap_or_default(),
+                        )]
+                    }
+                    _ => Vec::new(),
+                };
+                (ran, record)
             },
             |ran| ran.failure.is_some(),
         );
