@@ -567,7 +567,9 @@ function _rollbackAction({ object, value }) {
 /**
  * field → the last value the page showed as valid: rendered by the
  * template, pushed (`value` of uiSet/uiSessionSet), or sent and accepted.
- * What rollback restores when the server has nothing newer.
+ * What rollback restores when the server has nothing newer. Anything else
+ * that sets a field's value for the user to see (a live point value) calls
+ * `_rememberValid` too.
  */
 const _validValues = new WeakMap();
 
