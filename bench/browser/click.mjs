@@ -11,14 +11,10 @@
 //   node bench/browser/click.mjs --url http://127.0.0.1:PORT/demo/ [--clicks 200] [--warmup 20]
 //
 // Prints a summary on stderr and one JSON record on stdout (id `click`), as
-// the load client does. playwright-core comes from tests/browser/ (one
-// dependency list for every browser script: `npm ci` there).
-import { createRequire } from 'node:module';
-import { join, resolve } from 'node:path';
-
-const ROOT = resolve(import.meta.dirname, '../..');
-const require = createRequire(join(ROOT, 'tests/browser/package.json'));
-const { chromium } = require('playwright-core');
+// the load client does. Chromium is launched by the browser tests' harness
+// (tests/browser/harness.js: the same flags, CHROMIUM_PATH), with the
+// playwright-core installed there (`npm ci` in tests/browser/).
+import { launchBrowser } from '../../tests/browser/harness.js';
 
 /** How long one click may take to show its toast before it counts as an error. */
 const TOAST_TIMEOUT_MS = 5000;
@@ -95,18 +91,7 @@ async function main() {
   if (!(clicks >= 1 && clicks <= 10_000 && warmup >= 0 && warmup <= 1000)) {
     throw new Error('--clicks must be 1..=10000 and --warmup 0..=1000');
   }
-  const browser = await chromium.launch({
-    executablePath: process.env.CHROMIUM ?? '/usr/bin/chromium',
-    args: [
-      '--headless',
-      '--no-sandbox',
-      '--disable-gpu',
-      '--no-first-run',
-      '--disable-background-networking',
-      '--disable-component-update',
-      '--disable-sync',
-    ],
-  });
+  const browser = await launchBrowser();
   try {
     const page = await browser.newPage();
     const pageErrors = [];
