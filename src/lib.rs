@@ -10,6 +10,7 @@
 pub mod acl;
 pub mod answer;
 pub mod auth;
+pub mod cluster;
 pub mod cli;
 pub mod logwriter;
 pub mod metrics;

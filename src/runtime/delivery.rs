@@ -105,12 +105,16 @@ impl Runtime {
     /// batch when it holds what must not be lost once the user was
     /// answered (`!` variables, an answer's record); nothing when it holds
     /// only the session's own state (rollback values, openers, properties),
-    /// which is written behind (see docs/reliability.md).
+    /// which is written behind (see docs/reliability.md). In cluster mode
+    /// the session's state is waited for too: the next request may land on
+    /// another node, which reads it from the shared store.
     pub(super) fn atomically<R>(&self, work: impl FnOnce() -> (R, Vec<Write>)) -> (R, Commit) {
         BATCH.set(Some(Batch::default()));
         let (result, extra) = work();
         let batch = BATCH.take().unwrap_or_default();
-        let must_wait = !batch.vars.is_empty() || !extra.is_empty();
+        let must_wait = !batch.vars.is_empty()
+            || !extra.is_empty()
+            || (self.store.is_shared() && !batch.sessions.is_empty());
         let mut writes = self.batch_writes(batch);
         writes.extend(extra);
         let commit = self.store.write_soon(writes);
@@ -131,6 +135,12 @@ impl Runtime {
                 .map(|b| b.sessions.insert(id.to_string()))
                 .is_some()
         })
+    }
+
+    /// Whether the running batch on this thread changed the variable (its
+    /// value is then the in-memory one until the batch is written).
+    pub(super) fn var_is_deferred(&self, key: &str) -> bool {
+        BATCH.with_borrow(|batch| batch.as_ref().is_some_and(|b| b.vars.contains(key)))
     }
 
     pub(super) fn defer_var(&self, key: &str) -> bool {
