@@ -211,7 +211,10 @@ fn serve(args: Args) -> ExitCode {
         tls: args.tls_cert.zip(args.tls_key),
         shutdown_timeout_secs: args.shutdown_timeout,
         cluster: args.cluster.filter(|url| !url.is_empty()),
-        node: args.node.filter(|node| !node.is_empty()).unwrap_or_else(default_node_name),
+        node: args
+            .node
+            .filter(|node| !node.is_empty())
+            .unwrap_or_else(default_node_name),
     };
     match server::run(config) {
         Ok(()) => ExitCode::SUCCESS,

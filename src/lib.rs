@@ -10,8 +10,8 @@
 pub mod acl;
 pub mod answer;
 pub mod auth;
-pub mod cluster;
 pub mod cli;
+pub mod cluster;
 pub mod logwriter;
 pub mod metrics;
 pub mod project;

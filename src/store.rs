@@ -102,8 +102,9 @@ fn io(error: impl std::fmt::Display) -> StoreError {
 pub enum Store {
     /// This node's own database file (the default).
     Embedded(Embedded),
-    /// The buckets every node of a cluster shares (`--cluster`).
-    Shared(SharedKv),
+    /// The buckets every node of a cluster shares (`--cluster`); boxed:
+    /// the NATS client is many times the size of the embedded handles.
+    Shared(Box<SharedKv>),
 }
 
 /// What `/healthz` tells about the store.
@@ -124,7 +125,9 @@ impl Store {
     /// Connects to the cluster's NATS at `url` as node `node`.
     pub fn connect_shared(url: &str, node: &str) -> Result<Store, StoreError> {
         let buckets = Table::ALL.map(Table::bucket);
-        Ok(Store::Shared(SharedKv::connect(url, node, &buckets)?))
+        Ok(Store::Shared(Box::new(SharedKv::connect(
+            url, node, &buckets,
+        )?)))
     }
 
     /// Whether other nodes read and write this store too.

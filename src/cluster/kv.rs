@@ -65,7 +65,11 @@ impl SharedKv {
     /// Connects to NATS at `url` and opens (creating them if needed) the
     /// buckets named. Fails at once when nobody answers: a node that
     /// cannot reach its cluster's state must not start serving alone.
-    pub fn connect(url: &str, node: &str, names: &[&'static str]) -> Result<SharedKv, ClusterError> {
+    pub fn connect(
+        url: &str,
+        node: &str,
+        names: &[&'static str],
+    ) -> Result<SharedKv, ClusterError> {
         let unreachable = |reason: String| ClusterError::Unreachable {
             url: url.to_string(),
             reason,

@@ -19,7 +19,9 @@ pub enum ClusterError {
     #[error("cannot reach NATS at {url}: {reason}")]
     Unreachable { url: String, reason: String },
     /// NATS answered but its JetStream key-value buckets cannot be used.
-    #[error("NATS at {url}: cannot open the bucket {bucket} (is JetStream enabled? start nats-server with -js): {reason}")]
+    #[error(
+        "NATS at {url}: cannot open the bucket {bucket} (is JetStream enabled? start nats-server with -js): {reason}"
+    )]
     Bucket {
         url: String,
         bucket: String,

@@ -156,7 +156,11 @@ impl Runtime {
             }
             (Some(record), None) if self.project(&record.project).is_some() => {
                 let session = self.sessions.restore(record);
-                info!(project, session = session.log_id(), "session resumed from the shared store");
+                info!(
+                    project,
+                    session = session.log_id(),
+                    "session resumed from the shared store"
+                );
                 Some(session)
             }
             (Some(_), None) => None,
