@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use dashmap::DashMap;
 use tokio::sync::watch;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use super::state::{Runtime, ShutdownReason};
 use super::{events, handlers, schedule};
@@ -142,8 +142,9 @@ impl Runtime {
         }
         let bytes = match self.store.get(Table::Sessions, id) {
             Ok(bytes) => bytes,
+            // The lost connection was logged once; this is every request.
             Err(error) => {
-                warn!("shared session store unreachable, serving this node's copy: {error}");
+                debug!("shared session store unreachable, serving this node's copy: {error}");
                 return local;
             }
         };
@@ -166,18 +167,18 @@ impl Runtime {
             (Some(_), None) => None,
             (None, local) => {
                 if let Some(session) = local {
-                    self.forget_session(&session);
+                    self.forget_session(&session, "it ended on another node");
                 }
                 None
             }
         }
     }
 
-    /// Drops this node's copy of a session without ending it: in cluster
-    /// mode it lives on in the shared store for the other nodes.
-    fn forget_session(&self, session: &Arc<Session>) {
+    /// Drops this node's copy of a session without ending it (no event,
+    /// nothing deleted): in cluster mode the shared record decides.
+    fn forget_session(&self, session: &Arc<Session>, why: &str) {
         self.sessions.remove(&session.id);
-        info!(project = %session.project, session = session.log_id(), "session forgotten by this node (kept in the shared store)");
+        info!(project = %session.project, session = session.log_id(), "session forgotten by this node: {why}");
     }
 
     fn restore_sessions(&self, kind: &'static str) {
@@ -255,7 +256,7 @@ impl Runtime {
                 };
                 let timeout = Duration::from_secs(project.settings.idle_timeout_secs);
                 if session.idle_for() >= timeout && self.store.is_shared() {
-                    self.forget_session(&session);
+                    self.forget_session(&session, "idle here, kept in the shared store");
                 } else if session.idle_for() >= timeout {
                     handlers::session_terminating(&self, &project, &session, "IdleTimeout").await;
                     self.end_session(&session, ShutdownReason::IdleTimeout)

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use dashmap::DashMap;
 use rhai::Dynamic;
 use tokio::sync::watch;
-use tracing::error;
+use tracing::{debug, error};
 
 use super::ui::ProjectUi;
 use crate::auth::{Throttle, User, Users};
@@ -259,7 +259,8 @@ impl Runtime {
             Ok(None) => {
                 self.vars.remove(key);
             }
-            Err(error) => error!("could not read a variable from the shared store: {error}"),
+            // The lost connection was logged once; this is every read.
+            Err(error) => debug!("variable read from memory, the shared store failed: {error}"),
         }
     }
 
