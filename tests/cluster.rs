@@ -141,6 +141,8 @@ async fn healthz_tells_the_node_and_its_store() {
     nats.kill();
     wait_for_health(&a, 503).await;
     a.wait_for_log("lost the NATS connection");
+    // Meanwhile the node serves the sessions it holds from memory.
+    assert_eq!(toast_of(&on_a.command("get", "").await), "room=attic");
 
     // It comes back (same port, same store): healthy again, nothing lost.
     nats.start_again();

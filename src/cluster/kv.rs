@@ -90,7 +90,7 @@ impl SharedKv {
         .map_err(|e| unreachable(e.to_string()))??;
         let (client, buckets) = opened;
         let (writes, queue) = mpsc::unbounded_channel();
-        handle.spawn(apply_forever(buckets.clone(), queue));
+        handle.spawn(apply_forever(client.clone(), buckets.clone(), queue));
         Ok(SharedKv {
             runtime,
             client,
@@ -101,7 +101,7 @@ impl SharedKv {
 
     /// Whether the NATS connection is up right now.
     pub fn is_connected(&self) -> bool {
-        self.client.connection_state() == async_nats::connection::State::Connected
+        is_up(&self.client)
     }
 
     /// Queues a batch; `done` hears when every change of it is stored (or
@@ -173,10 +173,15 @@ impl SharedKv {
             .ok_or_else(|| ClusterError::Request(format!("no bucket {name}")))
     }
 
+    /// Runs a request and waits for it; fails at once while the connection
+    /// is down rather than after a timeout per request.
     fn call<T: Send + 'static>(
         &self,
         work: impl Future<Output = Result<T, String>> + Send + 'static,
     ) -> Result<T, ClusterError> {
+        if !self.is_connected() {
+            return Err(ClusterError::Request(NOT_CONNECTED.into()));
+        }
         wait(&self.runtime.handle()?, work)?.map_err(ClusterError::Request)
     }
 }
@@ -286,12 +291,26 @@ fn log_event(event: &async_nats::Event) {
     }
 }
 
+const NOT_CONNECTED: &str = "not connected to NATS";
+
+fn is_up(client: &async_nats::Client) -> bool {
+    client.connection_state() == async_nats::connection::State::Connected
+}
+
+/// Applies the queued batches in order. While the connection is down a
+/// batch fails at once: waiting a request timeout for each would stall
+/// every batch queued behind it.
 async fn apply_forever(
+    client: async_nats::Client,
     buckets: Buckets,
     mut queue: mpsc::UnboundedReceiver<(Vec<Change>, Option<Done>)>,
 ) {
     while let Some((changes, done)) = queue.recv().await {
-        let outcome = apply(&buckets, changes).await;
+        let outcome = if is_up(&client) {
+            apply(&buckets, changes).await
+        } else {
+            Err(NOT_CONNECTED.to_string())
+        };
         if let Err(message) = &outcome {
             error!("could not write to the shared store: {message}");
         }
