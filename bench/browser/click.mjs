@@ -77,6 +77,39 @@ function installProbe(timeoutMs) {
   };
 }
 
+/** The frame the "Lobby on" button sends (the runtime adds seq and id). */
+const DEMO_FRAME = { type: 'command', object: 'lobbyOn', name: 'light', param: 'lobby on', page: 'home' };
+
+/**
+ * Run in the page: the server's share, without a click or the runtime —
+ * the same frame with an id over a WebSocket of the page's own, `count`
+ * times one after the other; the round trips in ms, sorted.
+ */
+async function socketRoundTrips({ count, frame }) {
+  const url = `${location.origin.replace(/^http/, 'ws')}${location.pathname.replace(/[^/]*$/, '')}api/ws`;
+  const socket = new WebSocket(url);
+  await new Promise((resolve, reject) => {
+    socket.addEventListener('open', resolve);
+    socket.addEventListener('error', reject);
+  });
+  const times = [];
+  for (let seq = 1; seq <= count; seq++) {
+    const started = performance.now();
+    await new Promise((resolve) => {
+      const onMessage = (event) => {
+        if (JSON.parse(event.data).seq !== seq) return;
+        socket.removeEventListener('message', onMessage);
+        resolve();
+      };
+      socket.addEventListener('message', onMessage);
+      socket.send(JSON.stringify({ ...frame, seq, id: `bench-socket-${seq}` }));
+    });
+    times.push(performance.now() - started);
+  }
+  socket.close();
+  return times.sort((a, b) => a - b);
+}
+
 function quantile(sorted, q) {
   if (sorted.length === 0) return null;
   return sorted[Math.min(sorted.length - 1, Math.max(0, Math.ceil(q * sorted.length) - 1))];
@@ -115,6 +148,7 @@ async function main() {
       }
     }
     latencies.sort((a, b) => a - b);
+    const socket = await page.evaluate(socketRoundTrips, { count: 100, frame: DEMO_FRAME });
     const record = {
       id: 'click',
       server: 'switchboard',
@@ -126,11 +160,13 @@ async function main() {
       p99_us: micros(quantile(latencies, 0.99)),
       max_us: micros(latencies.at(-1) ?? null),
       not_visible: hidden,
+      socket_p50_us: micros(quantile(socket, 0.5)),
+      socket_p99_us: micros(quantile(socket, 0.99)),
       errors: errors + hidden + pageErrors.length,
     };
     if (pageErrors.length > 0) record.first_error = pageErrors[0];
     process.stderr.write(
-      `         click switchboard       ${record.clicks} clicks: p50 ${record.p50_us} µs  p90 ${record.p90_us} µs  p99 ${record.p99_us} µs  max ${record.max_us} µs  errors ${record.errors}\n`,
+      `         click switchboard       ${record.clicks} clicks: p50 ${record.p50_us} µs  p90 ${record.p90_us} µs  p99 ${record.p99_us} µs  max ${record.max_us} µs  errors ${record.errors}; the same frame on the page's own socket: p50 ${record.socket_p50_us} µs  p99 ${record.socket_p99_us} µs\n`,
     );
     process.stdout.write(`${JSON.stringify(record)}\n`);
   } finally {
