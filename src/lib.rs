@@ -10,6 +10,7 @@ pub mod auth;
 pub mod cli;
 pub mod logwriter;
 pub mod metrics;
+pub mod points;
 pub mod project;
 pub mod protocol;
 pub mod reload;

@@ -66,6 +66,10 @@ pub struct Settings {
     pub keystrokes: Vec<KeystrokeMatcher>,
     /// Periodic calls of `fn timer(name)`.
     pub timers: Vec<Timer>,
+    /// Device networks points read and write (`[[connections]]`).
+    pub connections: Vec<toml::Spanned<crate::points::ConnectionConfig>>,
+    /// The project's live values (`[[points]]`).
+    pub points: Vec<toml::Spanned<crate::points::PointConfig>>,
 }
 
 /// A `[[keystrokes]]` entry: a single key, or a regex over the last typed
@@ -176,6 +180,8 @@ impl Default for Settings {
             limits: Limits::default(),
             keystrokes: Vec::new(),
             timers: Vec::new(),
+            connections: Vec::new(),
+            points: Vec::new(),
         }
     }
 }
@@ -347,16 +353,18 @@ impl Project {
     }
 
     /// Renders a whole page document; `None` when there is no such page.
-    /// `session` is what templates see as `session` (its properties).
+    /// `session` is what templates see as `session` (its properties),
+    /// `points` the project's point table.
     pub fn render_page(
         &self,
         page: &str,
         session: &serde_json::Value,
+        points: &serde_json::Value,
     ) -> Option<Result<String, tera::Error>> {
         let template = self.template_of(page)?;
         Some(
             self.templates
-                .render(&template, &self.page_context(page, session)),
+                .render(&template, &self.page_context(page, session, points)),
         )
     }
 
@@ -367,15 +375,22 @@ impl Project {
         page: &str,
         block: &str,
         session: &serde_json::Value,
+        points: &serde_json::Value,
     ) -> Option<Result<String, tera::Error>> {
         let template = self.template_of(page)?;
-        Some(
-            self.templates
-                .render_block(&template, block, &self.page_context(page, session)),
-        )
+        Some(self.templates.render_block(
+            &template,
+            block,
+            &self.page_context(page, session, points),
+        ))
     }
 
-    fn page_context(&self, page: &str, session: &serde_json::Value) -> tera::Context {
+    fn page_context(
+        &self,
+        page: &str,
+        session: &serde_json::Value,
+        points: &serde_json::Value,
+    ) -> tera::Context {
         let mut context = page_context(
             &self.name,
             &self.settings,
@@ -383,6 +398,7 @@ impl Project {
             self.pages.get(page).copied(),
         );
         context.insert("session", session);
+        context.insert("points", points);
         context
     }
 }
@@ -412,6 +428,7 @@ fn page_context(
     );
     context.insert("page", &serde_json::json!({ "name": page, "kind": kind }));
     context.insert("session", &serde_json::json!({ "properties": {} }));
+    context.insert("points", &crate::points::declared_context(settings));
     context
 }
 
@@ -538,7 +555,7 @@ fn load_settings(
                 .map(|s| line_and_column(&text, s.start))
                 .unwrap_or((0, 0));
             diagnostics.push(Diagnostic {
-                file: path,
+                file: path.clone(),
                 line,
                 column,
                 message: error.message().to_string(),
@@ -549,7 +566,37 @@ fn load_settings(
     if settings.title.is_empty() {
         settings.title = name.to_string();
     }
+    check_points(&path, &text, &settings, diagnostics);
     Ok(settings)
+}
+
+/// Checks `[[connections]]` and `[[points]]`, each problem at its entry's
+/// line.
+fn check_points(path: &Path, text: &str, settings: &Settings, diagnostics: &mut Vec<Diagnostic>) {
+    use crate::points::config::{Entry, validate};
+    let connections: Vec<_> = settings
+        .connections
+        .iter()
+        .map(|c| c.get_ref().clone())
+        .collect();
+    let points: Vec<_> = settings
+        .points
+        .iter()
+        .map(|p| p.get_ref().clone())
+        .collect();
+    for (entry, message) in validate(&connections, &points) {
+        let span = match entry {
+            Entry::Connection(index) => settings.connections[index].span(),
+            Entry::Point(index) => settings.points[index].span(),
+        };
+        let (line, column) = line_and_column(text, span.start);
+        diagnostics.push(Diagnostic {
+            file: path.to_path_buf(),
+            line,
+            column,
+            message,
+        });
+    }
 }
 
 /// 1-based line and column of a byte offset.

@@ -22,6 +22,8 @@ pub enum Table {
     Replies,
     /// `project\u{0}submission id` → the result of a form submission.
     Submissions,
+    /// `project\u{0}point` → the point's last known value.
+    Points,
 }
 
 impl Table {
@@ -32,15 +34,17 @@ impl Table {
             Table::Meta => TableDefinition::new("meta"),
             Table::Replies => TableDefinition::new("replies"),
             Table::Submissions => TableDefinition::new("submissions"),
+            Table::Points => TableDefinition::new("points"),
         }
     }
 
-    const ALL: [Table; 5] = [
+    const ALL: [Table; 6] = [
         Table::Sessions,
         Table::Vars,
         Table::Meta,
         Table::Replies,
         Table::Submissions,
+        Table::Points,
     ];
 }
 

@@ -150,6 +150,7 @@ async fn page_closed(
     session: Arc<Session>,
     closed: PageClosed,
 ) -> Reply {
+    runtime.points.page_closed(&session, &closed.page);
     let opener = session.with_state(|state| state.openers.remove(&closed.page));
     let Some(opener) = opener else {
         return Reply {
@@ -273,10 +274,15 @@ fn execute(
         .object
         .clone()
         .unwrap_or_else(|| command.name.clone());
-    let rollback_value = if remember_value {
-        session.last_valid_value(&object)
-    } else {
-        None
+    let point = command.name.strip_prefix(POINT_COMMAND);
+    // A bound object rolls back to the point's value, not to what it sent.
+    let rollback_value = match point {
+        Some(point) => runtime
+            .points
+            .of(&project.name)
+            .and_then(|points| points.param_of(point)),
+        None if remember_value => session.last_valid_value(&object),
+        None => None,
     };
     let args = vec![
         Dynamic::from(session.id.clone()),
@@ -285,7 +291,10 @@ fn execute(
         Dynamic::from(command.param.clone()),
     ];
     let started = std::time::Instant::now();
-    let result = project.scripts.call_first("userCommand", args);
+    let result = match point {
+        Some(point) => write_point(runtime, project, session, point, &command.param),
+        None => project.scripts.call_first("userCommand", args),
+    };
     let handler_time = started.elapsed();
     let (decoded, failure) = match result {
         Ok(answer) => {
@@ -313,6 +322,68 @@ fn execute(
         decoded,
         failure,
         handler_time,
+    }
+}
+
+/// Command names of writes from bound objects: `point:<name>`.
+const POINT_COMMAND: &str = "point:";
+
+/// What a user sees when a write finds its device offline.
+pub const OFFLINE_MESSAGE: &str = "The device is offline";
+
+/// A write from a bound object (`point:<name>`): `pointWrite(session,
+/// userid, name, value)` first when the project defines it — an answer with
+/// an `error` refuses the write — then the write itself, handed to the
+/// point's connection without waiting for the network. The answer is the
+/// handler's, or an empty one; a refusal of the runtime's own (unknown or
+/// read-only point, bad value, offline device) is an error with rollback.
+fn write_point(
+    runtime: &Runtime,
+    project: &Project,
+    session: &Session,
+    point: &str,
+    param: &str,
+) -> Result<Option<Dynamic>, ScriptError> {
+    let refuse = |message: &str| {
+        let mut answer = rhai::Map::new();
+        answer.insert("error".into(), Dynamic::from(message.to_string()));
+        answer.insert("rollback".into(), Dynamic::from(true));
+        Ok(Some(Dynamic::from_map(answer)))
+    };
+    let Some(points) = runtime.points.of(&project.name) else {
+        return refuse("There is no such point.");
+    };
+    let Some(def) = points.def(point) else {
+        return refuse("There is no such point.");
+    };
+    if !def.writable {
+        return refuse("This value cannot be changed here.");
+    }
+    let Ok(value) = crate::points::parse_param(def.kind(), param) else {
+        return refuse("That is not a valid value.");
+    };
+    let mut answer = None;
+    if project.scripts.defines("pointWrite", 4) {
+        let args = vec![
+            Dynamic::from(session.id.clone()),
+            Dynamic::from(session.userid.clone()),
+            Dynamic::from(point.to_string()),
+            crate::points::to_dynamic(value.clone()),
+        ];
+        answer = project.scripts.call_first("pointWrite", args)?;
+        if let Some(given) = &answer
+            && answer::decode(&Answer::from_dynamic(given.clone()), &Origin::default()).status
+                == Status::Error
+        {
+            return Ok(answer);
+        }
+    }
+    match points.write(point, &value) {
+        Ok(()) => Ok(Some(
+            answer.unwrap_or_else(|| Dynamic::from_map(rhai::Map::new())),
+        )),
+        Err(crate::points::WriteError::Offline) => refuse(OFFLINE_MESSAGE),
+        Err(other) => refuse(&other.to_string()),
     }
 }
 

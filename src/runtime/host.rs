@@ -27,6 +27,9 @@ fn upgrade(runtime: &Weak<Runtime>) -> Result<Arc<Runtime>> {
 pub fn register(engine: &mut Engine, runtime: Weak<Runtime>, project: &str) {
     let bind = || (runtime.clone(), project.to_string());
     super::challenge::register_result_type(engine);
+    if let Some(runtime) = runtime.upgrade() {
+        crate::points::register_functions(engine, Arc::downgrade(&runtime.points), project);
+    }
 
     let (rt, p) = bind();
     engine.register_fn(

@@ -49,8 +49,10 @@ const PRUNE_EVERY_SWEEPS: u64 = 120;
 
 pub struct Runtime {
     projects: RwLock<HashMap<String, Arc<Project>>>,
-    pub sessions: Sessions,
-    store: Store,
+    pub sessions: Arc<Sessions>,
+    store: Arc<Store>,
+    /// Live values from devices, per project.
+    pub points: Arc<crate::points::Points>,
     ui: DashMap<String, ProjectUi>,
     /// In-memory variables by `project\u{0}name`; names ending in `!` are
     /// also written to the store.
@@ -83,9 +85,12 @@ impl Runtime {
         let store = Store::open(database)?;
         let crashed = store.get(Table::Meta, RUNNING_KEY)?.is_some();
         store.put(Table::Meta, RUNNING_KEY, b"1")?;
+        let sessions = Arc::new(Sessions::default());
+        let store = Arc::new(store);
         let runtime = Arc::new_cyclic(|myself| Runtime {
             projects: RwLock::default(),
-            sessions: Sessions::default(),
+            points: Arc::new(crate::points::Points::new(sessions.clone(), store.clone())),
+            sessions,
             store,
             ui: DashMap::new(),
             vars: DashMap::new(),
@@ -143,6 +148,7 @@ impl Runtime {
     fn insert_project(&self, project: Project) -> Option<Arc<Project>> {
         let project = Arc::new(project);
         events::start_timers(self.myself.clone(), &project);
+        self.points.start_project(&project);
         self.projects
             .write()
             .unwrap_or_else(|p| p.into_inner())
@@ -150,6 +156,7 @@ impl Runtime {
     }
 
     fn remove_project(&self, name: &str) -> Option<Arc<Project>> {
+        self.points.stop_project(name);
         self.projects
             .write()
             .unwrap_or_else(|p| p.into_inner())
@@ -305,6 +312,7 @@ impl Runtime {
     /// stays stored (it comes back as `persisted`), browsers are told to close.
     pub async fn stop(&self) {
         self.shutdown.send_replace(true);
+        self.points.persist_all();
         for session in self.sessions.all() {
             if let Some(project) = self.project(&session.project) {
                 events::session_shutdown(self, &project, &session, ShutdownReason::ServerStop)
@@ -473,6 +481,7 @@ pub async fn connection_opened(
         events::session_restored(runtime, project, session, kind).await;
     }
     let (Some(tab), Some(page)) = (tab, page) else {
+        runtime.points.send_snapshot(session);
         return;
     };
     let page = if project.pages.contains_key(page) {
@@ -487,6 +496,7 @@ pub async fn connection_opened(
             .is_none()
     });
     runtime.persist(session);
+    runtime.points.send_snapshot(session);
     if new_tab {
         events::page_startup(runtime, project, session, page).await;
     }

@@ -3,6 +3,8 @@
 //! drop; plus small HTTP and WebSocket client helpers.
 #![allow(dead_code)]
 
+pub mod mosquitto;
+
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -77,7 +79,18 @@ impl Server {
     /// Starts on a given data folder: a restart test starts a second server
     /// on the first one's folder.
     pub fn start_in(projects: &Path, data: &Path, extra_args: &[&str]) -> Server {
+        Self::start_with_env(projects, data, extra_args, &[])
+    }
+
+    /// Starts with extra environment variables (a broker's URL, a password).
+    pub fn start_with_env(
+        projects: &Path,
+        data: &Path,
+        extra_args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_switchboard"))
+            .envs(env.iter().copied())
             .arg("--projects")
             .arg(projects)
             .args(["--bind", "127.0.0.1:0"])
