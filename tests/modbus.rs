@@ -27,7 +27,12 @@ struct Registers {
 
 impl Registers {
     fn holding(&self, address: u16) -> u16 {
-        self.holding.lock().unwrap().get(&address).copied().unwrap_or(0)
+        self.holding
+            .lock()
+            .unwrap()
+            .get(&address)
+            .copied()
+            .unwrap_or(0)
     }
 
     fn set_holding(&self, address: u16, value: u16) {
@@ -35,7 +40,12 @@ impl Registers {
     }
 
     fn coil(&self, address: u16) -> bool {
-        self.coils.lock().unwrap().get(&address).copied().unwrap_or(false)
+        self.coils
+            .lock()
+            .unwrap()
+            .get(&address)
+            .copied()
+            .unwrap_or(false)
     }
 }
 
@@ -50,18 +60,28 @@ impl tokio_modbus::server::Service for Service {
     fn call(&self, request: Self::Request) -> Self::Future {
         let registers = &self.0;
         let words = |start: u16, count: u16| -> Vec<u16> {
-            (start..start + count).map(|a| registers.holding(a)).collect()
+            (start..start + count)
+                .map(|a| registers.holding(a))
+                .collect()
         };
         let bits = |map: &Mutex<HashMap<u16, bool>>, start: u16, count: u16| -> Vec<bool> {
             let map = map.lock().unwrap();
-            (start..start + count).map(|a| map.get(&a).copied().unwrap_or(false)).collect()
+            (start..start + count)
+                .map(|a| map.get(&a).copied().unwrap_or(false))
+                .collect()
         };
         future::ready(match request {
-            Request::ReadHoldingRegisters(start, count) => Ok(Response::ReadHoldingRegisters(words(start, count))),
-            Request::ReadCoils(start, count) => Ok(Response::ReadCoils(bits(&registers.coils, start, count))),
-            Request::ReadDiscreteInputs(start, count) => {
-                Ok(Response::ReadDiscreteInputs(bits(&registers.discrete, start, count)))
+            Request::ReadHoldingRegisters(start, count) => {
+                Ok(Response::ReadHoldingRegisters(words(start, count)))
             }
+            Request::ReadCoils(start, count) => {
+                Ok(Response::ReadCoils(bits(&registers.coils, start, count)))
+            }
+            Request::ReadDiscreteInputs(start, count) => Ok(Response::ReadDiscreteInputs(bits(
+                &registers.discrete,
+                start,
+                count,
+            ))),
             Request::WriteSingleRegister(address, value) => {
                 registers.set_holding(address, value);
                 Ok(Response::WriteSingleRegister(address, value))
@@ -70,7 +90,10 @@ impl tokio_modbus::server::Service for Service {
                 for (offset, value) in values.iter().enumerate() {
                     registers.set_holding(address + offset as u16, *value);
                 }
-                Ok(Response::WriteMultipleRegisters(address, values.len() as u16))
+                Ok(Response::WriteMultipleRegisters(
+                    address,
+                    values.len() as u16,
+                ))
             }
             Request::WriteSingleCoil(address, value) => {
                 registers.coils.lock().unwrap().insert(address, value);
@@ -106,9 +129,13 @@ impl Device {
         self.task = Some(tokio::spawn(async move {
             let on_connected = move |stream, addr| {
                 let registers = registers.clone();
-                async move { accept_tcp_connection(stream, addr, |_| Ok(Some(Service(registers.clone())))) }
+                async move {
+                    accept_tcp_connection(stream, addr, |_| Ok(Some(Service(registers.clone()))))
+                }
             };
-            let _ = ModbusServer::new(listener).serve(&on_connected, |_| {}).await;
+            let _ = ModbusServer::new(listener)
+                .serve(&on_connected, |_| {})
+                .await;
         }));
     }
 
@@ -140,7 +167,15 @@ fn plant(device: &Device) -> Server {
 }
 
 async fn page(client: &Client) -> String {
-    client.http.get(format!("{}/home", client.base)).send().await.unwrap().text().await.unwrap()
+    client
+        .http
+        .get(format!("{}/home", client.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
 }
 
 async fn page_until(client: &Client, check: impl Fn(&str) -> bool) -> String {
@@ -159,11 +194,9 @@ async fn page_until(client: &Client, check: impl Fn(&str) -> bool) -> String {
 async fn point_reaches(socket: &mut Socket, point: &str, value: Value, quality: &str) {
     loop {
         let push = receive_push(socket, "points").await;
-        let reached = push["set"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|item| item["name"] == point && item["value"] == value && item["quality"] == quality);
+        let reached = push["set"].as_array().unwrap().iter().any(|item| {
+            item["name"] == point && item["value"] == value && item["quality"] == quality
+        });
         if reached {
             return;
         }
@@ -197,10 +230,22 @@ async fn polling_reads_registers_coils_and_inputs() {
     let server = plant(&device);
     let client = server.client("plant").await;
     let html = page_until(&client, |html| html.contains(">21.5 °C</span>")).await;
-    assert!(html.contains(">65538</span>"), "two registers read as one u32:\n{html}");
-    assert!(html.contains(r#"value="20""#), "the setpoint field holds its register:\n{html}");
-    assert!(html.contains(r#"aria-pressed="true""#), "the pump's coil:\n{html}");
-    assert!(html.contains(">On</span>"), "the alarm's discrete input:\n{html}");
+    assert!(
+        html.contains(">65538</span>"),
+        "two registers read as one u32:\n{html}"
+    );
+    assert!(
+        html.contains(r#"value="20""#),
+        "the setpoint field holds its register:\n{html}"
+    );
+    assert!(
+        html.contains(r#"aria-pressed="true""#),
+        "the pump's coil:\n{html}"
+    );
+    assert!(
+        html.contains(">On</span>"),
+        "the alarm's discrete input:\n{html}"
+    );
 
     let mut socket = client.socket_tab("t", "home").await;
     registers.set_holding(0, (-50i16) as u16);
@@ -227,7 +272,10 @@ async fn writes_reach_holding_registers_and_coils() {
     registers_until(&registers, |r| !r.coil(0)).await;
 
     let reply = command(&mut socket, 3, "point:alarm", "false").await;
-    assert_eq!(reply["status"], "error", "a discrete input is read-only: {reply}");
+    assert_eq!(
+        reply["status"], "error",
+        "a discrete input is read-only: {reply}"
+    );
 }
 
 #[tokio::test]
@@ -242,11 +290,18 @@ async fn a_device_that_goes_away_and_comes_back() {
     device.stop().await;
     point_reaches(&mut socket, "boiler.temp", Value::from(21.5), "stale").await;
     let reply = command(&mut socket, 1, "point:boiler.setpoint", "21").await;
-    assert_eq!(reply["actions"][0]["message"], "The device is offline", "{reply}");
+    assert_eq!(
+        reply["actions"][0]["message"], "The device is offline",
+        "{reply}"
+    );
 
     registers.set_holding(0, 230);
     device.resume().await;
     point_reaches(&mut socket, "boiler.temp", Value::from(23), "good").await;
     let log = server.wait_for_log("connected to the Modbus device");
-    assert_eq!(log.matches("lost the Modbus device").count(), 1, "said once:\n{log}");
+    assert_eq!(
+        log.matches("lost the Modbus device").count(),
+        1,
+        "said once:\n{log}"
+    );
 }

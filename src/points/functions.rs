@@ -66,7 +66,7 @@ pub fn register(engine: &mut Engine, points: Weak<Points>, project: &str) {
             };
             let value: serde_json::Value =
                 rhai::serde::from_dynamic(&value).map_err(|e| script_error(e.to_string()))?;
-            Ok(points.write(name, &value).is_ok())
+            Ok(points.write(name, &value, true).is_ok())
         },
     );
 

@@ -797,13 +797,14 @@ impl ProjectPoints {
     }
 
     /// Writes a point: a memory point is set, a device point handed to its
-    /// driver. Never waits for the network.
-    pub fn write(&self, name: &str, value: &Value) -> Result<(), WriteError> {
+    /// driver. Never waits for the network. `by_script`: a script may set a
+    /// memory point that pages may not (a simulated sensor).
+    pub fn write(&self, name: &str, value: &Value, by_script: bool) -> Result<(), WriteError> {
         let def = self
             .defs
             .get(name)
             .ok_or_else(|| WriteError::Unknown(name.to_string()))?;
-        if !def.writable {
+        if !def.writable && !(by_script && def.source == Source::Memory) {
             return Err(WriteError::ReadOnly(name.to_string()));
         }
         let value = coerce(def.kind(), value).map_err(WriteError::BadValue)?;

@@ -378,7 +378,7 @@ fn write_point(
             return Ok(answer);
         }
     }
-    match points.write(point, &value) {
+    match points.write(point, &value, false) {
         Ok(()) => Ok(Some(
             answer.unwrap_or_else(|| Dynamic::from_map(rhai::Map::new())),
         )),

@@ -10,10 +10,10 @@ const ROOT = resolve(import.meta.dirname, '../..');
 const BINARY = process.env.SWITCHBOARD_BIN ?? join(ROOT, 'target/debug/switchboard');
 
 /** Starts the server on a free port; resolves with { url, log(), stop() }. */
-export function startServer({ projects = join(ROOT, 'projects'), args = [] } = {}) {
+export function startServer({ projects = join(ROOT, 'projects'), args = [], env = {} } = {}) {
   const data = mkdtempSync(join(tmpdir(), 'sb-browser-'));
   const child = spawn(BINARY, ['--projects', projects, '--bind', '127.0.0.1:0', '--database', join(data, 'db.redb'), ...args], {
-    env: { ...process.env, SWITCHBOARD_LOG: 'info' },
+    env: { ...process.env, SWITCHBOARD_LOG: 'info', ...env },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   let log = '';
