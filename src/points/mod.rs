@@ -55,6 +55,10 @@ const RENDER_GRACE: Duration = Duration::from_secs(10);
 /// Most updates the hub applies in one batch before it pushes.
 const MAX_BATCH: usize = 4096;
 
+/// How often sessions whose browser missed a points frame (its queue was
+/// full) are sent the current values of what they show.
+const LAGGING_RETRY: Duration = Duration::from_millis(250);
+
 /// Writes waiting for a driver; past this a write is refused (`false`).
 const WRITE_QUEUE: usize = 256;
 
@@ -425,6 +429,7 @@ impl Points {
             store: self.store.clone(),
             project: Arc::downgrade(project),
             dirty: HashSet::new(),
+            lagging: HashSet::new(),
         };
         tokio::spawn(hub.run(updates_rx));
     }
@@ -526,27 +531,8 @@ impl Points {
     /// Sends a newly connected browser the current values of what its
     /// session shows (it may have missed changes while away).
     pub fn send_snapshot(&self, session: &Session) {
-        let Some(points) = self.of(&session.project) else {
-            return;
-        };
-        let tabs = session.with_state(|state| state.pages());
-        let names: Vec<String> = {
-            let watches = lock(&points.watches);
-            let Some(watch) = watches.by_session.get(&session.id) else {
-                return;
-            };
-            let mut names: Vec<String> = watch
-                .points()
-                .filter(|p| watch.shows(p, &tabs))
-                .cloned()
-                .collect();
-            names.sort();
-            names.dedup();
-            names
-        };
-        let items: Vec<Value> = names.iter().filter_map(|n| points.item(n)).collect();
-        if !items.is_empty() {
-            session.push(&points_frame(&items));
+        if let Some(points) = self.of(&session.project) {
+            snapshot(&points, session);
         }
     }
 
@@ -619,6 +605,28 @@ pub fn declared_context(settings: &crate::project::Settings) -> Value {
         );
     }
     Value::Object(map)
+}
+
+/// Pushes the current values of every point the session shows; returns
+/// whether its browsers took the frame.
+fn snapshot(points: &ProjectPoints, session: &Session) -> bool {
+    let tabs = session.with_state(|state| state.pages());
+    let names: Vec<String> = {
+        let watches = lock(&points.watches);
+        let Some(watch) = watches.by_session.get(&session.id) else {
+            return true;
+        };
+        let mut names: Vec<String> = watch
+            .points()
+            .filter(|p| watch.shows(p, &tabs))
+            .cloned()
+            .collect();
+        names.sort();
+        names.dedup();
+        names
+    };
+    let items: Vec<Value> = names.iter().filter_map(|n| points.item(n)).collect();
+    items.is_empty() || session.try_push(&points_frame(&items))
 }
 
 /// A connection's URL: `url`, or the value of `url_env` (`None`: off).
@@ -985,6 +993,9 @@ struct Hub {
     store: Arc<Store>,
     project: Weak<Project>,
     dirty: HashSet<String>,
+    /// Sessions that missed a frame: they get a snapshot at the next retry,
+    /// so every panel ends at the last values however slow it is.
+    lagging: HashSet<String>,
 }
 
 /// What the callback task runs, in order.
@@ -1006,6 +1017,8 @@ impl Hub {
         let mut stop = self.points.stop.subscribe();
         let mut persist = tokio::time::interval(PERSIST_INTERVAL);
         persist.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut retry = tokio::time::interval(LAGGING_RETRY);
+        retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let (callbacks, callbacks_rx) = mpsc::unbounded_channel();
         tokio::spawn(run_callbacks(self.project.clone(), callbacks_rx));
         let mut log = HubLog::default();
@@ -1035,6 +1048,7 @@ impl Hub {
                     }
                 }
                 _ = persist.tick() => self.persist().await,
+                _ = retry.tick(), if !self.lagging.is_empty() => self.catch_up(),
                 changed = stop.changed() => {
                     if changed.is_err() || *stop.borrow() {
                         break;
@@ -1047,7 +1061,7 @@ impl Hub {
 
     /// Pushes the changes to the sessions that show them: one frame per
     /// session with all of its changes of the batch.
-    fn deliver(&self, changes: &[Change]) {
+    fn deliver(&mut self, changes: &[Change]) {
         if changes.is_empty() {
             return;
         }
@@ -1085,8 +1099,8 @@ impl Hub {
                         .map(|def| push_item(def, &c.state))
                 })
                 .collect();
-            if !items.is_empty() {
-                session.push(&points_frame(&items));
+            if !items.is_empty() && !session.try_push(&points_frame(&items)) {
+                self.lagging.insert(id.to_string());
             }
         }
         drop(watches);
@@ -1099,6 +1113,17 @@ impl Hub {
                 }
             }
         }
+    }
+
+    /// Sends the sessions that missed a frame what they show now.
+    fn catch_up(&mut self) {
+        let points = self.points.clone();
+        let sessions = self.sessions.clone();
+        self.lagging.retain(|id| {
+            sessions
+                .get(id, &points.project)
+                .is_some_and(|session| !snapshot(&points, &session))
+        });
     }
 
     /// Writes the values changed since the last time, in one transaction.
