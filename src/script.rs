@@ -223,6 +223,10 @@ fn sandboxed_engine(project: &str, limits: &Limits) -> Engine {
     // No `import` of files: a project's scripts are exactly the files in its
     // `events/` folder.
     engine.set_module_resolver(rhai::module_resolvers::DummyModuleResolver::new());
+    // And `import` is not even a keyword: refused when the script compiles,
+    // wherever it is written. Left to the resolver, an `import` in a
+    // `switch` arm compiled and its call returned success.
+    engine.disable_symbol("import");
     engine.disable_symbol("eval");
     // Undeclared variables are compile errors, reported with file:line:col,
     // instead of surprises at run time.
@@ -447,9 +451,26 @@ mod tests {
             text: r#"fn f() { eval("1") }"#.into(),
         }];
         assert!(ScriptHost::compile("t", files, &Limits::default(), |_| {}).is_err());
-        let host = host(r#"fn f() { import "secrets" as s; 1 }"#, Limits::default());
-        let error = host.call_first("f", vec![]).unwrap_err();
-        assert_eq!(error.kind, ScriptErrorKind::Runtime);
+    }
+
+    /// Issue 12: an `import` inside a `switch` arm compiled and the call
+    /// returned success.
+    #[test]
+    fn an_import_inside_a_switch_arm_is_refused() {
+        for text in [
+            r#"fn f(x) { switch x { 1 => { import "secrets" as s; 2 }, _ => 3 } }"#,
+            r#"fn f(x) { import "secrets" as s; x }"#,
+            r#"import "secrets" as s; fn f(x) { x }"#,
+        ] {
+            let files = vec![SourceFile {
+                name: "e.rhai".into(),
+                text: text.into(),
+            }];
+            assert!(
+                ScriptHost::compile("t", files, &Limits::default(), |_| {}).is_err(),
+                "compiled: {text}"
+            );
+        }
     }
 
     #[test]

@@ -22,8 +22,45 @@ use tokio::sync::mpsc;
 /// on reconnect anyway).
 const MAX_PENDING_PUSHES: usize = 64;
 
-/// A frame ready to send, serialized once however many sessions get it.
-pub type Frame = tokio_tungstenite::tungstenite::Utf8Bytes;
+/// Browser tabs a session remembers the page of. Closed tabs are never
+/// reported, so the oldest-keyed one is forgotten past this (it gets
+/// `pageStartup` again if it comes back); without a cap a client could grow
+/// the session record, rewritten on every change, without bound.
+pub const MAX_TABS: usize = 16;
+
+/// A frame ready to send: text, serialized once however many sessions get
+/// it, and cloned by sharing its bytes. Transports turn it into their own
+/// message type without copying.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Frame(bytes::Bytes);
+
+impl Frame {
+    pub fn as_str(&self) -> &str {
+        // Built only from `str`s: always valid.
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
+
+    pub fn starts_with(&self, prefix: &str) -> bool {
+        self.0.starts_with(prefix.as_bytes())
+    }
+
+    /// The frame's UTF-8 bytes, shared.
+    pub fn into_bytes(self) -> bytes::Bytes {
+        self.0
+    }
+}
+
+impl From<String> for Frame {
+    fn from(text: String) -> Frame {
+        Frame(bytes::Bytes::from(text))
+    }
+}
+
+impl From<&str> for Frame {
+    fn from(text: &str) -> Frame {
+        Frame(bytes::Bytes::copy_from_slice(text.as_bytes()))
+    }
+}
 
 /// All live sessions of all projects.
 #[derive(Default)]
@@ -118,6 +155,18 @@ pub struct SessionState {
 }
 
 impl SessionState {
+    /// Records that `tab` shows `page`; returns the page it showed before
+    /// (`None`: a new tab). Keeps at most [`MAX_TABS`] tabs.
+    pub fn show_in_tab(&mut self, tab: &str, page: &str) -> Option<String> {
+        if !self.tabs.contains_key(tab)
+            && self.tabs.len() >= MAX_TABS
+            && let Some(forgotten) = self.tabs.keys().next().cloned()
+        {
+            self.tabs.remove(&forgotten);
+        }
+        self.tabs.insert(tab.to_string(), page.to_string())
+    }
+
     /// The pages the session's tabs show, without repeats, in order.
     pub fn pages(&self) -> Vec<String> {
         let set: BTreeSet<&String> = self.tabs.values().collect();
@@ -289,14 +338,15 @@ impl Session {
             return true;
         }
         let mut delivered = true;
-        live.connections.retain(|c| match c.frames.try_send(frame.clone()) {
-            Ok(()) => true,
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                delivered = false;
-                true
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
-        });
+        live.connections
+            .retain(|c| match c.frames.try_send(frame.clone()) {
+                Ok(()) => true,
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    delivered = false;
+                    true
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => false,
+            });
         delivered
     }
 
@@ -344,6 +394,20 @@ impl Session {
 mod tests {
     use super::*;
 
+    /// Issue 12: a client opening ever new tabs grew the session record
+    /// (rewritten on every change) without bound.
+    #[test]
+    fn a_session_remembers_at_most_max_tabs() {
+        let mut state = SessionState::default();
+        for tab in 0..MAX_TABS * 3 {
+            assert_eq!(state.show_in_tab(&format!("tab-{tab:03}"), "home"), None);
+        }
+        assert_eq!(state.tabs.len(), MAX_TABS);
+        let newest = format!("tab-{:03}", MAX_TABS * 3 - 1);
+        assert_eq!(state.show_in_tab(&newest, "other"), Some("home".into()));
+        assert_eq!(state.tabs.len(), MAX_TABS, "a known tab takes no room");
+    }
+
     #[test]
     fn session_ids_are_long_and_distinct() {
         let sessions = Sessions::default();
@@ -366,13 +430,17 @@ mod tests {
         }
         let (tx, mut rx) = mpsc::channel(1000);
         session.connect(tx);
-        assert_eq!(&*rx.try_recv().unwrap(), "5", "the oldest were dropped");
+        assert_eq!(
+            rx.try_recv().unwrap().as_str(),
+            "5",
+            "the oldest were dropped"
+        );
         session.push(&Frame::from("live"));
         let mut last = None;
         while let Ok(frame) = rx.try_recv() {
             last = Some(frame);
         }
-        assert_eq!(last.as_deref(), Some("live"));
+        assert_eq!(last.as_ref().map(Frame::as_str), Some("live"));
     }
 
     #[test]

@@ -22,7 +22,7 @@ mod mqtt;
 use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use dashmap::DashMap;
@@ -348,15 +348,20 @@ impl Points {
 
     /// Starts (or restarts, after a reload) a project's points: the table
     /// from the store or the previous version, the hub and the drivers.
-    /// Must run inside a Tokio runtime.
-    pub fn start_project(&self, project: &Arc<Project>) {
+    /// Returns the project's [`PointEvent`]s, for the runtime to run their
+    /// callbacks (`None`: the project has no points). Must run inside a
+    /// Tokio runtime.
+    pub fn start_project(
+        &self,
+        project: &Arc<Project>,
+    ) -> Option<mpsc::UnboundedReceiver<PointEvent>> {
         let previous = self.projects.get(&project.name).map(|p| p.clone());
         if let Some(previous) = &previous {
             previous.stop.send_replace(true);
         }
         if project.settings.points.is_empty() && project.settings.connections.is_empty() {
             self.projects.remove(&project.name);
-            return;
+            return None;
         }
         let (updates, updates_rx) = mpsc::unbounded_channel();
         let (stop, _) = watch::channel(false);
@@ -423,15 +428,17 @@ impl Points {
             seq: AtomicU64::new(0),
         });
         self.projects.insert(project.name.clone(), points.clone());
+        let (events, events_rx) = mpsc::unbounded_channel();
         let hub = Hub {
             points,
             sessions: self.sessions.clone(),
             store: self.store.clone(),
-            project: Arc::downgrade(project),
+            events,
             dirty: HashSet::new(),
             lagging: HashSet::new(),
         };
         tokio::spawn(hub.run(updates_rx));
+        Some(events_rx)
     }
 
     /// Writes every project's current values (the server is stopping; the
@@ -991,15 +998,19 @@ struct Hub {
     points: Arc<ProjectPoints>,
     sessions: Arc<Sessions>,
     store: Arc<Store>,
-    project: Weak<Project>,
+    /// Where changes and messages go for their callbacks.
+    events: mpsc::UnboundedSender<PointEvent>,
     dirty: HashSet<String>,
     /// Sessions that missed a frame: they get a snapshot at the next retry,
     /// so every panel ends at the last values however slow it is.
     lagging: HashSet<String>,
 }
 
-/// What the callback task runs, in order.
-enum Callback {
+/// What a project's callbacks hear, in order: `pointChange(name, value,
+/// old)` once per value change, `mqttMessage(connection, topic, payload)`
+/// once per message on a `subscribe` topic that is no point's.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PointEvent {
     Change {
         point: String,
         value: Value,
@@ -1012,6 +1023,30 @@ enum Callback {
     },
 }
 
+impl PointEvent {
+    /// The callback and its arguments.
+    pub fn into_call(self) -> (&'static str, Vec<Dynamic>) {
+        match self {
+            PointEvent::Change { point, value, old } => (
+                "pointChange",
+                vec![Dynamic::from(point), to_dynamic(value), to_dynamic(old)],
+            ),
+            PointEvent::Message {
+                connection,
+                topic,
+                payload,
+            } => (
+                "mqttMessage",
+                vec![
+                    Dynamic::from(connection),
+                    Dynamic::from(topic),
+                    Dynamic::from(payload),
+                ],
+            ),
+        }
+    }
+}
+
 impl Hub {
     async fn run(mut self, mut updates: mpsc::UnboundedReceiver<Update>) {
         let mut stop = self.points.stop.subscribe();
@@ -1019,8 +1054,6 @@ impl Hub {
         persist.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut retry = tokio::time::interval(LAGGING_RETRY);
         retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let (callbacks, callbacks_rx) = mpsc::unbounded_channel();
-        tokio::spawn(run_callbacks(self.project.clone(), callbacks_rx));
         let mut log = HubLog::default();
         loop {
             tokio::select! {
@@ -1038,12 +1071,12 @@ impl Hub {
                     for change in changes {
                         if change.value_changed {
                             self.dirty.insert(change.point.clone());
-                            let _ = callbacks.send(Callback::Change { point: change.point, value: change.state.value, old: change.old });
+                            let _ = self.events.send(PointEvent::Change { point: change.point, value: change.state.value, old: change.old });
                         }
                     }
                     for message in messages {
                         if let Update::Message { connection, topic, payload } = message {
-                            let _ = callbacks.send(Callback::Message { connection, topic, payload });
+                            let _ = self.events.send(PointEvent::Message { connection, topic, payload });
                         }
                     }
                 }
@@ -1151,47 +1184,6 @@ impl Hub {
             Ok(Ok(())) => {}
             Ok(Err(error)) => error!(project, "could not store point values: {error}"),
             Err(error) => error!(project, "storing point values ended abnormally: {error}"),
-        }
-    }
-}
-
-/// Runs `pointChange` and `mqttMessage`, one at a time, in arrival order:
-/// once per change per project, whatever the number of sessions. Answers
-/// are ignored (with a warning), as `timer`'s.
-async fn run_callbacks(project: Weak<Project>, mut callbacks: mpsc::UnboundedReceiver<Callback>) {
-    while let Some(callback) = callbacks.recv().await {
-        let Some(project) = project.upgrade() else {
-            return;
-        };
-        let (name, args) = match callback {
-            Callback::Change { point, value, old } => (
-                "pointChange",
-                vec![Dynamic::from(point), to_dynamic(value), to_dynamic(old)],
-            ),
-            Callback::Message {
-                connection,
-                topic,
-                payload,
-            } => (
-                "mqttMessage",
-                vec![
-                    Dynamic::from(connection),
-                    Dynamic::from(topic),
-                    Dynamic::from(payload),
-                ],
-            ),
-        };
-        if !project.scripts.defines(name, 3) {
-            continue;
-        }
-        let job = move || project.scripts.call_first(name, args);
-        match crate::script::run_off_async(job).await {
-            Ok(Ok(Some(answer))) if !answer.is_unit() => {
-                warn!(target: "switchboard::script", "{name} returned a {} that nobody receives; use sendActions", answer.type_name());
-            }
-            Ok(Ok(_)) => {}
-            Ok(Err(error)) => warn!(target: "switchboard::script", "{name} failed: {error}"),
-            Err(error) => warn!(target: "switchboard::script", "{name} ended abnormally: {error}"),
         }
     }
 }

@@ -3,6 +3,7 @@
 //! drop; plus small HTTP and WebSocket client helpers.
 #![allow(dead_code)]
 
+pub mod accounts;
 pub mod mosquitto;
 
 use std::io::{BufRead, BufReader, Read};
@@ -417,4 +418,11 @@ pub async fn command(socket: &mut Socket, seq: u64, name: &str, param: &str) -> 
         "reply to {name}({param}) has the wrong seq: {reply}"
     );
     reply
+}
+
+/// The message of a reply's first action (a toast, usually).
+pub fn toast_of(reply: &Value) -> &str {
+    reply["actions"][0]["message"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no toast in {reply}"))
 }
