@@ -19,7 +19,7 @@ mod functions;
 mod modbus;
 mod mqtt;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
@@ -305,12 +305,13 @@ impl Watch {
             .chain(self.extra.iter())
     }
 
-    /// Whether one of the pages the session shows binds `point`.
-    fn shows(&self, point: &str, tabs: &[String]) -> bool {
+    /// Whether one of the pages the session shows binds `point`; `tabs`:
+    /// browser tab → the page it shows.
+    fn shows(&self, point: &str, tabs: &BTreeMap<String, String>) -> bool {
         self.extra.contains(point)
             || self.pages.iter().any(|(page, binding)| {
                 binding.points.iter().any(|p| p == point)
-                    && (tabs.contains(page)
+                    && (tabs.values().any(|shown| shown == page)
                         || self.open_popups.contains(page)
                         || binding.rendered.elapsed() < RENDER_GRACE)
             })
@@ -617,17 +618,18 @@ pub fn declared_context(settings: &crate::project::Settings) -> Value {
 /// Pushes the current values of every point the session shows; returns
 /// whether its browsers took the frame.
 fn snapshot(points: &ProjectPoints, session: &Session) -> bool {
-    let tabs = session.with_state(|state| state.pages());
     let names: Vec<String> = {
         let watches = lock(&points.watches);
         let Some(watch) = watches.by_session.get(&session.id) else {
             return true;
         };
-        let mut names: Vec<String> = watch
-            .points()
-            .filter(|p| watch.shows(p, &tabs))
-            .cloned()
-            .collect();
+        let mut names: Vec<String> = session.with_state(|state| {
+            watch
+                .points()
+                .filter(|p| watch.shows(p, &state.tabs))
+                .cloned()
+                .collect()
+        });
         names.sort();
         names.dedup();
         names
@@ -1099,17 +1101,30 @@ impl Hub {
             return;
         }
         let points = &self.points;
-        let mut by_session: HashMap<&str, Vec<&Change>> = HashMap::new();
+        // Each change is serialized once, and each distinct set of changes
+        // once: the sessions showing the same page share one frame.
+        let items: Vec<String> = changes
+            .iter()
+            .map(|c| {
+                points
+                    .defs
+                    .get(&c.point)
+                    .map(|def| push_item(def, &c.state).to_string())
+                    .unwrap_or_default()
+            })
+            .collect();
+        let mut frames: HashMap<Vec<usize>, Frame> = HashMap::new();
+        let mut by_session: HashMap<&str, Vec<usize>> = HashMap::new();
         let watches = lock(&points.watches);
-        for change in changes {
+        for (index, change) in changes.iter().enumerate() {
             if let Some(sessions) = watches.by_point.get(&change.point) {
                 for session in sessions {
-                    by_session.entry(session.as_str()).or_default().push(change);
+                    by_session.entry(session.as_str()).or_default().push(index);
                 }
             }
         }
         let mut gone = Vec::new();
-        for (id, changes) in by_session {
+        for (id, indices) in by_session {
             let Some(session) = self.sessions.get(id, &points.project) else {
                 gone.push(id.to_string());
                 continue;
@@ -1121,18 +1136,23 @@ impl Hub {
             let Some(watch) = watches.by_session.get(id) else {
                 continue;
             };
-            let tabs = session.with_state(|state| state.pages());
-            let items: Vec<Value> = changes
-                .iter()
-                .filter(|c| watch.shows(&c.point, &tabs))
-                .filter_map(|c| {
-                    points
-                        .defs
-                        .get(&c.point)
-                        .map(|def| push_item(def, &c.state))
+            let shown: Vec<usize> = session.with_state(|state| {
+                indices
+                    .into_iter()
+                    .filter(|&i| watch.shows(&changes[i].point, &state.tabs))
+                    .collect()
+            });
+            if shown.is_empty() {
+                continue;
+            }
+            let frame = frames
+                .entry(shown)
+                .or_insert_with_key(|shown| {
+                    let set: Vec<&str> = shown.iter().map(|&i| items[i].as_str()).collect();
+                    format!("{{\"type\":\"points\",\"set\":[{}]}}", set.join(",")).into()
                 })
-                .collect();
-            if !items.is_empty() && !session.try_push(&points_frame(&items)) {
+                .clone();
+            if !session.try_push(&frame) {
                 self.lagging.insert(id.to_string());
             }
         }
@@ -1397,7 +1417,7 @@ mod tests {
                 PointType::Number,
                 Some("/temperature"),
                 "19.5",
-                Some(json!(19.5)),
+                None,
             ),
             (PointType::Number, Some("/t"), "not json", None),
         ];
@@ -1449,9 +1469,10 @@ mod tests {
                 rendered: Instant::now() - RENDER_GRACE,
             },
         );
-        assert!(!watch.shows("t", &["home".into()]));
-        assert!(watch.shows("t", &["climate".into()]));
+        let tab = |page: &str| BTreeMap::from([("tab".to_string(), page.to_string())]);
+        assert!(!watch.shows("t", &tab("home")));
+        assert!(watch.shows("t", &tab("climate")));
         watch.extra.insert("t".into());
-        assert!(watch.shows("t", &[]));
+        assert!(watch.shows("t", &BTreeMap::new()));
     }
 }
