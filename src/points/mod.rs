@@ -175,6 +175,9 @@ pub enum Source {
     Device(usize),
 }
 
+/// A counter of `/metrics`: name, help, and how to read it.
+type Counter = (&'static str, &'static str, fn(&ConnectionStatus) -> u64);
+
 /// A connection's state, for `/metrics`, the log and `pointSet`.
 #[derive(Debug, Default)]
 pub struct ConnectionStatus {
@@ -568,7 +571,7 @@ impl Points {
                 u8::from(status.is_connected())
             );
         }
-        let counters: [(&str, &str, fn(&ConnectionStatus) -> u64); 2] = [
+        let counters: [Counter; 2] = [
             (
                 "switchboard_connection_messages_in_total",
                 "Messages (MQTT) or reads (Modbus) received.",
@@ -821,7 +824,8 @@ impl ProjectPoints {
             .defs
             .get(name)
             .ok_or_else(|| WriteError::Unknown(name.to_string()))?;
-        if !def.writable && !(by_script && def.source == Source::Memory) {
+        let script_sets_memory = by_script && def.source == Source::Memory;
+        if !(def.writable || script_sets_memory) {
             return Err(WriteError::ReadOnly(name.to_string()));
         }
         let value = coerce(def.kind(), value).map_err(WriteError::BadValue)?;
@@ -1413,12 +1417,7 @@ mod tests {
                 "{\"humidity\":40}",
                 None,
             ),
-            (
-                PointType::Number,
-                Some("/temperature"),
-                "19.5",
-                None,
-            ),
+            (PointType::Number, Some("/temperature"), "19.5", None),
             (PointType::Number, Some("/t"), "not json", None),
         ];
         for (kind, path, payload, expected) in cases {

@@ -93,10 +93,12 @@ struct Range {
     points: Vec<(Arc<PointDef>, Register)>,
 }
 
+/// Points of one unit, table and interval, with their parsed registers.
+type Grouped = BTreeMap<(u8, RegisterKind, u64), Vec<(Arc<PointDef>, Register)>>;
+
 /// Groups the points and packs adjacent addresses into ranges.
 fn plan(points: &[Arc<PointDef>]) -> Vec<Group> {
-    let mut by_key: BTreeMap<(u8, RegisterKind, u64), Vec<(Arc<PointDef>, Register)>> =
-        BTreeMap::new();
+    let mut by_key: Grouped = BTreeMap::new();
     for point in points {
         let Some(register) = point
             .config

@@ -95,7 +95,9 @@ fn write_project(root: &std::path::Path, url: &str, points: usize, per_page: usi
             .collect();
         std::fs::write(
             dir.join(format!("pages/page{page:02}.html")),
-            format!("{{% extends \"sb/layout.html\" %}}{{% block content %}}\n{spans}{{% endblock %}}\n"),
+            format!(
+                "{{% extends \"sb/layout.html\" %}}{{% block content %}}\n{spans}{{% endblock %}}\n"
+            ),
         )
         .unwrap();
     }
@@ -125,7 +127,11 @@ fn start_broker(dir: &std::path::Path) -> (Child, u16) {
     (child, port)
 }
 
-fn start_server(binary: &str, projects: &std::path::Path, data: &std::path::Path) -> (Child, String) {
+fn start_server(
+    binary: &str,
+    projects: &std::path::Path,
+    data: &std::path::Path,
+) -> (Child, String) {
     let mut child = Command::new(binary)
         .arg("--projects")
         .arg(projects)
@@ -179,7 +185,9 @@ async fn session(
     request
         .headers_mut()
         .insert("cookie", format!("sb_session={id}").parse().unwrap());
-    let (mut socket, _) = tokio_tungstenite::connect_async(request).await.expect("socket");
+    let (mut socket, _) = tokio_tungstenite::connect_async(request)
+        .await
+        .expect("socket");
     let _ = ready.send(()).await;
     let mut mine: HashMap<String, f64> = HashMap::new();
     let mut local = stats::histogram();
@@ -204,7 +212,10 @@ async fn session(
         let now = clock.now();
         for item in push.set {
             let Some(value) = item.value else { continue };
-            let sent = clock.sent.get(value as usize).map_or(0, |s| s.load(Relaxed));
+            let sent = clock
+                .sent
+                .get(value as usize)
+                .map_or(0, |s| s.load(Relaxed));
             if sent > 0 && now >= sent {
                 local.saturating_record((now - sent).max(1));
             }
@@ -227,8 +238,18 @@ async fn new_session(addr: &str) -> String {
 }
 
 async fn get(addr: &str, path: &str, session: &str) {
-    let response = raw_http(addr, "GET", path, &format!("Cookie: sb_session={session}\r\n")).await;
-    assert!(response.starts_with("HTTP/1.1 200"), "{path}: {}", response.lines().next().unwrap_or(""));
+    let response = raw_http(
+        addr,
+        "GET",
+        path,
+        &format!("Cookie: sb_session={session}\r\n"),
+    )
+    .await;
+    assert!(
+        response.starts_with("HTTP/1.1 200"),
+        "{path}: {}",
+        response.lines().next().unwrap_or("")
+    );
 }
 
 /// A minimal HTTP/1.1 request (the bench crate has no HTTP client).
@@ -261,12 +282,24 @@ fn main() {
     runtime.block_on(run(binary, sessions, points, per_page, rate, seconds));
 }
 
-async fn run(binary: String, sessions: usize, points: usize, per_page: usize, rate: u64, seconds: u64) {
+async fn run(
+    binary: String,
+    sessions: usize,
+    points: usize,
+    per_page: usize,
+    rate: u64,
+    seconds: u64,
+) {
     let work = std::env::temp_dir().join(format!("sb-points-bench-{}", std::process::id()));
     let projects = work.join("projects");
     std::fs::create_dir_all(&projects).unwrap();
     let (mut broker, port) = start_broker(&work);
-    let pages = write_project(&projects, &format!("mqtt://127.0.0.1:{port}"), points, per_page);
+    let pages = write_project(
+        &projects,
+        &format!("mqtt://127.0.0.1:{port}"),
+        points,
+        per_page,
+    );
     let (mut server, addr) = start_server(&binary, &projects, &work);
     let server_pid = server.id();
     let total = (rate * seconds) as usize + 1;
@@ -288,10 +321,16 @@ async fn run(binary: String, sessions: usize, points: usize, per_page: usize, ra
             while let Ok(event) = events.poll().await {
                 if let Event::Incoming(Packet::Publish(publish)) = event {
                     let now = clock.now();
-                    let value: usize = std::str::from_utf8(&publish.payload).ok().and_then(|t| t.parse().ok()).unwrap_or(0);
+                    let value: usize = std::str::from_utf8(&publish.payload)
+                        .ok()
+                        .and_then(|t| t.parse().ok())
+                        .unwrap_or(0);
                     let sent = clock.sent.get(value).map_or(0, |s| s.load(Relaxed));
                     if sent > 0 {
-                        baseline.lock().unwrap().saturating_record(now.saturating_sub(sent).max(1));
+                        baseline
+                            .lock()
+                            .unwrap()
+                            .saturating_record(now.saturating_sub(sent).max(1));
                     }
                     count.fetch_add(1, Relaxed);
                 }
@@ -325,12 +364,16 @@ async fn run(binary: String, sessions: usize, points: usize, per_page: usize, ra
         ready.recv().await;
     }
     let rss_before = system::rss_kib(server_pid).unwrap_or(0);
-    eprintln!("[points] all sessions connected; server RSS {} MiB", rss_before / 1024);
+    eprintln!(
+        "[points] all sessions connected; server RSS {} MiB",
+        rss_before / 1024
+    );
 
     // The publisher: RATE a second, paced every millisecond.
     let (publisher, mut events) = mqtt(port, "bench-publisher").await;
     tokio::spawn(async move { while events.poll().await.is_ok() {} });
     let mut expected: HashMap<String, u64> = HashMap::new();
+    let cpu_before = system::CpuSnapshot::take(server_pid);
     let started = Instant::now();
     let mut sequence: u64 = 1;
     let mut rng: u64 = 0x9e37_79b9_7f4a_7c15;
@@ -347,7 +390,12 @@ async fn run(binary: String, sessions: usize, points: usize, per_page: usize, ra
             let name = point_name((rng % points as u64) as usize);
             clock.sent[sequence as usize].store(clock.now(), Relaxed);
             publisher
-                .publish(format!("bench/{name}"), QoS::AtMostOnce, false, sequence.to_string())
+                .publish(
+                    format!("bench/{name}"),
+                    QoS::AtMostOnce,
+                    false,
+                    sequence.to_string(),
+                )
                 .await
                 .unwrap();
             expected.insert(name, sequence);
@@ -359,6 +407,9 @@ async fn run(binary: String, sessions: usize, points: usize, per_page: usize, ra
     }
     let published = sequence - 1;
     let publish_seconds = started.elapsed().as_secs_f64();
+    // The broker is another process: "others" includes it.
+    let (server_cores, client_cores, other_cores) =
+        system::CpuSnapshot::take(server_pid).cores_since(&cpu_before, publish_seconds);
     peak_rss = peak_rss.max(system::rss_kib(server_pid).unwrap_or(0));
     // Let the last values arrive (a lagging panel is caught up within
     // a quarter second), then stop.
@@ -404,6 +455,9 @@ async fn run(binary: String, sessions: usize, points: usize, per_page: usize, ra
         "rss_mib_connected": rss_before as f64 / 1024.0,
         "rss_mib_peak": peak_rss as f64 / 1024.0,
         "rss_mib_after": rss_after as f64 / 1024.0,
+        "server_cores": server_cores,
+        "client_cores": client_cores,
+        "other_cores": other_cores,
         "baseline_received": baseline_count.load(Relaxed),
         "baseline_rate": baseline_count.load(Relaxed) as f64 / publish_seconds,
         "baseline_p50_ms": ms(&baseline, 0.5),
