@@ -67,9 +67,9 @@ pub struct Settings {
     /// Periodic calls of `fn timer(name)`.
     pub timers: Vec<Timer>,
     /// Device networks points read and write (`[[connections]]`).
-    pub connections: Vec<toml::Spanned<crate::points::ConnectionConfig>>,
+    pub connections: Vec<toml::Spanned<crate::points::config::ConnectionConfig>>,
     /// The project's live values (`[[points]]`).
-    pub points: Vec<toml::Spanned<crate::points::PointConfig>>,
+    pub points: Vec<toml::Spanned<crate::points::config::PointConfig>>,
 }
 
 /// A `[[keystrokes]]` entry: a single key, or a regex over the last typed
@@ -428,7 +428,20 @@ fn page_context(
     );
     context.insert("page", &serde_json::json!({ "name": page, "kind": kind }));
     context.insert("session", &serde_json::json!({ "properties": {} }));
-    context.insert("points", &crate::points::declared_context(settings));
+    let connections: Vec<_> = settings
+        .connections
+        .iter()
+        .map(|c| c.get_ref().clone())
+        .collect();
+    let points: Vec<_> = settings
+        .points
+        .iter()
+        .map(|p| p.get_ref().clone())
+        .collect();
+    context.insert(
+        "points",
+        &crate::points::config::declared_context(&connections, &points),
+    );
     context
 }
 

@@ -289,6 +289,56 @@ pub fn is_valid_point_name(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'/'))
 }
 
+/// Connection names: letters, digits, `-` and `_` (they appear in logs
+/// and metrics labels).
+fn is_valid_connection_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// Whether a device could take a write of the point: an MQTT `command`
+/// topic, a coil or a holding register.
+pub fn device_writable(point: &PointConfig) -> bool {
+    point.command.is_some()
+        || point
+            .register
+            .as_deref()
+            .and_then(|r| parse_register(r).ok())
+            .is_some_and(|r| r.kind.is_writable())
+}
+
+/// `points` as templates see it before the server runs (`switchboard
+/// check`, the render check at load): memory points' initial values,
+/// nothing known of device points.
+pub fn declared_context(
+    connections: &[ConnectionConfig],
+    points: &[PointConfig],
+) -> serde_json::Value {
+    let mut map = serde_json::Map::new();
+    for point in points {
+        let memory = point
+            .connection
+            .as_ref()
+            .is_none_or(|name| !connections.iter().any(|c| &c.name == name));
+        let initial = point
+            .initial
+            .as_ref()
+            .filter(|_| memory)
+            .and_then(|v| super::value::coerce(point.kind, &toml_to_json(v)).ok());
+        let writable = point.writable.unwrap_or(true) && (memory || device_writable(point));
+        let quality = if initial.is_some() { "good" } else { "unknown" };
+        let value = initial.unwrap_or(serde_json::Value::Null);
+        map.insert(
+            point.name.clone(),
+            super::value::template_entry(point.kind, &point.unit, writable, &value, quality, 0, 0),
+        );
+    }
+    serde_json::Value::Object(map)
+}
+
 /// Checks the connections and points together: names, references, topics,
 /// registers. Returns every problem with the entry it belongs to.
 pub fn validate(connections: &[ConnectionConfig], points: &[PointConfig]) -> Vec<(Entry, String)> {
@@ -296,7 +346,7 @@ pub fn validate(connections: &[ConnectionConfig], points: &[PointConfig]) -> Vec
     let mut names = HashSet::new();
     for (index, connection) in connections.iter().enumerate() {
         let mut problem = |message: String| problems.push((Entry::Connection(index), message));
-        if !crate::project::is_valid_name(&connection.name) {
+        if !is_valid_connection_name(&connection.name) {
             problem(format!(
                 "connection name `{}`: use letters, digits, `-` and `_`",
                 connection.name
@@ -394,7 +444,7 @@ fn check_connection(connection: &ConnectionConfig) -> Vec<String> {
 fn check_point(point: &PointConfig, connection: Option<&ConnectionConfig>) -> Vec<String> {
     let mut problems = Vec::new();
     if let Some(initial) = &point.initial
-        && super::coerce(point.kind, &toml_to_json(initial)).is_err()
+        && super::value::coerce(point.kind, &toml_to_json(initial)).is_err()
     {
         problems.push(format!("`initial` is not a {:?} value", point.kind).to_lowercase());
     }
