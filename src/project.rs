@@ -159,6 +159,25 @@ pub struct Timer {
     pub every_ms: u64,
 }
 
+impl Settings {
+    /// The `[[connections]]` and `[[points]]` entries, without their
+    /// positions in the file.
+    pub fn devices(
+        &self,
+    ) -> (
+        Vec<crate::points::config::ConnectionConfig>,
+        Vec<crate::points::config::PointConfig>,
+    ) {
+        (
+            self.connections
+                .iter()
+                .map(|c| c.get_ref().clone())
+                .collect(),
+            self.points.iter().map(|p| p.get_ref().clone()).collect(),
+        )
+    }
+}
+
 impl Default for Settings {
     fn default() -> Self {
         Settings {
@@ -428,16 +447,7 @@ fn page_context(
     );
     context.insert("page", &serde_json::json!({ "name": page, "kind": kind }));
     context.insert("session", &serde_json::json!({ "properties": {} }));
-    let connections: Vec<_> = settings
-        .connections
-        .iter()
-        .map(|c| c.get_ref().clone())
-        .collect();
-    let points: Vec<_> = settings
-        .points
-        .iter()
-        .map(|p| p.get_ref().clone())
-        .collect();
+    let (connections, points) = settings.devices();
     context.insert(
         "points",
         &crate::points::config::declared_context(&connections, &points),
@@ -587,16 +597,7 @@ fn load_settings(
 /// line.
 fn check_points(path: &Path, text: &str, settings: &Settings, diagnostics: &mut Vec<Diagnostic>) {
     use crate::points::config::{Entry, validate};
-    let connections: Vec<_> = settings
-        .connections
-        .iter()
-        .map(|c| c.get_ref().clone())
-        .collect();
-    let points: Vec<_> = settings
-        .points
-        .iter()
-        .map(|p| p.get_ref().clone())
-        .collect();
+    let (connections, points) = settings.devices();
     for (entry, message) in validate(&connections, &points) {
         let span = match entry {
             Entry::Connection(index) => settings.connections[index].span(),

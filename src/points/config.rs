@@ -131,6 +131,15 @@ pub struct PointConfig {
     pub poll_ms: u64,
 }
 
+impl PointConfig {
+    /// The parsed `register`, when it has a valid one.
+    pub fn parsed_register(&self) -> Option<Register> {
+        self.register
+            .as_deref()
+            .and_then(|r| parse_register(r).ok())
+    }
+}
+
 fn default_on() -> String {
     "ON".into()
 }
@@ -304,9 +313,7 @@ fn is_valid_connection_name(name: &str) -> bool {
 pub fn device_writable(point: &PointConfig) -> bool {
     point.command.is_some()
         || point
-            .register
-            .as_deref()
-            .and_then(|r| parse_register(r).ok())
+            .parsed_register()
             .is_some_and(|r| r.kind.is_writable())
 }
 

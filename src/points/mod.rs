@@ -371,16 +371,11 @@ impl Points {
         }
         let (updates, updates_rx) = mpsc::unbounded_channel();
         let (stop, _) = watch::channel(false);
-        let connections: Vec<ConnectionConfig> = project
-            .settings
-            .connections
-            .iter()
-            .map(|c| c.get_ref().clone())
-            .collect();
+        let (connections, configs) = project.settings.devices();
         let urls: Vec<Option<String>> = connections.iter().map(connection_url).collect();
         let mut defs = HashMap::new();
         let mut order = Vec::new();
-        for point in project.settings.points.iter().map(|p| p.get_ref()) {
+        for point in &configs {
             let def = point_def(point, &connections, &urls);
             order.push(point.name.clone());
             defs.insert(point.name.clone(), Arc::new(def));

@@ -20,9 +20,7 @@ use tokio_modbus::prelude::SlaveContext;
 use tokio_modbus::{ExceptionCode, Slave};
 use tracing::{info, warn};
 
-use super::config::{
-    ConnectionConfig, Endpoint, Register, RegisterFormat, RegisterKind, parse_register,
-};
+use super::config::{ConnectionConfig, Endpoint, Register, RegisterFormat, RegisterKind};
 use super::{DriverLink, Outgoing, PointDef, PointType, Update};
 
 /// First wait before reconnecting; doubles up to [`MAX_BACKOFF`].
@@ -100,12 +98,7 @@ type Grouped = BTreeMap<(u8, RegisterKind, u64), Vec<(Arc<PointDef>, Register)>>
 fn plan(points: &[Arc<PointDef>]) -> Vec<Group> {
     let mut by_key: Grouped = BTreeMap::new();
     for point in points {
-        let Some(register) = point
-            .config
-            .register
-            .as_deref()
-            .and_then(|r| parse_register(r).ok())
-        else {
+        let Some(register) = point.config.parsed_register() else {
             continue;
         };
         by_key
@@ -332,12 +325,7 @@ impl Driver {
     }
 
     async fn write(&mut self, point: &Arc<PointDef>, value: &Value) {
-        let Some(register) = point
-            .config
-            .register
-            .as_deref()
-            .and_then(|r| parse_register(r).ok())
-        else {
+        let Some(register) = point.config.parsed_register() else {
             return;
         };
         let request_timeout = self.request_timeout;
