@@ -160,7 +160,7 @@ async fn opened(
     runtime.persist(session);
     runtime.points.send_snapshot(session);
     if new_tab {
-        events::page_startup(runtime, project, session, page).await;
+        events::page_startup(runtime, project, session, page, tab).await;
     }
 }
 
