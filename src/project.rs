@@ -482,13 +482,42 @@ fn check_pages_render(
             });
             continue;
         }
-        if let Err(error) = templates.render(&page.template, &context) {
-            let mut diagnostic = tera_error_diagnostic(dir, &error);
-            if diagnostic.line == 0 {
-                diagnostic.file = page.path.clone();
+        match templates.render(&page.template, &context) {
+            Ok(html) => check_bindings(settings, page, &html, diagnostics),
+            Err(error) => {
+                let mut diagnostic = tera_error_diagnostic(dir, &error);
+                if diagnostic.line == 0 {
+                    diagnostic.file = page.path.clone();
+                }
+                diagnostics.push(diagnostic);
             }
-            diagnostics.push(diagnostic);
         }
+    }
+}
+
+/// A page binding a point `project.toml` does not declare would show a
+/// dash forever: a load error, at the name's first place in the page's
+/// file (when it is written there and not in a shared template).
+fn check_bindings(
+    settings: &Settings,
+    page: &PageFile,
+    html: &str,
+    diagnostics: &mut Vec<Diagnostic>,
+) {
+    let source = fs::read_to_string(&page.path).unwrap_or_default();
+    for name in crate::points::binding::bound_points(html) {
+        if settings.points.iter().any(|p| p.get_ref().name == name) {
+            continue;
+        }
+        let (line, column) = source
+            .find(&format!("\"{name}\""))
+            .map_or((0, 0), |at| line_and_column(&source, at + 1));
+        diagnostics.push(Diagnostic {
+            file: page.path.clone(),
+            line,
+            column,
+            message: format!("binds the point `{name}`, which project.toml does not declare"),
+        });
     }
 }
 

@@ -483,3 +483,59 @@ async fn last_values_survive_a_restart_as_stale() {
         "{html}"
     );
 }
+
+/// `switchboard check` names the file and line of every mistake in
+/// `[[connections]]`, `[[points]]` and bindings.
+#[test]
+fn check_reports_point_mistakes_at_their_line() {
+    let dir = temp_dir("points-check").join("broken");
+    std::fs::create_dir_all(dir.join("pages")).unwrap();
+    std::fs::write(
+        dir.join("project.toml"),
+        r#"title = "broken"
+
+[[connections]]
+name = "site"
+kind = "mqtt"
+url = "mqtt://127.0.0.1:1883"
+
+[[points]]
+name = "a"
+type = "bool"
+connection = "sit"
+
+[[points]]
+name = "b"
+type = "number"
+connection = "site"
+state = "building/+/temp"
+
+[[points]]
+name = "c"
+type = "text"
+register = "holding:30001"
+"#,
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("pages/home.html"),
+        "{% extends \"sb/layout.html\" %}{% block content %}\n<span data-sb-point=\"missing\"></span>{% endblock %}",
+    )
+    .unwrap();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_switchboard"))
+        .arg("check")
+        .arg(&dir)
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&output.stdout).to_string()
+        + &String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{report}");
+    for expected in [
+        "project.toml:8:1: point `a`: unknown connection `sit`",
+        "project.toml:13:1: point `b`: `state` topic `building/+/temp` is not a valid MQTT topic",
+        "project.toml:19:1: point `c`: a memory point",
+        "pages/home.html:2:22: binds the point `missing`",
+    ] {
+        assert!(report.contains(expected), "no {expected:?} in:\n{report}");
+    }
+}

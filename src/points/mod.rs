@@ -14,6 +14,7 @@
 //! This module does not decide who may write a point (the command path does:
 //! ACL, `pointWrite`) and holds no transport types.
 
+pub mod binding;
 pub mod config;
 mod functions;
 mod modbus;
@@ -33,6 +34,7 @@ use serde_json::Value;
 use tokio::sync::{mpsc, watch};
 use tracing::{error, info, warn};
 
+pub use binding::bound_points;
 pub use config::{ConnectionConfig, ConnectionKind, PointConfig, PointType};
 pub use functions::register as register_functions;
 pub use value::{coerce, decode_payload, display_text, encode_payload, param_text, parse_param};
@@ -683,23 +685,6 @@ fn initial_state(def: &PointDef, stored: Option<&PointState>) -> PointState {
     }
 }
 
-/// The point names bound in rendered HTML (`data-sb-point="…"`), in order,
-/// without repeats.
-pub fn bound_points(html: &str) -> Vec<String> {
-    const ATTRIBUTE: &str = "data-sb-point=\"";
-    let mut names: Vec<String> = Vec::new();
-    for (at, _) in html.match_indices(ATTRIBUTE) {
-        let rest = &html[at + ATTRIBUTE.len()..];
-        if let Some(end) = rest.find('"') {
-            let name = &rest[..end];
-            if config::is_valid_point_name(name) && !names.iter().any(|n| n == name) {
-                names.push(name.to_string());
-            }
-        }
-    }
-    names
-}
-
 impl ProjectPoints {
     pub fn def(&self, name: &str) -> Option<&Arc<PointDef>> {
         self.defs.get(name)
@@ -1220,12 +1205,6 @@ fn template_entry(def: &PointDef, state: &PointState) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn bound_points_are_found_once() {
-        let html = r#"<span data-sb-point="lobby.temp"></span><button data-sb-point="lobby.light" data-sb-toggle></button><i data-sb-point="lobby.temp"></i><b data-sb-point="bad name"></b>"#;
-        assert_eq!(bound_points(html), ["lobby.temp", "lobby.light"]);
-    }
 
     #[test]
     fn a_watch_shows_only_open_pages() {
