@@ -539,3 +539,59 @@ register = "holding:30001"
         assert!(report.contains(expected), "no {expected:?} in:\n{report}");
     }
 }
+
+/// The same over MQTT 5 (`protocol = 5`): retained state read, a change
+/// pushed, a write published.
+#[tokio::test]
+async fn mqtt5_reads_pushes_and_writes() {
+    let broker = Broker::start();
+    let mut mqtt = broker.client(None).await;
+    mqtt.publish("v5/temp", "17.5", true).await;
+    mqtt.subscribe("v5/light/set").await;
+    let projects = temp_dir("points-v5");
+    let dir = projects.join("five");
+    std::fs::create_dir_all(dir.join("pages")).unwrap();
+    std::fs::write(
+        dir.join("project.toml"),
+        format!(
+            r#"[[connections]]
+name = "site"
+kind = "mqtt"
+protocol = 5
+url = "{}"
+
+[[points]]
+name = "temp"
+type = "number"
+connection = "site"
+state = "v5/temp"
+
+[[points]]
+name = "light"
+type = "bool"
+connection = "site"
+state = "v5/light/state"
+command = "v5/light/set"
+"#,
+            broker.url()
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("pages/home.html"),
+        "{% extends \"sb/layout.html\" %}{% block content %}{{ <sb.point id=\"temp\" point=\"temp\" /> }}{{ <sb.point_toggle id=\"light\" point=\"light\" label=\"Light\" /> }}{% endblock %}",
+    )
+    .unwrap();
+    let server = Server::start(&projects);
+    let client = server.client("five").await;
+    page_until(&client, "home", |html| html.contains(">17.5</span>")).await;
+    let mut socket = client.socket_tab("t", "home").await;
+    mqtt.publish("v5/temp", "18", false).await;
+    point_reaches(&mut socket, "temp", Value::from(18), "good").await;
+    let reply = command(&mut socket, 1, "point:light", "true").await;
+    assert_eq!(reply["status"], "ok", "{reply}");
+    assert_eq!(
+        mqtt.next_message().await,
+        ("v5/light/set".into(), "ON".into())
+    );
+}

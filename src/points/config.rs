@@ -33,7 +33,7 @@ pub struct ConnectionConfig {
     /// MQTT client id; default `switchboard-<project>-<connection>`.
     #[serde(default)]
     pub client_id: String,
-    /// MQTT protocol level: 4 (3.1.1), the only one supported so far.
+    /// MQTT protocol level: 4 (3.1.1) or 5.
     #[serde(default = "default_protocol")]
     pub protocol: u8,
     /// MQTT quality of service for subscriptions and publishes: 0 or 1.
@@ -430,9 +430,9 @@ fn check_connection(connection: &ConnectionConfig) -> Vec<String> {
                 connection.name
             ));
         }
-        if connection.protocol != 4 {
+        if !matches!(connection.protocol, 4 | 5) {
             problems.push(format!(
-                "connection `{}`: protocol must be 4 (MQTT 3.1.1); MQTT 5 is not supported yet",
+                "connection `{}`: protocol must be 4 (MQTT 3.1.1) or 5",
                 connection.name
             ));
         }

@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rumqttc::{AsyncClient, ConnectionError, Event, MqttOptions, Packet, QoS, Transport};
+use rumqttc::{AsyncClient, ConnectionError, Event, MqttOptions, Packet, QoS, Transport, v5};
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
@@ -34,46 +34,102 @@ pub fn spawn(
     writes: mpsc::Receiver<Outgoing>,
 ) {
     tokio::spawn(async move {
-        let options = match options(&config, &url, &link.project) {
-            Ok(options) => options,
+        let connect = match Connect::new(&config, &url, &link.project) {
+            Ok(connect) => connect,
             Err(message) => {
                 warn!(project = %link.project, connection = %config.name, "connection not started: {message}");
                 link.status.set_error(&message);
                 return;
             }
         };
-        Driver::new(config, points, link).run(options, writes).await;
+        let driver = Driver::new(config, points, link);
+        if driver.config.protocol == 5 {
+            driver.run_v5(connect, writes).await;
+        } else {
+            driver.run_v4(connect, writes).await;
+        }
     });
 }
 
-/// The client options: address, TLS, credentials, keep-alive.
-fn options(config: &ConnectionConfig, url: &str, project: &str) -> Result<MqttOptions, String> {
-    let endpoint = Endpoint::parse(url, &["mqtt", "mqtts"])?;
-    let client_id = if config.client_id.is_empty() {
-        format!("switchboard-{project}-{}", config.name)
-    } else {
-        config.client_id.clone()
-    };
-    let mut options = MqttOptions::new(client_id, endpoint.host, endpoint.port);
-    options.set_keep_alive(Duration::from_secs(config.keep_alive_secs.max(5)));
-    options.set_clean_session(true);
-    options.set_request_channel_capacity(REQUEST_CAPACITY);
-    if !config.username.is_empty() || !config.password_env.is_empty() {
-        let password = if config.password_env.is_empty() {
-            String::new()
+/// How to reach the broker, for either protocol level.
+struct Connect {
+    client_id: String,
+    host: String,
+    port: u16,
+    keep_alive: Duration,
+    credentials: Option<(String, String)>,
+    tls: Option<Arc<rustls::ClientConfig>>,
+}
+
+impl Connect {
+    fn new(config: &ConnectionConfig, url: &str, project: &str) -> Result<Connect, String> {
+        let endpoint = Endpoint::parse(url, &["mqtt", "mqtts"])?;
+        let client_id = if config.client_id.is_empty() {
+            format!("switchboard-{project}-{}", config.name)
         } else {
-            std::env::var(&config.password_env).map_err(|_| {
-                format!("the password variable `{}` is not set", config.password_env)
-            })?
+            config.client_id.clone()
         };
-        options.set_credentials(config.username.clone(), password);
+        let credentials = if config.username.is_empty() && config.password_env.is_empty() {
+            None
+        } else if config.password_env.is_empty() {
+            Some((config.username.clone(), String::new()))
+        } else {
+            let password = std::env::var(&config.password_env).map_err(|_| {
+                format!("the password variable `{}` is not set", config.password_env)
+            })?;
+            Some((config.username.clone(), password))
+        };
+        let tls = if endpoint.scheme == "mqtts" {
+            Some(tls_config(&config.ca_file)?)
+        } else {
+            None
+        };
+        Ok(Connect {
+            client_id,
+            host: endpoint.host,
+            port: endpoint.port,
+            keep_alive: Duration::from_secs(config.keep_alive_secs.max(5)),
+            credentials,
+            tls,
+        })
     }
-    if endpoint.scheme == "mqtts" {
-        options.set_transport(Transport::tls_with_config(
-            rumqttc::TlsConfiguration::Rustls(tls_config(&config.ca_file)?),
-        ));
+
+    fn transport(&self) -> Option<Transport> {
+        self.tls
+            .clone()
+            .map(|tls| Transport::tls_with_config(rumqttc::TlsConfiguration::Rustls(tls)))
     }
-    Ok(options)
+
+    /// MQTT 3.1.1 options: a clean session, subscriptions renewed at every
+    /// connection.
+    fn v4(&self) -> MqttOptions {
+        let mut options = MqttOptions::new(self.client_id.clone(), self.host.clone(), self.port);
+        options.set_keep_alive(self.keep_alive);
+        options.set_clean_session(true);
+        options.set_request_channel_capacity(REQUEST_CAPACITY);
+        if let Some((user, password)) = &self.credentials {
+            options.set_credentials(user.clone(), password.clone());
+        }
+        if let Some(transport) = self.transport() {
+            options.set_transport(transport);
+        }
+        options
+    }
+
+    /// MQTT 5 options, the same way.
+    fn v5(&self) -> v5::MqttOptions {
+        let mut options =
+            v5::MqttOptions::new(self.client_id.clone(), self.host.clone(), self.port);
+        options.set_keep_alive(self.keep_alive);
+        options.set_clean_start(true);
+        if let Some((user, password)) = &self.credentials {
+            options.set_credentials(user.clone(), password.clone());
+        }
+        if let Some(transport) = self.transport() {
+            options.set_transport(transport);
+        }
+        options
+    }
 }
 
 /// TLS with the `ring` provider (as the server's own TLS) and the system's
@@ -108,7 +164,6 @@ struct Driver {
     /// State topic → the points it sets.
     by_topic: HashMap<String, Vec<Arc<PointDef>>>,
     link: DriverLink,
-    qos: QoS,
 }
 
 impl Driver {
@@ -119,28 +174,29 @@ impl Driver {
                 by_topic.entry(topic.clone()).or_default().push(point);
             }
         }
-        let qos = if config.qos == 0 {
-            QoS::AtMostOnce
-        } else {
-            QoS::AtLeastOnce
-        };
         Driver {
             config,
             by_topic,
             link,
-            qos,
         }
     }
 
-    async fn run(mut self, options: MqttOptions, mut writes: mpsc::Receiver<Outgoing>) {
-        let (client, mut events) = AsyncClient::new(options, REQUEST_CAPACITY);
+    async fn run_v4(mut self, connect: Connect, mut writes: mpsc::Receiver<Outgoing>) {
+        let (client, mut events) = AsyncClient::new(connect.v4(), REQUEST_CAPACITY);
+        let qos = if self.config.qos == 0 {
+            QoS::AtMostOnce
+        } else {
+            QoS::AtLeastOnce
+        };
         let mut backoff = FIRST_BACKOFF;
         loop {
             tokio::select! {
                 event = events.poll() => match event {
                     Ok(Event::Incoming(Packet::ConnAck(_))) => {
                         backoff = FIRST_BACKOFF;
-                        self.connected(&client);
+                        let filters = self.filters().map(|topic| rumqttc::SubscribeFilter::new(topic, qos)).collect::<Vec<_>>();
+                        let subscribed = filters.is_empty() || client.try_subscribe_many(filters).is_ok();
+                        self.connected(subscribed);
                     }
                     Ok(Event::Incoming(Packet::Publish(publish))) => {
                         self.link.status.count_in();
@@ -148,16 +204,16 @@ impl Driver {
                     }
                     Ok(_) => {}
                     Err(error) => {
-                        self.disconnected(&error);
-                        tokio::select! {
-                            _ = tokio::time::sleep(backoff) => {}
-                            _ = self.link.stopped() => break,
+                        self.disconnected(&describe(&error));
+                        if !self.wait(&mut backoff).await {
+                            break;
                         }
-                        backoff = (backoff * 2).min(MAX_BACKOFF);
                     }
                 },
                 write = writes.recv() => match write {
-                    Some(write) => self.publish(&client, write),
+                    Some(write) => self.publish(write, |topic, retain, payload| {
+                        client.try_publish(topic, qos, retain, payload).map_err(|e| e.to_string())
+                    }),
                     None => break,
                 },
                 _ = self.link.stopped() => break,
@@ -166,18 +222,76 @@ impl Driver {
         let _ = client.try_disconnect();
     }
 
-    /// Connected: subscribe (again: the session is clean) and say so.
-    fn connected(&self, client: &AsyncClient) {
-        let filters = self
-            .by_topic
+    async fn run_v5(mut self, connect: Connect, mut writes: mpsc::Receiver<Outgoing>) {
+        use v5::mqttbytes::QoS;
+        use v5::mqttbytes::v5::{Filter, Packet};
+        let (client, mut events) = v5::AsyncClient::new(connect.v5(), REQUEST_CAPACITY);
+        let qos = if self.config.qos == 0 {
+            QoS::AtMostOnce
+        } else {
+            QoS::AtLeastOnce
+        };
+        let mut backoff = FIRST_BACKOFF;
+        loop {
+            tokio::select! {
+                event = events.poll() => match event {
+                    Ok(v5::Event::Incoming(Packet::ConnAck(_))) => {
+                        backoff = FIRST_BACKOFF;
+                        let filters = self.filters().map(|topic| Filter::new(topic, qos)).collect::<Vec<_>>();
+                        let subscribed = filters.is_empty() || client.try_subscribe_many(filters).is_ok();
+                        self.connected(subscribed);
+                    }
+                    Ok(v5::Event::Incoming(Packet::Publish(publish))) => {
+                        self.link.status.count_in();
+                        self.received(&String::from_utf8_lossy(&publish.topic), &publish.payload);
+                    }
+                    Ok(_) => {}
+                    Err(error) => {
+                        let message = match &error {
+                            v5::ConnectionError::ConnectionRefused(code) => format!("the broker refused the connection ({code:?})"),
+                            other => other.to_string(),
+                        };
+                        self.disconnected(&message);
+                        if !self.wait(&mut backoff).await {
+                            break;
+                        }
+                    }
+                },
+                write = writes.recv() => match write {
+                    Some(write) => self.publish(write, |topic, retain, payload| {
+                        client.try_publish(topic, qos, retain, payload).map_err(|e| e.to_string())
+                    }),
+                    None => break,
+                },
+                _ = self.link.stopped() => break,
+            }
+        }
+        let _ = client.try_disconnect();
+    }
+
+    /// Waits before the next attempt (the event loop reconnects when
+    /// polled again); `false` when the project stopped meanwhile.
+    async fn wait(&mut self, backoff: &mut Duration) -> bool {
+        let delay = *backoff;
+        *backoff = (*backoff * 2).min(MAX_BACKOFF);
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => true,
+            _ = self.link.stopped() => false,
+        }
+    }
+
+    /// Every topic filter the connection subscribes to.
+    fn filters(&self) -> impl Iterator<Item = String> + '_ {
+        self.by_topic
             .keys()
             .chain(self.config.subscribe.iter())
-            .map(|topic| rumqttc::SubscribeFilter::new(topic.clone(), self.qos));
-        let filters: Vec<_> = filters.collect();
-        if !filters.is_empty()
-            && let Err(error) = client.try_subscribe_many(filters)
-        {
-            warn!(project = %self.link.project, connection = %self.config.name, "could not subscribe: {error}");
+            .cloned()
+    }
+
+    /// Connected (and subscribed again: the session is clean): say so.
+    fn connected(&self, subscribed: bool) {
+        if !subscribed {
+            warn!(project = %self.link.project, connection = %self.config.name, "could not subscribe: the client's queue is full");
         }
         self.link.status.clear_error();
         if self.link.status.set_connected(true) {
@@ -185,10 +299,9 @@ impl Driver {
         }
     }
 
-    fn disconnected(&self, error: &ConnectionError) {
+    fn disconnected(&self, message: &str) {
         let was_connected = self.link.status.set_connected(false);
-        let message = describe(error);
-        let new_error = self.link.status.set_error(&message);
+        let new_error = self.link.status.set_error(message);
         if was_connected {
             warn!(project = %self.link.project, connection = %self.config.name, "lost the MQTT broker, retrying: {message}");
             self.link.send(Update::Offline {
@@ -234,7 +347,11 @@ impl Driver {
         }
     }
 
-    fn publish(&self, client: &AsyncClient, write: Outgoing) {
+    fn publish(
+        &self,
+        write: Outgoing,
+        send: impl FnOnce(String, bool, Vec<u8>) -> Result<(), String>,
+    ) {
         let (topic, payload, retain, local) = match write {
             Outgoing::Point { point, value } => {
                 let Some(topic) = point.config.command.clone() else {
@@ -255,7 +372,7 @@ impl Driver {
                 retain,
             } => (topic, payload, retain, None),
         };
-        match client.try_publish(topic, self.qos, retain, payload) {
+        match send(topic, retain, payload) {
             Ok(()) => {
                 self.link.status.count_out();
                 if let Some(update) = local {
