@@ -41,6 +41,11 @@ pub struct ServerConfig {
     /// Certificate chain and key (PEM files): serve HTTPS.
     pub tls: Option<(PathBuf, PathBuf)>,
     pub shutdown_timeout_secs: u64,
+    /// `--cluster`: the NATS server whose JetStream buckets this node
+    /// shares with the others; `None`: the embedded database.
+    pub cluster: Option<String>,
+    /// This node's name (`/healthz`, the NATS connection's name).
+    pub node: String,
 }
 
 /// Why the server could not start.
@@ -69,7 +74,17 @@ pub fn run(config: ServerConfig) -> Result<(), StartupError> {
 }
 
 async fn serve(config: ServerConfig) -> Result<(), StartupError> {
-    let runtime = Runtime::start(&config.projects_dir, &config.database, &config.users)?;
+    let store = match &config.cluster {
+        Some(url) => runtime::StoreChoice::Cluster {
+            url,
+            node: &config.node,
+        },
+        None => runtime::StoreChoice::Embedded(&config.database),
+    };
+    let runtime = Runtime::start(&config.projects_dir, store, &config.users)?;
+    if let Some(url) = &config.cluster {
+        info!(node = %config.node, "cluster mode: sessions and variables shared through NATS at {url}");
+    }
     let state = web::Data::from(runtime.clone());
     let (allowed_hosts, hosts_warning) =
         transport::AllowedHosts::from_settings(&config.allowed_hosts, config.bind);
@@ -83,6 +98,7 @@ async fn serve(config: ServerConfig) -> Result<(), StartupError> {
         metrics_token: config.metrics_token.clone(),
         new_sessions: transport::SessionBudget::per_minute(config.new_sessions_per_minute)
             .map(std::sync::Arc::new),
+        node: config.node.clone(),
     });
     let tls = config.tls.is_some();
     let upgrades = transport::Upgrades::new(runtime.clone(), web_config.clone());

@@ -5,6 +5,7 @@
 
 pub mod accounts;
 pub mod mosquitto;
+pub mod nats;
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
