@@ -14,6 +14,7 @@ pub mod cli;
 pub mod cluster;
 pub mod logwriter;
 pub mod metrics;
+pub mod points;
 pub mod project;
 pub mod protocol;
 pub mod reload;

@@ -66,6 +66,10 @@ pub struct Settings {
     pub keystrokes: Vec<KeystrokeMatcher>,
     /// Periodic calls of `fn timer(name)`.
     pub timers: Vec<Timer>,
+    /// Device networks points read and write (`[[connections]]`).
+    pub connections: Vec<toml::Spanned<crate::points::config::ConnectionConfig>>,
+    /// The project's live values (`[[points]]`).
+    pub points: Vec<toml::Spanned<crate::points::config::PointConfig>>,
 }
 
 /// A `[[keystrokes]]` entry: a single key, or a regex over the last typed
@@ -158,6 +162,25 @@ pub struct Timer {
     pub every_ms: u64,
 }
 
+impl Settings {
+    /// The `[[connections]]` and `[[points]]` entries, without their
+    /// positions in the file.
+    pub fn devices(
+        &self,
+    ) -> (
+        Vec<crate::points::config::ConnectionConfig>,
+        Vec<crate::points::config::PointConfig>,
+    ) {
+        (
+            self.connections
+                .iter()
+                .map(|c| c.get_ref().clone())
+                .collect(),
+            self.points.iter().map(|p| p.get_ref().clone()).collect(),
+        )
+    }
+}
+
 impl Default for Settings {
     fn default() -> Self {
         Settings {
@@ -179,6 +202,8 @@ impl Default for Settings {
             limits: Limits::default(),
             keystrokes: Vec::new(),
             timers: Vec::new(),
+            connections: Vec::new(),
+            points: Vec::new(),
         }
     }
 }
@@ -350,16 +375,18 @@ impl Project {
     }
 
     /// Renders a whole page document; `None` when there is no such page.
-    /// `session` is what templates see as `session` (its properties).
+    /// `session` is what templates see as `session` (its properties),
+    /// `points` the project's point table.
     pub fn render_page(
         &self,
         page: &str,
         session: &serde_json::Value,
+        points: &serde_json::Value,
     ) -> Option<Result<String, tera::Error>> {
         let template = self.template_of(page)?;
         Some(
             self.templates
-                .render(&template, &self.page_context(page, session)),
+                .render(&template, &self.page_context(page, session, points)),
         )
     }
 
@@ -370,15 +397,22 @@ impl Project {
         page: &str,
         block: &str,
         session: &serde_json::Value,
+        points: &serde_json::Value,
     ) -> Option<Result<String, tera::Error>> {
         let template = self.template_of(page)?;
-        Some(
-            self.templates
-                .render_block(&template, block, &self.page_context(page, session)),
-        )
+        Some(self.templates.render_block(
+            &template,
+            block,
+            &self.page_context(page, session, points),
+        ))
     }
 
-    fn page_context(&self, page: &str, session: &serde_json::Value) -> tera::Context {
+    fn page_context(
+        &self,
+        page: &str,
+        session: &serde_json::Value,
+        points: &serde_json::Value,
+    ) -> tera::Context {
         let mut context = page_context(
             &self.name,
             &self.settings,
@@ -386,6 +420,7 @@ impl Project {
             self.pages.get(page).copied(),
         );
         context.insert("session", session);
+        context.insert("points", points);
         context
     }
 }
@@ -415,6 +450,11 @@ fn page_context(
     );
     context.insert("page", &serde_json::json!({ "name": page, "kind": kind }));
     context.insert("session", &serde_json::json!({ "properties": {} }));
+    let (connections, points) = settings.devices();
+    context.insert(
+        "points",
+        &crate::points::config::declared_context(&connections, &points),
+    );
     context
 }
 
@@ -442,13 +482,42 @@ fn check_pages_render(
             });
             continue;
         }
-        if let Err(error) = templates.render(&page.template, &context) {
-            let mut diagnostic = tera_error_diagnostic(dir, &error);
-            if diagnostic.line == 0 {
-                diagnostic.file = page.path.clone();
+        match templates.render(&page.template, &context) {
+            Ok(html) => check_bindings(settings, page, &html, diagnostics),
+            Err(error) => {
+                let mut diagnostic = tera_error_diagnostic(dir, &error);
+                if diagnostic.line == 0 {
+                    diagnostic.file = page.path.clone();
+                }
+                diagnostics.push(diagnostic);
             }
-            diagnostics.push(diagnostic);
         }
+    }
+}
+
+/// A page binding a point `project.toml` does not declare would show a
+/// dash forever: a load error, at the name's first place in the page's
+/// file (when it is written there and not in a shared template).
+fn check_bindings(
+    settings: &Settings,
+    page: &PageFile,
+    html: &str,
+    diagnostics: &mut Vec<Diagnostic>,
+) {
+    let source = fs::read_to_string(&page.path).unwrap_or_default();
+    for name in crate::points::binding::bound_points(html) {
+        if settings.points.iter().any(|p| p.get_ref().name == name) {
+            continue;
+        }
+        let (line, column) = source
+            .find(&format!("\"{name}\""))
+            .map_or((0, 0), |at| line_and_column(&source, at + 1));
+        diagnostics.push(Diagnostic {
+            file: page.path.clone(),
+            line,
+            column,
+            message: format!("binds the point `{name}`, which project.toml does not declare"),
+        });
     }
 }
 
@@ -544,7 +613,7 @@ fn load_settings(
                 .map(|s| line_and_column(&text, s.start))
                 .unwrap_or((0, 0));
             diagnostics.push(Diagnostic {
-                file: path,
+                file: path.clone(),
                 line,
                 column,
                 message: error.message().to_string(),
@@ -555,7 +624,28 @@ fn load_settings(
     if settings.title.is_empty() {
         settings.title = name.to_string();
     }
+    check_points(&path, &text, &settings, diagnostics);
     Ok(settings)
+}
+
+/// Checks `[[connections]]` and `[[points]]`, each problem at its entry's
+/// line.
+fn check_points(path: &Path, text: &str, settings: &Settings, diagnostics: &mut Vec<Diagnostic>) {
+    use crate::points::config::{Entry, validate};
+    let (connections, points) = settings.devices();
+    for (entry, message) in validate(&connections, &points) {
+        let span = match entry {
+            Entry::Connection(index) => settings.connections[index].span(),
+            Entry::Point(index) => settings.points[index].span(),
+        };
+        let (line, column) = line_and_column(text, span.start);
+        diagnostics.push(Diagnostic {
+            file: path.to_path_buf(),
+            line,
+            column,
+            message,
+        });
+    }
 }
 
 /// 1-based line and column of a byte offset.

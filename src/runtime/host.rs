@@ -37,6 +37,9 @@ pub fn register(engine: &mut Engine, runtime: Weak<Runtime>, project: &str) {
     let bind = || (runtime.clone(), project.to_string());
     super::challenge::register_result_type(engine);
     super::events::register_page_type(engine);
+    if let Some(runtime) = runtime.upgrade() {
+        crate::points::register_functions(engine, Arc::downgrade(&runtime.points), project);
+    }
 
     let (rt, p) = bind();
     engine.register_fn(

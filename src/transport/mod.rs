@@ -303,7 +303,7 @@ async fn metrics(req: HttpRequest, state: State) -> Result<HttpResponse, Request
     }
     Ok(HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
-        .body(METRICS.render(state.sessions.len())))
+        .body(METRICS.render(state.sessions.len()) + state.points.render_metrics().as_str()))
 }
 
 /// For load balancers: 200 while this node can serve, 503 when it cannot
@@ -410,10 +410,14 @@ fn render_page(
         }
         Err(error) => return Err(error),
     }
+    let points = state.points.template_context(&project.name);
     let rendered = project
-        .render_page(page, &template_session(&session))
+        .render_page(page, &template_session(&session), &points)
         .ok_or(RequestError::PageNotFound)?;
     let html = rendered.map_err(|error| render_failed(&project, page, error))?;
+    state
+        .points
+        .bind_rendered(&session, page, project.pages.get(page).copied(), &html);
     let mut response = HttpResponse::Ok();
     response.content_type("text/html; charset=utf-8");
     if is_new {
@@ -432,11 +436,15 @@ async fn page_fragment(
     let (name, page) = path.into_inner();
     let (project, session) = authorized(&req, &state, &name, Some(&page))?;
     let context = template_session(&session);
+    let points = state.points.template_context(&project.name);
     let rendered = project
-        .render_block(&page, "content", &context)
+        .render_block(&page, "content", &context, &points)
         .ok_or(RequestError::PageNotFound)?;
     let html = rendered.map_err(|error| render_failed(&project, &page, error))?;
-    let title = match project.render_block(&page, "title", &context) {
+    state
+        .points
+        .bind_rendered(&session, &page, project.pages.get(&page).copied(), &html);
+    let title = match project.render_block(&page, "title", &context, &points) {
         Some(Ok(title)) => title.trim().to_string(),
         _ => project.settings.title.clone(),
     };
