@@ -438,6 +438,7 @@ fn commit_forever(db: &Database, queue: &Queue) {
             }
             std::mem::take(&mut pending.batches)
         };
+        let started = std::time::Instant::now();
         let outcome = commit_group(db, &batches).map_err(|e| e.to_string());
         if let Err(message) = &outcome {
             error!(
@@ -445,7 +446,7 @@ fn commit_forever(db: &Database, queue: &Queue) {
                 batches.len()
             );
         }
-        crate::metrics::METRICS.group_commit(batches.len());
+        crate::metrics::METRICS.group_commit(batches.len(), started.elapsed());
         queue
             .commits
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
