@@ -102,8 +102,13 @@ pub fn run() -> ExitCode {
 }
 
 fn check(dir: &std::path::Path) -> ExitCode {
-    match project::Project::load(dir) {
-        Ok(_) => {
+    // The host functions are registered (bound to no server) so that a call
+    // to one is known, and a call to anything else is an error.
+    match project::Project::load_with(dir, &crate::runtime::register_host_functions_unbound) {
+        Ok(project) => {
+            for warning in &project.warnings {
+                eprintln!("warning: {warning}");
+            }
             println!("ok");
             ExitCode::SUCCESS
         }

@@ -2,7 +2,7 @@
 //!
 //! A project is a folder `<projects>/<name>/` holding `project.toml`, pages in
 //! `pages/` and popups in `popups/` (Tera templates, one file each), shared
-//! templates in `templates/`, and Rhai scripts in `events/`. Loading compiles
+//! templates in `templates/`, Rhai scripts in `events/` and shared Rhai modules in `lib/`. Loading compiles
 //! everything; a project with any error is not served, and every error names
 //! its file, line and column. This module does not run handlers or hold
 //! sessions.
@@ -257,6 +257,9 @@ pub struct Project {
     pub pages: BTreeMap<String, PageKind>,
     /// The compiled regex of each regex-mode keystroke matcher, by name.
     pub keystroke_patterns: BTreeMap<String, regex::Regex>,
+    /// Mistakes that do not stop the project (an answer key the Command
+    /// API does not know); `switchboard check` prints them.
+    pub warnings: Vec<Diagnostic>,
 }
 
 /// Registers the functions scripts may call on a project's engine; given the
@@ -289,7 +292,15 @@ impl Project {
         let settings = load_settings(dir, &name, &mut diagnostics)?;
         let page_files = find_pages(dir, &mut diagnostics)?;
         let templates = compile_templates(dir, &page_files, &mut diagnostics)?;
-        let scripts = compile_scripts(dir, &name, &settings.limits, register, &mut diagnostics)?;
+        let mut warnings = Vec::new();
+        let scripts = compile_scripts(
+            dir,
+            &name,
+            &settings.limits,
+            register,
+            &mut diagnostics,
+            &mut warnings,
+        )?;
         let keystroke_patterns = compile_keystrokes(dir, &settings, &mut diagnostics);
         let pages: BTreeMap<String, PageKind> = page_files
             .iter()
@@ -335,6 +346,7 @@ impl Project {
                 scripts,
                 pages,
                 keystroke_patterns,
+                warnings,
             }),
             _ => Err(LoadError::Invalid(diagnostics)),
         }
@@ -773,44 +785,56 @@ fn compile_keystrokes(
     patterns
 }
 
+/// The `*.rhai` files of one folder of the project, named by their path
+/// inside it (`events/10-main.rhai`), in file-name order.
+fn rhai_files(dir: &Path, folder: &str) -> Result<Vec<SourceFile>, LoadError> {
+    let path = dir.join(folder);
+    let mut files = Vec::new();
+    if !path.is_dir() {
+        return Ok(files);
+    }
+    for path in sorted_entries(&path)? {
+        if path.extension().is_some_and(|e| e == "rhai") && path.is_file() {
+            let name = format!(
+                "{folder}/{}",
+                path.file_name()
+                    .and_then(|n| n.to_str())
+                    .unwrap_or_default()
+            );
+            files.push(SourceFile {
+                name,
+                text: read_text(&path)?,
+            });
+        }
+    }
+    Ok(files)
+}
+
 fn compile_scripts(
     dir: &Path,
     project: &str,
     limits: &Limits,
     register: RegisterHost,
     diagnostics: &mut Vec<Diagnostic>,
+    warnings: &mut Vec<Diagnostic>,
 ) -> Result<Option<ScriptHost>, LoadError> {
-    let events = dir.join("events");
-    let mut files = Vec::new();
-    if events.is_dir() {
-        for path in sorted_entries(&events)? {
-            if path.extension().is_some_and(|e| e == "rhai") && path.is_file() {
-                let name = format!(
-                    "events/{}",
-                    path.file_name()
-                        .and_then(|n| n.to_str())
-                        .unwrap_or_default()
-                );
-                files.push(SourceFile {
-                    name,
-                    text: read_text(&path)?,
-                });
-            }
+    let lib = rhai_files(dir, "lib")?;
+    let files = rhai_files(dir, "events")?;
+    let placed = |e: script::CompileError| Diagnostic {
+        file: dir.join(&e.file),
+        line: e.line,
+        column: e.column,
+        message: e.message,
+    };
+    match ScriptHost::compile_project(project, lib, files, limits, |engine| {
+        register(engine, project)
+    }) {
+        Ok(compiled) => {
+            warnings.extend(compiled.warnings.into_iter().map(placed));
+            Ok(Some(compiled.host))
         }
-    }
-    match ScriptHost::compile(project, files, limits, |engine| register(engine, project)) {
-        Ok(host) => Ok(Some(host)),
         Err(errors) => {
-            diagnostics.extend(
-                errors
-                    .into_iter()
-                    .map(|e: script::CompileError| Diagnostic {
-                        file: dir.join(&e.file),
-                        line: e.line,
-                        column: e.column,
-                        message: e.message,
-                    }),
-            );
+            diagnostics.extend(errors.into_iter().map(placed));
             Ok(None)
         }
     }

@@ -8,7 +8,7 @@
 //! the raw [`Dynamic`] a callback produced and leaves meaning to its callers.
 
 use std::cell::Cell;
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::time::{Duration, Instant};
 
 use rhai::{AST, CallFnOptions, Dynamic, Engine, EvalAltResult, Position, Scope};
@@ -109,6 +109,7 @@ pub struct ScriptHost {
     timeout: Duration,
 }
 
+mod analysis;
 mod pool;
 
 pub use pool::PoolError;
@@ -142,6 +143,13 @@ const CLOCK_CHECK_MASK: u64 = 0xFF;
 /// a `uiSet` to thousands of sessions, which must keep its priority.
 const DEMOTE_MIN_OPERATIONS: u64 = 4096;
 
+/// A compiled project's scripts and what the static checks found.
+pub struct Compiled {
+    pub host: ScriptHost,
+    /// Findings that do not stop the project (unknown answer keys).
+    pub warnings: Vec<CompileError>,
+}
+
 impl ScriptHost {
     /// Builds the sandboxed engine and compiles every file, in the order
     /// given. Returns every compile error, not just the first.
@@ -151,23 +159,56 @@ impl ScriptHost {
         limits: &Limits,
         register: impl FnOnce(&mut Engine),
     ) -> Result<ScriptHost, Vec<CompileError>> {
+        Self::compile_project(project, Vec::new(), files, limits, register).map(|c| c.host)
+    }
+
+    /// Compiles the project's `lib/` modules (`lib/<name>.rhai`, each
+    /// evaluated once and callable as `<name>::function(…)` from every
+    /// script), then its event scripts, then checks every call and `import`
+    /// against what is defined ([`analysis`]). Returns every error.
+    pub fn compile_project(
+        project: &str,
+        lib: Vec<SourceFile>,
+        files: Vec<SourceFile>,
+        limits: &Limits,
+        register: impl FnOnce(&mut Engine),
+    ) -> Result<Compiled, Vec<CompileError>> {
         let mut engine = sandboxed_engine(project, limits);
         register(&mut engine);
-        let mut scripts = Vec::with_capacity(files.len());
         let mut errors = Vec::new();
+        let modules = compile_modules(&mut engine, lib, &mut errors);
+        let mut scripts = Vec::with_capacity(files.len());
         for file in files {
             match compile_one(&engine, file) {
                 Ok(script) => scripts.push(script),
                 Err(error) => errors.push(error),
             }
         }
+        let callable = analysis::Callable::new(&engine, modules.exports);
+        let mut warnings = Vec::new();
+        let asts = (modules.asts.iter().map(|(name, ast)| (name, ast)))
+            .chain(scripts.iter().map(|s| (&s.name, &s.ast)));
+        for (name, ast) in asts {
+            let report = analysis::check_file(ast, &callable, crate::answer::ANSWER_KEYS);
+            let place = |finding: analysis::Finding| CompileError {
+                file: name.clone(),
+                line: finding.line,
+                column: finding.column,
+                message: finding.message,
+            };
+            errors.extend(report.errors.into_iter().map(place));
+            warnings.extend(report.warnings.into_iter().map(place));
+        }
         if !errors.is_empty() {
             return Err(errors);
         }
-        Ok(ScriptHost {
-            engine,
-            scripts,
-            timeout: Duration::from_millis(limits.timeout_ms),
+        Ok(Compiled {
+            host: ScriptHost {
+                engine,
+                scripts,
+                timeout: Duration::from_millis(limits.timeout_ms),
+            },
+            warnings,
         })
     }
 
@@ -221,7 +262,8 @@ impl ScriptHost {
 fn sandboxed_engine(project: &str, limits: &Limits) -> Engine {
     let mut engine = Engine::new();
     // No `import` of files: a project's scripts are exactly the files in its
-    // `events/` folder.
+    // `events/` and `lib/` folders ([`compile_modules`] resolves the names
+    // of `lib/` modules and nothing else).
     engine.set_module_resolver(rhai::module_resolvers::DummyModuleResolver::new());
     engine.disable_symbol("eval");
     // Undeclared variables are compile errors, reported with file:line:col,
@@ -267,6 +309,78 @@ fn sandboxed_engine(project: &str, limits: &Limits) -> Engine {
             "{}:{}: {text}", source.unwrap_or("?"), position_text(position))
     });
     engine
+}
+
+/// The `lib/` modules once compiled and registered.
+#[derive(Default)]
+struct Modules {
+    /// File name and AST of each module, for the static checks.
+    asts: Vec<(String, AST)>,
+    /// Module name → `name/arity` of its public functions.
+    exports: BTreeMap<String, HashSet<String>>,
+}
+
+/// Compiles and evaluates each module once, registers it on the engine
+/// under its file name, and makes `import "<name>" as …` find it. Only these
+/// names resolve: an import can never reach a file outside `lib/`.
+fn compile_modules(
+    engine: &mut Engine,
+    lib: Vec<SourceFile>,
+    errors: &mut Vec<CompileError>,
+) -> Modules {
+    let mut modules = Modules::default();
+    let mut resolver = rhai::module_resolvers::StaticModuleResolver::new();
+    for file in lib {
+        let Some(module_name) = module_name(&file.name) else {
+            errors.push(CompileError {
+                file: file.name.clone(),
+                line: 0,
+                column: 0,
+                message: "a lib/ module's file name must be an identifier (letters, digits, `_`), e.g. lib/lights.rhai".into(),
+            });
+            continue;
+        };
+        let script = match compile_one(engine, file) {
+            Ok(script) => script,
+            Err(error) => {
+                errors.push(error);
+                continue;
+            }
+        };
+        // Top-level statements of a module run here, once, under the
+        // sandbox limits (no wall-clock deadline is set outside a callback).
+        let module = match rhai::Module::eval_ast_as_new(Scope::new(), &script.ast, engine) {
+            Ok(module) => module,
+            Err(error) => {
+                let error = script_error(&script.name, "(module)", *error);
+                errors.push(CompileError {
+                    file: script.name.clone(),
+                    line: error.line,
+                    column: error.column,
+                    message: error.message,
+                });
+                continue;
+            }
+        };
+        let exports = script
+            .ast
+            .iter_functions()
+            .filter(|f| f.access == rhai::FnAccess::Public)
+            .map(|f| analysis::function_key(f.name, f.params.len()))
+            .collect();
+        resolver.insert(module_name.as_str(), module.clone());
+        engine.register_static_module(module_name.as_str(), module.into());
+        modules.exports.insert(module_name, exports);
+        modules.asts.push((script.name, script.ast));
+    }
+    engine.set_module_resolver(resolver);
+    modules
+}
+
+/// `lib/lights.rhai` → `lights`, when the stem is a Rhai identifier.
+fn module_name(file: &str) -> Option<String> {
+    let stem = std::path::Path::new(file).file_stem()?.to_str()?;
+    rhai::is_valid_identifier(stem).then(|| stem.to_string())
 }
 
 fn compile_one(engine: &Engine, file: SourceFile) -> Result<Script, CompileError> {
@@ -447,9 +561,45 @@ mod tests {
             text: r#"fn f() { eval("1") }"#.into(),
         }];
         assert!(ScriptHost::compile("t", files, &Limits::default(), |_| {}).is_err());
-        let host = host(r#"fn f() { import "secrets" as s; 1 }"#, Limits::default());
-        let error = host.call_first("f", vec![]).unwrap_err();
-        assert_eq!(error.kind, ScriptErrorKind::Runtime);
+        // Only `lib/` modules resolve, by name; anything else is a compile error.
+        let files = vec![SourceFile {
+            name: "e.rhai".into(),
+            text: r#"fn f() { import "secrets" as s; 1 }"#.into(),
+        }];
+        let errors = ScriptHost::compile("t", files, &Limits::default(), |_| {})
+            .err()
+            .unwrap();
+        assert!(errors[0].message.contains("no module lib/secrets.rhai"), "{errors:?}");
+    }
+
+    #[test]
+    fn lib_modules_are_shared_and_calls_are_checked() {
+        let lib = vec![SourceFile {
+            name: "lib/util.rhai".into(),
+            text: "fn twice(x) { x * 2 }".into(),
+        }];
+        let files = vec![SourceFile {
+            name: "events/a.rhai".into(),
+            text: "fn f() { util::twice(21) }\nfn g() { missing(1) }".into(),
+        }];
+        let errors =
+            ScriptHost::compile_project("t", lib.clone(), files, &Limits::default(), |_| {})
+                .err()
+                .unwrap();
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert_eq!((errors[0].line, errors[0].column), (2, 10));
+        let files = vec![SourceFile {
+            name: "events/a.rhai".into(),
+            text: "fn f() { util::twice(21) }\nfn userCommand(s, u, n, p) { #{ tost: 1 } }".into(),
+        }];
+        let compiled = ScriptHost::compile_project("t", lib, files, &Limits::default(), |_| {})
+            .unwrap_or_else(|e| panic!("{e:?}"));
+        assert_eq!(
+            compiled.host.call_first("f", vec![]).unwrap().unwrap().as_int(),
+            Ok(42)
+        );
+        assert_eq!(compiled.warnings.len(), 1, "{:?}", compiled.warnings);
+        assert!(compiled.warnings[0].message.contains("`tost`"));
     }
 
     #[test]

@@ -431,6 +431,12 @@ impl Runtime {
     }
 }
 
+/// Registers the host functions bound to no runtime (each fails if called):
+/// what `switchboard check` compiles against.
+pub fn register_host_functions_unbound(engine: &mut rhai::Engine, project: &str) {
+    host::register(engine, Weak::new(), project);
+}
+
 /// Who sent a frame: the browser tab (when known) and the client address,
 /// for the logs.
 #[derive(Debug, Clone, Default)]

@@ -405,3 +405,40 @@ pub async fn command(socket: &mut Socket, seq: u64, name: &str, param: &str) -> 
     );
     reply
 }
+
+/// Writes a project folder `root/name` from `(path inside it, contents)` pairs.
+pub fn write_project(root: &Path, name: &str, files: &[(&str, &str)]) -> PathBuf {
+    let dir = root.join(name);
+    for (path, text) in files {
+        let path = dir.join(path);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, text).unwrap();
+    }
+    dir
+}
+
+/// What `switchboard check <dir>` printed: exit code, stdout, stderr.
+pub fn run_check(dir: &Path) -> (Option<i32>, String, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_switchboard"))
+        .arg("check")
+        .arg(dir)
+        .output()
+        .expect("switchboard check runs");
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// The message of the first action of a reply (a toast's text).
+pub fn first_message(reply: &Value) -> String {
+    reply["actions"][0]["message"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no message in {reply}"))
+        .to_string()
+}
+
+/// A minimal page extending the built-in layout.
+pub const HOME_PAGE: &str =
+    "{% extends \"sb/layout.html\" %}\n{% block content %}<p>home</p>{% endblock %}\n";
