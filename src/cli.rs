@@ -62,6 +62,13 @@ pub struct Args {
     #[arg(long, env = "SWITCHBOARD_SHUTDOWN_TIMEOUT", default_value_t = 5)]
     pub shutdown_timeout: u64,
 
+    /// Dev mode, for working on a project: errors and silent mistakes
+    /// (compile errors, unknown answer keys, unhandled commands) appear in
+    /// an overlay in every connected browser, with paths relative to the
+    /// project. Off by default: outside dev mode no file path reaches a browser.
+    #[arg(long, env = "SWITCHBOARD_DEV")]
+    pub dev: bool,
+
     #[command(subcommand)]
     pub command: Option<Subcommands>,
 }
@@ -181,6 +188,7 @@ fn serve(args: Args) -> ExitCode {
         frame_ancestors: args.frame_ancestors,
         tls: args.tls_cert.zip(args.tls_key),
         shutdown_timeout_secs: args.shutdown_timeout,
+        dev: args.dev,
     };
     match server::run(config) {
         Ok(()) => ExitCode::SUCCESS,

@@ -238,6 +238,33 @@ pub enum LoadError {
     Invalid(Vec<Diagnostic>),
 }
 
+impl LoadError {
+    /// The error with every path made relative to the project folder
+    /// `dir`: what dev mode shows in browsers.
+    pub fn relative_to(&self, dir: &Path) -> String {
+        let relative = |path: &Path| -> String {
+            path.strip_prefix(dir)
+                .map(|p| p.display().to_string())
+                .unwrap_or_else(|_| {
+                    path.file_name()
+                        .map(|n| n.to_string_lossy().into_owned())
+                        .unwrap_or_default()
+                })
+        };
+        match self {
+            LoadError::Io { path, source } => format!("{}: {}", relative(path), source.kind()),
+            LoadError::Invalid(diagnostics) => diagnostics
+                .iter()
+                .map(|d| {
+                    let message = d.message.replace(&*dir.to_string_lossy(), "");
+                    format!("{}:{}:{}: {message}", relative(&d.file), d.line, d.column)
+                })
+                .collect::<Vec<_>>()
+                .join("\n"),
+        }
+    }
+}
+
 fn list(diagnostics: &[Diagnostic]) -> String {
     diagnostics
         .iter()

@@ -226,14 +226,50 @@ impl ScriptHost {
         callback: &str,
         args: Vec<Dynamic>,
     ) -> Result<Option<Dynamic>, ScriptError> {
+        Ok(self.call_first_from(callback, args)?.map(|(answer, _)| answer))
+    }
+
+    /// [`ScriptHost::call_first`], also naming the script that answered
+    /// (e.g. `events/10-main.rhai`).
+    pub fn call_first_from(
+        &self,
+        callback: &str,
+        args: Vec<Dynamic>,
+    ) -> Result<Option<(Dynamic, &str)>, ScriptError> {
         let key = callback_key(callback, args.len());
         for script in self.scripts.iter().filter(|s| s.callbacks.contains(&key)) {
             let answer = self.call(script, callback, args.clone())?;
             if !answer.is_unit() {
-                return Ok(Some(answer));
+                return Ok(Some((answer, script.name.as_str())));
             }
         }
         Ok(None)
+    }
+
+    /// The scripts that define `callback` with `arity` parameters, in the
+    /// order they are asked.
+    pub fn scripts_defining(&self, callback: &str, arity: usize) -> Vec<&str> {
+        let key = callback_key(callback, arity);
+        self.scripts
+            .iter()
+            .filter(|s| s.callbacks.contains(&key))
+            .map(|s| s.name.as_str())
+            .collect()
+    }
+
+    /// The line where `script` defines `callback` (0 when unknown).
+    pub fn callback_line(&self, script: &str, callback: &str, arity: usize) -> usize {
+        self.scripts
+            .iter()
+            .find(|s| s.name == script)
+            .and_then(|s| {
+                s.ast
+                    .shared_lib()
+                    .iter_script_fn_info()
+                    .find(|(_, _, name, params, _)| *name == callback && *params == arity)
+                    .and_then(|(.., definition)| definition.body.start_position().line())
+            })
+            .unwrap_or(0)
     }
 
     fn call(

@@ -35,6 +35,8 @@ pub struct ServerConfig {
     /// Certificate chain and key (PEM files): serve HTTPS.
     pub tls: Option<(PathBuf, PathBuf)>,
     pub shutdown_timeout_secs: u64,
+    /// Dev mode: errors and mistakes are shown in the browsers.
+    pub dev: bool,
 }
 
 /// Why the server could not start.
@@ -64,6 +66,10 @@ pub fn run(config: ServerConfig) -> Result<(), StartupError> {
 
 async fn serve(config: ServerConfig) -> Result<(), StartupError> {
     let runtime = Runtime::start(&config.projects_dir, &config.database, &config.users)?;
+    runtime.set_dev_mode(config.dev);
+    if config.dev {
+        info!("dev mode: errors are shown in the browsers");
+    }
     let state = web::Data::from(runtime.clone());
     let web_config = web::Data::new(transport::WebConfig {
         allowed_origins: config.allowed_origins.clone(),

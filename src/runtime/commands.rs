@@ -192,6 +192,8 @@ struct Executed {
     decoded: Decoded,
     failure: Option<ScriptError>,
     handler_time: std::time::Duration,
+    /// The script whose answer was decoded, if one answered.
+    answered_by: Option<String>,
 }
 
 /// Runs the handler, decodes its answer and updates the session's memory,
@@ -246,6 +248,7 @@ async fn execute_off_async(
                 failure: Some(abnormal_end("userCommand", &join_error)),
                 command: fallback,
                 handler_time: std::time::Duration::ZERO,
+                answered_by: None,
             }
         }
     }
@@ -285,11 +288,15 @@ fn execute(
         Dynamic::from(command.param.clone()),
     ];
     let started = std::time::Instant::now();
-    let result = project.scripts.call_first("userCommand", args);
+    let result = project.scripts.call_first_from("userCommand", args);
     let handler_time = started.elapsed();
+    let mut answered_by = None;
     let (decoded, failure) = match result {
         Ok(answer) => {
-            let answer = answer.map_or(Answer::Unit, Answer::from_dynamic);
+            let answer = answer.map_or(Answer::Unit, |(answer, script)| {
+                answered_by = Some(script.to_string());
+                Answer::from_dynamic(answer)
+            });
             let origin = Origin {
                 object: Some(&object),
                 rollback_value: rollback_value.as_deref(),
@@ -313,6 +320,7 @@ fn execute(
         decoded,
         failure,
         handler_time,
+        answered_by,
     }
 }
 
@@ -340,6 +348,9 @@ async fn finish(
     executed: Executed,
 ) -> Reply {
     log_command(session, &executed.command, &executed.decoded);
+    if runtime.dev_mode() {
+        super::dev::notice_command(runtime, project, session, &executed.command, &executed.decoded, executed.answered_by.as_deref());
+    }
     METRICS.command(executed.decoded.status, executed.handler_time);
     match &executed.failure {
         Some(error) => events::handler_failed(runtime, project, session, error).await,

@@ -9,6 +9,7 @@
 mod challenge;
 mod commands;
 mod delivery;
+mod dev;
 mod events;
 mod forms;
 mod host;
@@ -68,6 +69,9 @@ pub struct Runtime {
     users_path: PathBuf,
     pub throttle: Throttle,
     projects_dir: PathBuf,
+    /// Dev mode (`--dev`): compile errors and silent mistakes are pushed to
+    /// the browsers. Never on by default: the messages name files.
+    dev_mode: std::sync::atomic::AtomicBool,
     myself: Weak<Runtime>,
 }
 
@@ -97,6 +101,7 @@ impl Runtime {
             users_path: users_path.to_path_buf(),
             throttle: Throttle::default(),
             projects_dir: projects_dir.to_path_buf(),
+            dev_mode: std::sync::atomic::AtomicBool::new(false),
             myself: myself.clone(),
         });
         let loaded = project::load_all(projects_dir, &runtime.host_registration())?;
@@ -154,6 +159,25 @@ impl Runtime {
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .remove(name)
+    }
+
+    /// Turns dev mode on or off (see [`Runtime::dev_mode`]).
+    pub fn set_dev_mode(&self, on: bool) {
+        self.dev_mode
+            .store(on, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether errors and mistakes are shown in the browsers.
+    pub fn dev_mode(&self) -> bool {
+        self.dev_mode.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Shows a mistake in the dev overlay of a session's browsers (dev mode
+    /// only). `message` must name files relative to the project.
+    pub fn dev_notice(&self, session: &Session, message: &str) {
+        if self.dev_mode() {
+            session.push(&Push::DevNotice { message }.to_frame());
+        }
     }
 
     pub fn projects_dir(&self) -> &Path {
@@ -350,19 +374,28 @@ impl Runtime {
                 let Some(project) = self.project(&name) else {
                     return;
                 };
+                let dev_mode = self.dev_mode();
                 for session in self.sessions.of_project(&name) {
-                    session.push(&Push::DevError { message: None }.to_frame());
+                    if dev_mode {
+                        session.push(&Push::DevError { message: None }.to_frame());
+                    }
                     session.push(&Push::Reload { pages: &pages }.to_frame());
                     events::session_restored(self, &project, &session, "newdoc").await;
                 }
             }
-            Err(error) => self.report_compile_error(&name, &error),
+            Err(error) => self.report_compile_error(&name, dir, &error),
         }
     }
 
-    fn report_compile_error(&self, name: &str, error: &LoadError) {
+    /// Logs a failed reload; in dev mode also shows it in the project's
+    /// browsers, with paths relative to the project (the server's own
+    /// folders never reach a browser).
+    fn report_compile_error(&self, name: &str, dir: &Path, error: &LoadError) {
         error!(project = %name, "project has errors, still serving the last good version:\n{error}");
-        let message = error.to_string();
+        if !self.dev_mode() {
+            return;
+        }
+        let message = error.relative_to(dir);
         let frame = Push::DevError {
             message: Some(&message),
         }

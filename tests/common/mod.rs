@@ -85,6 +85,8 @@ impl Server {
             .arg(data.join("switchboard.redb"))
             .args(extra_args)
             .env("SWITCHBOARD_LOG", "info")
+            // Dev mode only where a test asks for it (`--dev`).
+            .env_remove("SWITCHBOARD_DEV")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
