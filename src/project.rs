@@ -386,16 +386,17 @@ impl Project {
     }
 
     /// Renders a whole page document; `None` when there is no such page.
-    /// `session` is what templates see as `session` (its properties).
+    /// `view` holds what templates see besides `page` and `project`
+    /// (`session`, `vars`, `ui`: the runtime's `template_view`).
     pub fn render_page(
         &self,
         page: &str,
-        session: &serde_json::Value,
+        view: &serde_json::Map<String, serde_json::Value>,
     ) -> Option<Result<String, tera::Error>> {
         let template = self.template_of(page)?;
         Some(
             self.templates
-                .render(&template, &self.page_context(page, session)),
+                .render(&template, &self.page_context(page, view)),
         )
     }
 
@@ -405,23 +406,29 @@ impl Project {
         &self,
         page: &str,
         block: &str,
-        session: &serde_json::Value,
+        view: &serde_json::Map<String, serde_json::Value>,
     ) -> Option<Result<String, tera::Error>> {
         let template = self.template_of(page)?;
         Some(
             self.templates
-                .render_block(&template, block, &self.page_context(page, session)),
+                .render_block(&template, block, &self.page_context(page, view)),
         )
     }
 
-    fn page_context(&self, page: &str, session: &serde_json::Value) -> tera::Context {
+    fn page_context(
+        &self,
+        page: &str,
+        view: &serde_json::Map<String, serde_json::Value>,
+    ) -> tera::Context {
         let mut context = page_context(
             &self.name,
             &self.settings,
             page,
             self.pages.get(page).copied(),
         );
-        context.insert("session", session);
+        for (key, value) in view {
+            context.insert(key.clone(), value);
+        }
         context
     }
 }
@@ -450,7 +457,11 @@ fn page_context(
         }),
     );
     context.insert("page", &serde_json::json!({ "name": page, "kind": kind }));
+    // What `switchboard check` renders with; the server replaces them with
+    // the viewer's (see `Project::render_page`).
     context.insert("session", &serde_json::json!({ "properties": {} }));
+    context.insert("vars", &serde_json::json!({}));
+    context.insert("ui", &serde_json::json!({}));
     context
 }
 
@@ -469,17 +480,21 @@ fn check_pages_render(
         let context = page_context(project, settings, &page.name, Some(page.kind));
         // The client swaps in the `content` block: a page without one
         // would render as a full document and fail as a fragment.
-        if let Err(error) = templates.render_block(&page.template, "content", &context) {
+        let rendered = templates
+            .render_block(&page.template, "content", &context)
+            .and_then(|_| templates.render(&page.template, &context));
+        let Err(error) = rendered else { continue };
+        if matches!(error.kind(), tera::ErrorKind::Msg(m) if m.starts_with("Block `content` not found"))
+        {
             diagnostics.push(Diagnostic {
                 file: page.path.clone(),
-                line: 0,
-                column: 0,
-                message: format!("no `content` block ({error}); extend \"sb/layout.html\" and fill {{% block content %}}"),
+                line: 1,
+                column: 1,
+                message: "no `content` block: extend \"sb/layout.html\" and fill {% block content %}…{% endblock %}".into(),
             });
             continue;
         }
-        if let Err(error) = templates.render(&page.template, &context) {
-            let mut diagnostic = tera_error_diagnostic(dir, &error);
+        for mut diagnostic in tera_error_diagnostics(dir, &error) {
             if diagnostic.line == 0 {
                 diagnostic.file = page.path.clone();
             }
@@ -710,7 +725,7 @@ fn compile_templates(
         if let Err(error) = Tera::new().add_raw_template(name, text)
             && let tera::ErrorKind::SyntaxError(report) = error.kind()
         {
-            diagnostics.push(template_diagnostic(path, report));
+            diagnostics.push(template_diagnostic(path, report, Some(text)));
         }
     }
     if diagnostics.len() > before {
@@ -723,7 +738,7 @@ fn compile_templates(
     match tera.add_raw_templates(all) {
         Ok(()) => Ok(Some(tera)),
         Err(error) => {
-            diagnostics.push(tera_error_diagnostic(dir, &error));
+            diagnostics.extend(tera_error_diagnostics(dir, &error));
             Ok(None)
         }
     }
@@ -737,35 +752,93 @@ pub fn builtin_templates() -> Tera {
     tera
 }
 
-fn template_diagnostic(path: &Path, report: &tera::ReportError) -> Diagnostic {
+/// A Tera report as a diagnostic. Tera says only "Unknown tag" for a
+/// misspelt tag; with the template's `source` the tag is named.
+fn template_diagnostic(path: &Path, report: &tera::ReportError, source: Option<&str>) -> Diagnostic {
     let span = report.span();
+    let mut message = report.message().to_string();
+    if message == "Unknown tag"
+        && let Some(tag) = source.and_then(|text| word_at(text, span.range.start))
+    {
+        message = format!("Unknown tag `{tag}`");
+    }
     Diagnostic {
         file: path.to_path_buf(),
         line: span.start_line,
         column: span.start_col + 1,
-        message: report.message().to_string(),
+        message,
     }
 }
 
-fn tera_error_diagnostic(dir: &Path, error: &tera::Error) -> Diagnostic {
+/// The identifier starting at (or just after) `offset`.
+fn word_at(text: &str, offset: usize) -> Option<&str> {
+    let rest = text.get(offset..)?.trim_start_matches(|c: char| !c.is_alphanumeric() && c != '_');
+    let end = rest
+        .find(|c: char| !c.is_alphanumeric() && c != '_')
+        .unwrap_or(rest.len());
+    (end > 0).then(|| &rest[..end])
+}
+
+/// Every error a Tera error holds, each placed in its own file. Tera
+/// gathers the checks of a whole template set (unknown components,
+/// filters, includes, blocks) into one message of formatted reports; those
+/// are taken apart here.
+fn tera_error_diagnostics(dir: &Path, error: &tera::Error) -> Vec<Diagnostic> {
     match error.kind() {
         tera::ErrorKind::SyntaxError(report) | tera::ErrorKind::RenderingError(report) => {
-            template_diagnostic(&dir.join(report.filename()), report)
+            let path = dir.join(report.filename());
+            let source = fs::read_to_string(&path).ok();
+            vec![template_diagnostic(&path, report, source.as_deref())]
         }
         tera::ErrorKind::MissingParent { current, .. }
-        | tera::ErrorKind::CircularExtend { tpl: current, .. } => Diagnostic {
+        | tera::ErrorKind::CircularExtend { tpl: current, .. } => vec![Diagnostic {
             file: dir.join(current),
             line: 1,
             column: 1,
             message: error.to_string(),
-        },
-        _ => Diagnostic {
-            file: dir.to_path_buf(),
-            line: 0,
-            column: 0,
-            message: error.to_string(),
-        },
+        }],
+        _ => {
+            let text = error.to_string();
+            let reports = parse_reports(dir, &text);
+            if reports.is_empty() {
+                vec![Diagnostic {
+                    file: dir.to_path_buf(),
+                    line: 0,
+                    column: 0,
+                    message: text,
+                }]
+            } else {
+                reports
+            }
+        }
     }
+}
+
+/// Reads Tera's formatted reports (`error: <message>` then
+/// ` --> <template>:<line>:<col>`) back into diagnostics.
+fn parse_reports(dir: &Path, text: &str) -> Vec<Diagnostic> {
+    let mut diagnostics = Vec::new();
+    let mut message: Option<&str> = None;
+    for line in text.lines() {
+        if let Some(rest) = line.trim_start().strip_prefix("error: ") {
+            message = Some(rest);
+        } else if let Some(place) = line.trim_start().strip_prefix("--> ")
+            && let Some(current) = message.take()
+        {
+            let mut parts = place.rsplitn(3, ':');
+            let column = parts.next().and_then(|c| c.trim().parse().ok());
+            let line_number = parts.next().and_then(|l| l.trim().parse().ok());
+            if let (Some(column), Some(line_number), Some(file)) = (column, line_number, parts.next()) {
+                diagnostics.push(Diagnostic {
+                    file: dir.join(file.trim()),
+                    line: line_number,
+                    column,
+                    message: current.to_string(),
+                });
+            }
+        }
+    }
+    diagnostics
 }
 
 /// Checks the keystroke matchers and compiles their regexes.

@@ -113,6 +113,8 @@ impl Runtime {
         }
         for project in loaded.projects {
             runtime.load_vars(&project.name);
+            // Before anyone can open it: the first page sees its state.
+            project_startup(&project);
             runtime.insert_project(project);
         }
         runtime.restore_sessions(if crashed { "failure" } else { "persisted" });
@@ -374,6 +376,10 @@ impl Runtime {
                 let Some(project) = self.project(&name) else {
                     return;
                 };
+                let startup = project.clone();
+                if let Err(error) = script::run_off_async(move || project_startup(&startup)).await {
+                    error!(project = %name, "projectStartup ended abnormally: {error}");
+                }
                 let dev_mode = self.dev_mode();
                 for session in self.sessions.of_project(&name) {
                     if dev_mode {
@@ -459,6 +465,45 @@ impl Runtime {
         Ok(())
     }
 
+    /// Every variable of a project, as JSON (values that cannot be JSON
+    /// are left out).
+    pub fn vars_of(&self, project: &str) -> serde_json::Map<String, serde_json::Value> {
+        let prefix = Self::var_key(project, "");
+        self.vars
+            .iter()
+            .filter_map(|entry| {
+                let name = entry.key().strip_prefix(&prefix)?;
+                let value = rhai::serde::from_dynamic(entry.value()).ok()?;
+                Some((name.to_string(), value))
+            })
+            .collect()
+    }
+
+    /// What templates see besides `page` and `project` when `session`
+    /// views a page: `session` (its properties), `vars` (the project's
+    /// variables) and `ui` (the UI values the session sees, by object id
+    /// and attribute), so that a page renders its state without waiting
+    /// for the first push.
+    pub fn template_view(&self, session: &Session) -> serde_json::Map<String, serde_json::Value> {
+        let mut ui = serde_json::Map::new();
+        for value in self.ui_snapshot(session) {
+            if let serde_json::Value::Object(attrs) = ui
+                .entry(value.id)
+                .or_insert_with(|| serde_json::Value::Object(serde_json::Map::new()))
+            {
+                attrs.insert(value.attr, value.value);
+            }
+        }
+        let mut view = serde_json::Map::new();
+        view.insert(
+            "session".into(),
+            serde_json::json!({ "properties": session.with_state(|state| state.properties.clone()) }),
+        );
+        view.insert("vars".into(), self.vars_of(&session.project).into());
+        view.insert("ui".into(), ui.into());
+        view
+    }
+
     fn ui(&self, project: &str) -> dashmap::mapref::one::RefMut<'_, String, ProjectUi> {
         self.ui.entry(project.to_string()).or_default()
     }
@@ -490,6 +535,19 @@ pub enum StartupError {
     /// The users file is unreadable or invalid.
     #[error("users file: {0}")]
     Users(#[from] AuthError),
+}
+
+/// `projectStartup()`: once each time the project is loaded (server start
+/// or reload), before its sessions are told; for state every session
+/// shares (`varSet`, `uiSet`). No session receives its answer.
+fn project_startup(project: &Project) {
+    match project.scripts.call_first("projectStartup", Vec::new()) {
+        Ok(Some(answer)) => warn_unused_answer("projectStartup", &answer),
+        Ok(None) => {}
+        Err(error) => {
+            warn!(target: "switchboard::script", project = %project.name, "projectStartup failed: {error}")
+        }
+    }
 }
 
 /// Logs a warning for an answer that went nowhere (timers have no session).

@@ -281,10 +281,6 @@ async fn page(
     render_page(&req, &state, project, &page)
 }
 
-/// What templates see as `session`.
-fn template_session(session: &Session) -> serde_json::Value {
-    serde_json::json!({ "properties": session.with_state(|state| state.properties.clone()) })
-}
 
 fn render_page(
     req: &HttpRequest,
@@ -315,7 +311,7 @@ fn render_page(
         Err(error) => return Err(error),
     }
     let rendered = project
-        .render_page(page, &template_session(&session))
+        .render_page(page, &state.template_view(&session))
         .ok_or(RequestError::PageNotFound)?;
     let html = rendered.map_err(|error| render_failed(&project, page, error))?;
     let mut response = HttpResponse::Ok();
@@ -335,7 +331,7 @@ async fn page_fragment(
 ) -> Result<HttpResponse, RequestError> {
     let (name, page) = path.into_inner();
     let (project, session) = authorized(&req, &state, &name, Some(&page))?;
-    let context = template_session(&session);
+    let context = state.template_view(&session);
     let rendered = project
         .render_block(&page, "content", &context)
         .ok_or(RequestError::PageNotFound)?;
