@@ -18,4 +18,5 @@ pub mod script;
 pub mod server;
 pub mod session;
 pub mod store;
+pub mod time;
 pub mod transport;

@@ -66,6 +66,9 @@ pub struct Settings {
     pub keystrokes: Vec<KeystrokeMatcher>,
     /// Periodic calls of `fn timer(name)`.
     pub timers: Vec<Timer>,
+    /// IANA time zone (`Europe/Rome`) for dates and times in scripts and
+    /// templates and for `cron` timers; empty: the server's own zone.
+    pub timezone: String,
 }
 
 /// A `[[keystrokes]]` entry: a single key, or a regex over the last typed
@@ -147,12 +150,17 @@ impl Access {
     }
 }
 
-/// A `[[timers]]` entry.
+/// A `[[timers]]` entry: either a period or a calendar schedule.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Timer {
+    /// Passed to `fn timer(name)`.
     pub name: String,
-    pub every_ms: u64,
+    /// Run every this many milliseconds.
+    pub every_ms: Option<u64>,
+    /// Run at the times a cron pattern matches, in the project's time zone:
+    /// `"0 30 23 * * *"` (seconds first, optional), `"@daily"`.
+    pub cron: Option<String>,
 }
 
 impl Default for Settings {
@@ -176,6 +184,7 @@ impl Default for Settings {
             limits: Limits::default(),
             keystrokes: Vec::new(),
             timers: Vec::new(),
+            timezone: String::new(),
         }
     }
 }
@@ -287,6 +296,10 @@ pub struct Project {
     /// Mistakes that do not stop the project (an answer key the Command
     /// API does not know); `switchboard check` prints them.
     pub warnings: Vec<Diagnostic>,
+    /// The time zone of `settings.timezone`.
+    pub timezone: jiff::tz::TimeZone,
+    /// The parsed pattern of each `cron` timer, by timer name.
+    pub schedules: BTreeMap<String, croner::Cron>,
 }
 
 /// Registers the functions scripts may call on a project's engine; given the
@@ -317,14 +330,23 @@ impl Project {
             .to_string();
         let mut diagnostics = Vec::new();
         let settings = load_settings(dir, &name, &mut diagnostics)?;
+        let timezone = crate::time::zone(&settings.timezone).unwrap_or_else(|message| {
+            diagnostics.push(setting_diagnostic(dir, "timezone", message));
+            jiff::tz::TimeZone::UTC
+        });
+        let schedules = compile_schedules(dir, &settings, &mut diagnostics);
         let page_files = find_pages(dir, &mut diagnostics)?;
-        let templates = compile_templates(dir, &page_files, &mut diagnostics)?;
+        let templates = compile_templates(dir, &page_files, &timezone, &mut diagnostics)?;
         let mut warnings = Vec::new();
+        let register_all = |engine: &mut rhai::Engine, project: &str| {
+            register(engine, project);
+            crate::time::register(engine, &timezone);
+        };
         let scripts = compile_scripts(
             dir,
             &name,
             &settings.limits,
-            register,
+            &register_all,
             &mut diagnostics,
             &mut warnings,
         )?;
@@ -374,6 +396,8 @@ impl Project {
                 pages,
                 keystroke_patterns,
                 warnings,
+                timezone,
+                schedules,
             }),
             _ => Err(LoadError::Invalid(diagnostics)),
         }
@@ -706,6 +730,7 @@ fn find_shared_templates(
 fn compile_templates(
     dir: &Path,
     pages: &[PageFile],
+    timezone: &jiff::tz::TimeZone,
     diagnostics: &mut Vec<Diagnostic>,
 ) -> Result<Option<Tera>, LoadError> {
     let mut sources: Vec<(String, PathBuf, String)> = Vec::new();
@@ -732,6 +757,7 @@ fn compile_templates(
         return Ok(None);
     }
     let mut tera = builtin_templates();
+    crate::time::register_filters(&mut tera, timezone);
     let all = sources
         .iter()
         .map(|(name, _, text)| (name.as_str(), text.as_str()));
@@ -839,6 +865,51 @@ fn parse_reports(dir: &Path, text: &str) -> Vec<Diagnostic> {
         }
     }
     diagnostics
+}
+
+/// An error in a setting of `project.toml`, placed on the line that sets it.
+fn setting_diagnostic(dir: &Path, key: &str, message: String) -> Diagnostic {
+    let path = dir.join("project.toml");
+    let text = fs::read_to_string(&path).unwrap_or_default();
+    let line = text
+        .lines()
+        .position(|l| l.trim_start().starts_with(key))
+        .map_or(0, |index| index + 1);
+    Diagnostic {
+        file: path,
+        line,
+        column: usize::from(line > 0),
+        message,
+    }
+}
+
+/// Checks the `[[timers]]` entries and parses their cron patterns.
+fn compile_schedules(
+    dir: &Path,
+    settings: &Settings,
+    diagnostics: &mut Vec<Diagnostic>,
+) -> BTreeMap<String, croner::Cron> {
+    let mut schedules = BTreeMap::new();
+    for timer in &settings.timers {
+        let problem = match (&timer.every_ms, &timer.cron) {
+            (Some(_), None) => None,
+            (None, Some(pattern)) => match crate::time::parse_cron(pattern) {
+                Ok(cron) => {
+                    schedules.insert(timer.name.clone(), cron);
+                    None
+                }
+                Err(error) => Some(format!("timer `{}`: cron {pattern:?}: {error}", timer.name)),
+            },
+            _ => Some(format!(
+                "timer `{}`: give either `every_ms` or `cron`",
+                timer.name
+            )),
+        };
+        if let Some(message) = problem {
+            diagnostics.push(setting_diagnostic(dir, "[[timers]]", message));
+        }
+    }
+    schedules
 }
 
 /// Checks the keystroke matchers and compiles their regexes.

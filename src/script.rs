@@ -339,6 +339,7 @@ fn sandboxed_engine(project: &str, limits: &Limits) -> Engine {
     engine.on_print(
         move |text| info!(target: "switchboard::script", project = %print_project, "{text}"),
     );
+    register_logging(&mut engine, project);
     let debug_project = project.to_string();
     engine.on_debug(move |text, source, position| {
         debug!(target: "switchboard::script", project = %debug_project,
@@ -417,6 +418,53 @@ fn compile_modules(
 fn module_name(file: &str) -> Option<String> {
     let stem = std::path::Path::new(file).file_stem()?.to_str()?;
     rhai::is_valid_identifier(stem).then(|| stem.to_string())
+}
+
+/// The log levels `log(level, text)` accepts.
+const LOG_LEVELS: &[&str] = &["error", "warn", "info", "debug"];
+
+/// `log_warn(text)`, `log_error(text)` and `log(level, text)`: a log line
+/// tagged with the project and the caller's `file:line:col`, like `debug`.
+fn register_logging(engine: &mut Engine, project: &str) {
+    for (name, level) in [("log_warn", "warn"), ("log_error", "error")] {
+        let project = project.to_string();
+        engine.register_fn(name, move |context: rhai::NativeCallContext, text: Dynamic| {
+            write_log(&project, level, &context, &text);
+        });
+    }
+    let project = project.to_string();
+    engine.register_fn(
+        "log",
+        move |context: rhai::NativeCallContext,
+              level: &str,
+              text: Dynamic|
+              -> Result<(), Box<EvalAltResult>> {
+            if !LOG_LEVELS.contains(&level) {
+                return Err(format!(
+                    "log: unknown level `{level}`; use one of {}",
+                    LOG_LEVELS.join(", ")
+                )
+                .into());
+            }
+            write_log(&project, level, &context, &text);
+            Ok(())
+        },
+    );
+}
+
+fn write_log(project: &str, level: &str, context: &rhai::NativeCallContext, text: &Dynamic) {
+    let place = format!(
+        "{}:{}",
+        context.call_source().unwrap_or("?"),
+        position_text(context.call_position())
+    );
+    let text = text.to_string();
+    match level {
+        "error" => tracing::error!(target: "switchboard::script", project = %project, "{place}: {text}"),
+        "warn" => tracing::warn!(target: "switchboard::script", project = %project, "{place}: {text}"),
+        "info" => info!(target: "switchboard::script", project = %project, "{place}: {text}"),
+        _ => debug!(target: "switchboard::script", project = %project, "{place}: {text}"),
+    }
 }
 
 fn compile_one(engine: &Engine, file: SourceFile) -> Result<Script, CompileError> {
@@ -626,7 +674,7 @@ mod tests {
         assert_eq!((errors[0].line, errors[0].column), (2, 10));
         let files = vec![SourceFile {
             name: "events/a.rhai".into(),
-            text: "fn f() { util::twice(21) }\nfn userCommand(s, u, n, p) { #{ tost: 1 } }".into(),
+            text: "fn f() { util::twice(21) }\nfn userCommand(s, u, n, p) { #{ tost: 1 } }\nfn userDownload(s, u, n, p) { #{ filename: \"x\" } }".into(),
         }];
         let compiled = ScriptHost::compile_project("t", lib, files, &Limits::default(), |_| {})
             .unwrap_or_else(|e| panic!("{e:?}"));

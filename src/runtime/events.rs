@@ -3,15 +3,15 @@
 //! callback returns goes through the Command API decoder and reaches the
 //! session's browser as actions, exactly like a `userCommand` answer.
 
-use std::sync::{Arc, Weak};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use rhai::{Array, Dynamic, Map};
 use serde_json::Value;
 use tracing::{info, warn};
 
 use super::commands::{abnormal_end, decode_logging_warnings, failed};
-use super::{Runtime, warn_unused_answer};
+use super::Runtime;
 use crate::answer::{Answer, Decoded, Origin, Status};
 use crate::project::Project;
 use crate::protocol::{Device, DeviceEvent, Keystroke, Push, Rejection, Reply};
@@ -250,50 +250,6 @@ pub async fn message(
         vec![text(&session.id), text(handler), payload],
     )
     .await;
-}
-
-/// `fn timer(name)` every `every_ms` for each `[[timers]]` entry, until the
-/// project is replaced or removed.
-pub fn start_timers(runtime: Weak<Runtime>, project: &Arc<Project>) {
-    if !project.scripts.defines("timer", 1) {
-        return;
-    }
-    for timer in &project.settings.timers {
-        let (runtime, project, name) =
-            (runtime.clone(), Arc::downgrade(project), timer.name.clone());
-        let every = Duration::from_millis(timer.every_ms.max(10));
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
-            loop {
-                tick.tick().await;
-                let (Some(runtime), Some(project)) = (runtime.upgrade(), project.upgrade()) else {
-                    return;
-                };
-                if !runtime
-                    .project(&project.name)
-                    .is_some_and(|current| Arc::ptr_eq(&current, &project))
-                {
-                    return;
-                }
-                run_timer(&project, &name).await;
-            }
-        });
-    }
-}
-
-async fn run_timer(project: &Arc<Project>, name: &str) {
-    let job_project = project.clone();
-    let args = vec![text(name)];
-    match script::run_off_async(move || job_project.scripts.call_first("timer", args)).await {
-        Ok(Ok(Some(answer))) => warn_unused_answer("timer", &answer),
-        Ok(Ok(None)) => {}
-        Ok(Err(error)) => {
-            warn!(target: "switchboard::script", timer = name, "timer failed: {error}")
-        }
-        Err(error) => {
-            warn!(target: "switchboard::script", timer = name, "timer ended abnormally: {error}")
-        }
-    }
 }
 
 /// A keystroke matcher fired in the browser: `keystroke(session, page, event)`.

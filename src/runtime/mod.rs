@@ -14,6 +14,7 @@ mod events;
 mod forms;
 mod host;
 mod push;
+mod schedule;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -149,7 +150,7 @@ impl Runtime {
 
     fn insert_project(&self, project: Project) -> Option<Arc<Project>> {
         let project = Arc::new(project);
-        events::start_timers(self.myself.clone(), &project);
+        schedule::start_timers(self.myself.clone(), &project);
         self.projects
             .write()
             .unwrap_or_else(|p| p.into_inner())

@@ -191,8 +191,10 @@ pub fn check_file(ast: &AST, callable: &Callable, answer_keys: &[&str]) -> Repor
         .map(|f| (f.name.to_string(), f.params.len()))
         .collect();
     for (name, arity) in callbacks {
-        let callback =
-            ast.clone_functions_only_filtered(|_, _, _, n, a| n == name && a == arity);
+        // `retain_functions` on a copy: rhai's `clone_functions_only_filtered`
+        // keeps every function when it starts from an empty module.
+        let mut callback = ast.clone_functions_only();
+        callback.retain_functions(|_, _, n, a| n == name && a == arity);
         check_answers(&callback, answer_keys, &mut report);
     }
     check_sent_actions(ast, answer_keys, &mut report);
