@@ -8,6 +8,7 @@ pub mod acl;
 pub mod answer;
 pub mod auth;
 pub mod cli;
+pub mod i18n;
 pub mod logwriter;
 pub mod metrics;
 pub mod project;

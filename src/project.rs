@@ -69,6 +69,9 @@ pub struct Settings {
     /// IANA time zone (`Europe/Rome`) for dates and times in scripts and
     /// templates and for `cron` timers; empty: the server's own zone.
     pub timezone: String,
+    /// The language of texts when neither the viewer nor their browser
+    /// asks for one the project has.
+    pub i18n_default: String,
 }
 
 /// A `[[keystrokes]]` entry: a single key, or a regex over the last typed
@@ -185,6 +188,7 @@ impl Default for Settings {
             keystrokes: Vec::new(),
             timers: Vec::new(),
             timezone: String::new(),
+            i18n_default: "en".into(),
         }
     }
 }
@@ -300,6 +304,8 @@ pub struct Project {
     pub timezone: jiff::tz::TimeZone,
     /// The parsed pattern of each `cron` timer, by timer name.
     pub schedules: BTreeMap<String, croner::Cron>,
+    /// `i18n/*.ftl` over the runtime's own texts.
+    pub translations: std::sync::Arc<crate::i18n::Translations>,
 }
 
 /// Registers the functions scripts may call on a project's engine; given the
@@ -335,8 +341,15 @@ impl Project {
             jiff::tz::TimeZone::UTC
         });
         let schedules = compile_schedules(dir, &settings, &mut diagnostics);
+        let translations = std::sync::Arc::new(load_translations(dir, &settings, &mut diagnostics)?);
         let page_files = find_pages(dir, &mut diagnostics)?;
-        let templates = compile_templates(dir, &page_files, &timezone, &mut diagnostics)?;
+        let templates = compile_templates(
+            dir,
+            &page_files,
+            &timezone,
+            &translations,
+            &mut diagnostics,
+        )?;
         let mut warnings = Vec::new();
         let register_all = |engine: &mut rhai::Engine, project: &str| {
             register(engine, project);
@@ -398,6 +411,7 @@ impl Project {
                 warnings,
                 timezone,
                 schedules,
+                translations,
             }),
             _ => Err(LoadError::Invalid(diagnostics)),
         }
@@ -486,6 +500,8 @@ fn page_context(
     context.insert("session", &serde_json::json!({ "properties": {} }));
     context.insert("vars", &serde_json::json!({}));
     context.insert("ui", &serde_json::json!({}));
+    context.insert("lang", &settings.i18n_default);
+    context.insert("sb_texts", "{}");
     context
 }
 
@@ -731,6 +747,7 @@ fn compile_templates(
     dir: &Path,
     pages: &[PageFile],
     timezone: &jiff::tz::TimeZone,
+    translations: &std::sync::Arc<crate::i18n::Translations>,
     diagnostics: &mut Vec<Diagnostic>,
 ) -> Result<Option<Tera>, LoadError> {
     let mut sources: Vec<(String, PathBuf, String)> = Vec::new();
@@ -758,6 +775,7 @@ fn compile_templates(
     }
     let mut tera = builtin_templates();
     crate::time::register_filters(&mut tera, timezone);
+    register_translation(&mut tera, translations);
     let all = sources
         .iter()
         .map(|(name, _, text)| (name.as_str(), text.as_str()));
@@ -865,6 +883,92 @@ fn parse_reports(dir: &Path, text: &str) -> Vec<Diagnostic> {
         }
     }
     diagnostics
+}
+
+/// `{{ t(key="room-title") }}` and `{{ "room-title" | t(name="Ann") }}`:
+/// the text in the viewer's language (`lang` in the context); other
+/// keyword arguments are the Fluent arguments.
+fn register_translation(tera: &mut Tera, translations: &std::sync::Arc<crate::i18n::Translations>) {
+    fn translate(
+        translations: &crate::i18n::Translations,
+        key: &str,
+        kwargs: &tera::Kwargs,
+        state: &tera::State,
+    ) -> tera::TeraResult<String> {
+        let language: String = state.get("lang")?.unwrap_or_default();
+        let mut args = serde_json::Map::new();
+        for (name, value) in kwargs.iter() {
+            if let Some(name) = name.as_str().filter(|n| *n != "key") {
+                args.insert(name.to_string(), serde_json::to_value(value).unwrap_or_default());
+            }
+        }
+        let args = crate::i18n::args_from(&args);
+        Ok(translations.text_or_key(&language, key, Some(&args)))
+    }
+    let for_function = translations.clone();
+    tera.register_function("t", move |kwargs: tera::Kwargs, state: &tera::State| {
+        let key: String = kwargs.must_get("key")?;
+        translate(&for_function, &key, &kwargs, state)
+    });
+    let for_filter = translations.clone();
+    tera.register_filter(
+        "t",
+        move |key: String, kwargs: tera::Kwargs, state: &tera::State| {
+            translate(&for_filter, &key, &kwargs, state)
+        },
+    );
+}
+
+/// The project's `i18n/<language>.ftl` files over the runtime's texts.
+fn load_translations(
+    dir: &Path,
+    settings: &Settings,
+    diagnostics: &mut Vec<Diagnostic>,
+) -> Result<crate::i18n::Translations, LoadError> {
+    let folder = dir.join("i18n");
+    let mut files = Vec::new();
+    if folder.is_dir() {
+        for path in sorted_entries(&folder)? {
+            if !path.extension().is_some_and(|e| e == "ftl") || !path.is_file() {
+                continue;
+            }
+            let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or_default();
+            let Ok(language) = stem.parse::<unic_langid::LanguageIdentifier>() else {
+                diagnostics.push(Diagnostic {
+                    file: path.clone(),
+                    line: 0,
+                    column: 0,
+                    message: format!("`{stem}` is not a language tag; name the file like en.ftl or pt-BR.ftl"),
+                });
+                continue;
+            };
+            let text = read_text(&path)?;
+            match crate::i18n::parse(&text) {
+                Ok(resource) => files.push((language, resource)),
+                Err(errors) => diagnostics.extend(errors.into_iter().map(|error| {
+                    let (line, column) = line_and_column(&text, error.offset);
+                    Diagnostic {
+                        file: path.clone(),
+                        line,
+                        column,
+                        message: error.message,
+                    }
+                })),
+            }
+        }
+    }
+    let translations = crate::i18n::Translations::new(files, &settings.i18n_default);
+    if !translations.languages().any(|l| l == settings.i18n_default) {
+        diagnostics.push(setting_diagnostic(
+            dir,
+            "i18n_default",
+            format!(
+                "i18n_default `{}` has no translations (i18n/{}.ftl)",
+                settings.i18n_default, settings.i18n_default
+            ),
+        ));
+    }
+    Ok(translations)
 }
 
 /// An error in a setting of `project.toml`, placed on the line that sets it.

@@ -78,8 +78,22 @@ const CONFIG = Object.freeze({
   SUBMIT_RETRY_BASE_MS: 1000,
   SUBMIT_RETRY_MAX_MS: 30_000,
 
+  ..._pageTexts(),
   ...window.SwitchboardConfig,
 });
+
+/**
+ * The runtime's texts in the viewer's language, as the server rendered them
+ * into the page (`<script type="application/json" id="sb-texts">`, from the
+ * project's i18n/*.ftl files over the built-in ones).
+ */
+function _pageTexts() {
+  try {
+    return JSON.parse(document.getElementById('sb-texts')?.textContent || '{}');
+  } catch {
+    return {};
+  }
+}
 
 // ================================================================ DOM helpers
 

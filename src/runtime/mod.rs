@@ -485,7 +485,11 @@ impl Runtime {
     /// variables) and `ui` (the UI values the session sees, by object id
     /// and attribute), so that a page renders its state without waiting
     /// for the first push.
-    pub fn template_view(&self, session: &Session) -> serde_json::Map<String, serde_json::Value> {
+    pub fn template_view(
+        &self,
+        project: &Project,
+        session: &Session,
+    ) -> serde_json::Map<String, serde_json::Value> {
         let mut ui = serde_json::Map::new();
         for value in self.ui_snapshot(session) {
             if let serde_json::Value::Object(attrs) = ui
@@ -502,7 +506,45 @@ impl Runtime {
         );
         view.insert("vars".into(), self.vars_of(&session.project).into());
         view.insert("ui".into(), ui.into());
+        let language = self.language_of(project, session);
+        // Embedded in a `<script type="application/json">`: `<` escaped so
+        // that no text can close the element.
+        let texts = serde_json::Value::Object(project.translations.browser_texts(&language))
+            .to_string()
+            .replace('<', "\\u003c");
+        view.insert("sb_texts".into(), texts.into());
+        view.insert("lang".into(), language.into());
         view
+    }
+
+    /// The language of a session's texts: the user's setting (the session
+    /// property `language`), else the browser's, else the project's default.
+    pub fn language_of(&self, project: &Project, session: &Session) -> String {
+        let (chosen, accept) = session.with_state(|state| {
+            (
+                state
+                    .properties
+                    .get("language")
+                    .and_then(|l| l.as_str())
+                    .map(String::from),
+                state.accept_language.clone(),
+            )
+        });
+        project.translations.negotiate(chosen.as_deref(), &accept)
+    }
+
+    /// Remembers the `Accept-Language` of the browser showing a session.
+    pub fn note_accept_language(&self, session: &Session, header: &str) {
+        let changed = session.with_state(|state| {
+            let changed = state.accept_language != header;
+            if changed {
+                state.accept_language = header.to_string();
+            }
+            changed
+        });
+        if changed {
+            self.persist(session);
+        }
     }
 
     fn ui(&self, project: &str) -> dashmap::mapref::one::RefMut<'_, String, ProjectUi> {

@@ -310,8 +310,9 @@ fn render_page(
         }
         Err(error) => return Err(error),
     }
+    note_accept_language(req, state, &session);
     let rendered = project
-        .render_page(page, &state.template_view(&session))
+        .render_page(page, &state.template_view(&project, &session))
         .ok_or(RequestError::PageNotFound)?;
     let html = rendered.map_err(|error| render_failed(&project, page, error))?;
     let mut response = HttpResponse::Ok();
@@ -320,6 +321,20 @@ fn render_page(
         response.cookie(session_cookie(&project.name, &session, secure_cookies(req)));
     }
     Ok(response.body(html))
+}
+
+/// Keeps the browser's languages on the session: they choose the
+/// language of its texts, in pages and in scripts' `t(session, …)`.
+fn note_accept_language(req: &HttpRequest, state: &Runtime, session: &Session) {
+    let header = req
+        .headers()
+        .get(header::ACCEPT_LANGUAGE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    // A header is a few dozen bytes; longer ones are not worth storing.
+    if header.len() <= 256 {
+        state.note_accept_language(session, header);
+    }
 }
 
 /// A page's `content` block alone, for the client to swap in (pages) or show
@@ -331,7 +346,8 @@ async fn page_fragment(
 ) -> Result<HttpResponse, RequestError> {
     let (name, page) = path.into_inner();
     let (project, session) = authorized(&req, &state, &name, Some(&page))?;
-    let context = state.template_view(&session);
+    note_accept_language(&req, &state, &session);
+    let context = state.template_view(&project, &session);
     let rendered = project
         .render_block(&page, "content", &context)
         .ok_or(RequestError::PageNotFound)?;
