@@ -80,6 +80,13 @@ pub enum Subcommands {
         /// The project's folder (the one holding `project.toml`).
         dir: PathBuf,
     },
+    /// Create a new project folder (a page, a handler, a lib/ module,
+    /// translations) that passes `check` and runs as it is.
+    New {
+        /// The new project's folder, e.g. `projects/lobby` (its name is
+        /// the project's name).
+        dir: PathBuf,
+    },
     /// Set a user's password in the users file (prompted, never echoed),
     /// adding the user if new.
     Passwd {
@@ -99,6 +106,7 @@ pub fn run() -> ExitCode {
     let args = Args::parse();
     match args.command {
         Some(Subcommands::Check { ref dir }) => check(dir),
+        Some(Subcommands::New { ref dir }) => new_project(dir),
         Some(Subcommands::Passwd {
             ref user,
             ref name,
@@ -121,6 +129,30 @@ fn check(dir: &std::path::Path) -> ExitCode {
         }
         Err(error) => {
             eprintln!("{error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn new_project(dir: &std::path::Path) -> ExitCode {
+    match crate::scaffold::create(dir) {
+        Ok(files) => {
+            for file in files {
+                println!("created {}", file.display());
+            }
+            let name = dir.file_name().map(|n| n.to_string_lossy()).unwrap_or_default();
+            let parent = dir
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .map_or_else(|| ".".into(), |p| p.display().to_string());
+            println!(
+                "\nNext: switchboard check {}\n      switchboard --projects {parent} --dev\n      then open http://127.0.0.1:8080/{name}/ (docs/tutorial.md walks you through it)",
+                dir.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("switchboard new: {error}");
             ExitCode::FAILURE
         }
     }

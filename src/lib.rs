@@ -15,6 +15,7 @@ pub mod project;
 pub mod protocol;
 pub mod reload;
 pub mod runtime;
+pub mod scaffold;
 pub mod script;
 pub mod server;
 pub mod session;

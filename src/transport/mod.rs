@@ -167,6 +167,7 @@ pub fn routes(config: &mut web::ServiceConfig) {
         .route("/", web::get().to(index))
         .route("/_sb/{file}", web::get().to(asset))
         .route("/metrics", web::get().to(metrics))
+        .route("/favicon.ico", web::get().to(favicon))
         .route("/{project}", web::get().to(project_root_redirect))
         .route("/{project}/", web::get().to(start_page))
         .route("/{project}/api/session", web::post().to(create_session))
@@ -201,7 +202,7 @@ async fn index(state: State) -> HttpResponse {
         .collect();
     HttpResponse::Ok().content_type("text/html; charset=utf-8").body(format!(
         "<!doctype html><html lang=en><meta charset=utf-8><title>Switchboard</title>\
-         <link rel=stylesheet href=/_sb/switchboard.css><body class=sb-index><h1>Projects</h1><ul>{items}</ul></body></html>"
+         <link rel=icon href=/_sb/favicon.svg type=image/svg+xml><link rel=stylesheet href=/_sb/switchboard.css><body class=sb-index><h1>Projects</h1><ul>{items}</ul></body></html>"
     ))
 }
 
@@ -223,12 +224,22 @@ async fn asset(file: web::Path<String>) -> HttpResponse {
             include_str!("../../web/switchboard.css"),
             "text/css; charset=utf-8",
         ),
+        "favicon.svg" => (include_str!("../../web/favicon.svg"), "image/svg+xml"),
         _ => return HttpResponse::NotFound().finish(),
     };
     HttpResponse::Ok()
         .content_type(content_type)
         .insert_header((header::CACHE_CONTROL, "no-cache"))
         .body(body)
+}
+
+/// Browsers ask for `/favicon.ico` on their own (pages also name
+/// `/_sb/favicon.svg`): the same icon, so that no page load logs a 404.
+async fn favicon() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("image/svg+xml")
+        .insert_header((header::CACHE_CONTROL, "max-age=86400"))
+        .body(include_str!("../../web/favicon.svg"))
 }
 
 /// A project's own assets (stylesheets, images) from its `static/` folder.
