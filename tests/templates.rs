@@ -145,3 +145,76 @@ async fn pages_render_variables_and_ui_values_set_by_project_startup() {
     }
     std::fs::remove_dir_all(&root).ok();
 }
+
+/// Issue 16 item 2: every built-in component and each of its arguments has
+/// its entry in docs/objects.md.
+#[test]
+fn every_component_and_argument_is_documented() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let components = std::fs::read_to_string(root.join("web/templates/components.html")).unwrap();
+    let docs = std::fs::read_to_string(root.join("docs/objects.md")).unwrap();
+    let mut seen = 0;
+    for line in components.lines() {
+        let Some(rest) = line.strip_prefix("{% component ") else {
+            continue;
+        };
+        let (name, args) = rest.split_once('(').unwrap();
+        let args = args.rsplit_once(')').unwrap().0;
+        let heading = format!("### `{name}`");
+        let section = docs
+            .split_once(&heading)
+            .unwrap_or_else(|| panic!("docs/objects.md has no {heading}"))
+            .1;
+        let section = section.split("\n### ").next().unwrap();
+        for arg in args.split(',').map(str::trim).filter(|a| !a.starts_with("...")) {
+            let arg = arg.split([':', '=']).next().unwrap().trim();
+            assert!(
+                section.contains(&format!("`{arg}`")),
+                "{name}: argument `{arg}` is not documented"
+            );
+        }
+        assert!(section.contains("{{ <") || section.contains("{% <"), "{name}: no example");
+        seen += 1;
+    }
+    assert!(seen >= 8, "found {seen} components");
+}
+
+#[tokio::test]
+async fn links_and_project_components_render_as_documented() {
+    let root = temp_dir("template-components");
+    write_project(
+        &root,
+        "site",
+        &[
+            ("project.toml", ""),
+            (
+                "templates/parts.html",
+                "{% component room_light(n: integer) %}\n  {{ <sb.button id={\"light\" ~ n} name=\"light\" param={n | str} label={\"Light \" ~ n} /> }}\n{% endcomponent room_light %}\n",
+            ),
+            (
+                "pages/home.html",
+                &page("{{ <room_light n={2} /> }}\n{{ <sb.link page=\"other\" label=\"Other\" /> }}"),
+            ),
+            ("pages/other.html", HOME_PAGE),
+        ],
+    );
+    let server = Server::start(&root);
+    let client = server.client("site").await;
+    let html = get_page(&client, "home").await;
+    assert!(
+        html.contains(r#"<button type="button" id="light2" data-sb-object="button" data-sb-name="light" data-sb-param="2""#),
+        "a project's component, with no import: {html}"
+    );
+    let href = html
+        .split("data-sb-link=\"other\"")
+        .next()
+        .and_then(|before| before.rsplit("href=\"").next())
+        .and_then(|rest| rest.split('"').next())
+        .unwrap();
+    // docs/objects.md: the href resolves to /<project>/<page> from any page.
+    let page_url = reqwest::Url::parse(&server.url("/site/home")).unwrap();
+    assert_eq!(page_url.join(href).unwrap().path(), "/site/other");
+    let start_url = reqwest::Url::parse(&server.url("/site/")).unwrap();
+    assert_eq!(start_url.join(href).unwrap().path(), "/site/other");
+    std::fs::remove_dir_all(&root).ok();
+}
