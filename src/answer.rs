@@ -33,6 +33,33 @@ pub enum Status {
     Failed,
 }
 
+impl Status {
+    /// The name on the wire (`"ok"`…), the one source of status names.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Ok => "ok",
+            Status::Error => "error",
+            Status::Unhandled => "unhandled",
+            Status::Failed => "failed",
+        }
+    }
+
+    /// The status as the logs show it: `[OK]`, `[FAILED]`…
+    pub fn log_tag(self) -> impl std::fmt::Display {
+        struct Tag(Status);
+        impl std::fmt::Display for Tag {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("[")?;
+                for c in self.0.as_str().chars() {
+                    std::fmt::Write::write_char(f, c.to_ascii_uppercase())?;
+                }
+                f.write_str("]")
+            }
+        }
+        Tag(self)
+    }
+}
+
 /// The styling of a toast or popup (`type` in the answer, `level` on the wire).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -1,8 +1,11 @@
 //! Switchboard: an HSYCO-style command-response UI runtime.
 //!
-//! Data flows one way: [`transport`] parses a request, [`session`] runs it
-//! against the project's [`script`] handlers, [`answer`] decodes what they
-//! returned, and [`transport`] sends the resulting actions back.
+//! Data flows one way: [`transport`] parses a request, [`runtime`] runs it
+//! against the project's [`script`] handlers (one path for every callback:
+//! `runtime::handlers`), [`answer`] decodes what they returned, and the
+//! actions go back through the runtime's connection to [`transport`].
+//! [`session`] is plain data; see `src/runtime/mod.rs` for how a command
+//! flows, file by file.
 
 pub mod acl;
 pub mod answer;

@@ -3,7 +3,7 @@
 //!
 //! Parsing is pure and total: any text in, a [`ClientFrame`] or a
 //! [`Rejection`] out, never a panic. What a frame *does* is decided elsewhere
-//! (`session`); how it travels (HTTP body, WebSocket text frame) is
+//! (`runtime`); how it travels (HTTP body, WebSocket text frame) is
 //! `transport`'s business.
 
 use serde::{Deserialize, Serialize};

@@ -22,8 +22,39 @@ use tokio::sync::mpsc;
 /// on reconnect anyway).
 const MAX_PENDING_PUSHES: usize = 64;
 
-/// A frame ready to send, serialized once however many sessions get it.
-pub type Frame = tokio_tungstenite::tungstenite::Utf8Bytes;
+/// A frame ready to send: text, serialized once however many sessions get
+/// it, and cloned by sharing its bytes. Transports turn it into their own
+/// message type without copying.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Frame(bytes::Bytes);
+
+impl Frame {
+    pub fn as_str(&self) -> &str {
+        // Built only from `str`s: always valid.
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
+
+    pub fn starts_with(&self, prefix: &str) -> bool {
+        self.0.starts_with(prefix.as_bytes())
+    }
+
+    /// The frame's UTF-8 bytes, shared.
+    pub fn into_bytes(self) -> bytes::Bytes {
+        self.0
+    }
+}
+
+impl From<String> for Frame {
+    fn from(text: String) -> Frame {
+        Frame(bytes::Bytes::from(text))
+    }
+}
+
+impl From<&str> for Frame {
+    fn from(text: &str) -> Frame {
+        Frame(bytes::Bytes::copy_from_slice(text.as_bytes()))
+    }
+}
 
 /// All live sessions of all projects.
 #[derive(Default)]
@@ -358,13 +389,17 @@ mod tests {
         }
         let (tx, mut rx) = mpsc::channel(1000);
         session.connect(tx);
-        assert_eq!(&*rx.try_recv().unwrap(), "5", "the oldest were dropped");
+        assert_eq!(
+            rx.try_recv().unwrap().as_str(),
+            "5",
+            "the oldest were dropped"
+        );
         session.push(&Frame::from("live"));
         let mut last = None;
         while let Ok(frame) = rx.try_recv() {
             last = Some(frame);
         }
-        assert_eq!(last.as_deref(), Some("live"));
+        assert_eq!(last.as_ref().map(Frame::as_str), Some("live"));
     }
 
     #[test]

@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Client, Server, Socket, command, receive, receive_any, receive_push, send};
+use common::{Client, Server, Socket, command, receive, receive_any, receive_push, send, toast_of};
 use futures_util::StreamExt;
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
@@ -17,17 +17,7 @@ fn events_server() -> Server {
 /// The message of the next pushed toast.
 async fn pushed_toast(socket: &mut Socket) -> String {
     let push = receive_push(socket, "actions").await;
-    push["actions"][0]["message"]
-        .as_str()
-        .unwrap_or_else(|| panic!("no toast in {push}"))
-        .to_string()
-}
-
-/// The first toast of a reply.
-fn toast_of(reply: &Value) -> &str {
-    reply["actions"][0]["message"]
-        .as_str()
-        .unwrap_or_else(|| panic!("no toast in {reply}"))
+    toast_of(&push).to_string()
 }
 
 async fn http_toast(client: &Client, name: &str, param: &str) -> String {

@@ -10,7 +10,7 @@ use std::process::Command;
 
 use serde_json::{Value, json};
 
-use common::{Server, first_message, run_check, temp_dir};
+use common::{Server, toast_of, run_check, temp_dir};
 
 fn switchboard_new(dir: &Path) -> (Option<i32>, String, String) {
     let output = Command::new(env!("CARGO_BIN_EXE_switchboard"))
@@ -58,7 +58,7 @@ async fn a_new_project_passes_check_and_runs() {
     let html = get(&client, "home", "it").await;
     assert!(html.contains("Benvenuto in lobby"), "{html}");
     assert!(html.contains(">off<"), "{html}");
-    assert_eq!(first_message(&client.command("lamp", "toggle").await), "Fatto");
+    assert_eq!(toast_of(&client.command("lamp", "toggle").await), "Fatto");
     assert!(get(&client, "home", "it").await.contains(">on<"));
 
     // Never over an existing folder, never with a name that cannot be served.
@@ -168,10 +168,10 @@ async fn the_tutorial_works_step_by_step() {
 
     // The setpoint: kept, then refused and rolled back.
     let reply = send(&client, "setpoint", "setpoint", "22").await;
-    assert_eq!(first_message(&reply), "Set to 22 °C", "{reply}");
+    assert_eq!(toast_of(&reply), "Set to 22 °C", "{reply}");
     let reply = send(&client, "setpoint", "setpoint", "35").await;
     assert_eq!(reply["status"], "error", "{reply}");
-    assert_eq!(first_message(&reply), "Choose between 16 and 28 °C");
+    assert_eq!(toast_of(&reply), "Choose between 16 and 28 °C");
     assert_eq!(
         reply["actions"][1],
         json!({"type":"rollback","object":"setpoint","value":"22"})
@@ -192,7 +192,7 @@ async fn the_tutorial_works_step_by_step() {
         [("email", "This is not an e-mail address"), ("guest", "Please fill this in")]
     );
     let reply = send(&client, "send", "send", r#"{"guest":"Ann","email":"ann@example.com"}"#).await;
-    assert_eq!(first_message(&reply), "Sent: we will get back to you");
+    assert_eq!(toast_of(&reply), "Sent: we will get back to you");
     server.wait_for_log("front desk request from Ann <ann@example.com>");
 
     // Translated, for an Italian browser.
@@ -200,6 +200,6 @@ async fn the_tutorial_works_step_by_step() {
     let html = get(&italian, "", "it-IT,it;q=0.9").await;
     assert!(html.contains("<h1>Camera 12</h1>") && html.contains("Scrivi alla reception"), "{html}");
     let reply = send(&italian, "setpoint", "setpoint", "40").await;
-    assert_eq!(first_message(&reply), "Scegli tra 16 e 28 °C");
+    assert_eq!(toast_of(&reply), "Scegli tra 16 e 28 °C");
     std::fs::remove_dir_all(&root).ok();
 }

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{Client, Server, first_message, run_check, temp_dir, write_project};
+use common::{Client, Server, toast_of, run_check, temp_dir, write_project};
 
 const PAGE: &str = r#"{% extends "sb/layout.html" %}
 {% block content %}
@@ -65,22 +65,22 @@ async fn texts_follow_the_user_setting_then_the_browser() {
     ] {
         assert!(html.contains(wanted), "missing {wanted} in {html}");
     }
-    assert_eq!(first_message(&italian.command("save", "").await), "Salvato");
+    assert_eq!(toast_of(&italian.command("save", "").await), "Salvato");
 
     let english = server.client("site").await;
     let html = page(&english, None).await;
     for wanted in ["<h1>Room 3</h1>", "<p>Saved</p>", "\"TEXT_OK\":\"Got it\""] {
         assert!(html.contains(wanted), "missing {wanted} in {html}");
     }
-    assert_eq!(first_message(&english.command("save", "").await), "Saved");
+    assert_eq!(toast_of(&english.command("save", "").await), "Saved");
 
     // The user's own setting wins over the browser's.
     assert_eq!(
-        first_message(&english.command("language", "it").await),
+        toast_of(&english.command("language", "it").await),
         "Stanza 7"
     );
     assert!(page(&english, Some("en")).await.contains("<h1>Stanza 3</h1>"));
-    assert_eq!(first_message(&english.command("save", "").await), "Salvato");
+    assert_eq!(toast_of(&english.command("save", "").await), "Salvato");
     std::fs::remove_dir_all(&root).ok();
 }
 

@@ -6,7 +6,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{HOME_PAGE, Server, first_message, run_check, temp_dir, write_project};
+use common::{HOME_PAGE, Server, toast_of, run_check, temp_dir, write_project};
 
 const LIGHTS: &str = r#"// Shared by every events file.
 fn prefix() { "Light" }
@@ -43,9 +43,9 @@ async fn events_files_share_lib_modules() {
 
     let server = Server::start(&root);
     let client = server.client("site").await;
-    assert_eq!(first_message(&client.command("a", "1").await), "Light 1: on");
+    assert_eq!(toast_of(&client.command("a", "1").await), "Light 1: on");
     assert_eq!(
-        first_message(&client.command("b", "2").await),
+        toast_of(&client.command("b", "2").await),
         "Light 2: on/off"
     );
 
@@ -53,7 +53,7 @@ async fn events_files_share_lib_modules() {
     std::fs::write(dir.join("lib/lights.rhai"), LIGHTS.replace("Light", "Lamp")).unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let text = first_message(&client.command("a", "3").await);
+        let text = toast_of(&client.command("a", "3").await).to_string();
         if text == "Lamp 3: on" {
             break;
         }

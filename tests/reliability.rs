@@ -7,17 +7,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{Client, Server, Socket, receive, send};
+use common::{Client, Server, Socket, receive, send, toast_of};
 use futures_util::StreamExt;
 use serde_json::{Value, json};
 use tokio::sync::{Mutex, watch};
-
-fn toast_of(reply: &Value) -> String {
-    reply["actions"][0]["message"]
-        .as_str()
-        .unwrap_or_else(|| panic!("no toast in {reply}"))
-        .to_string()
-}
 
 fn counted(id: &str, seq: u64, name: &str) -> Value {
     json!({"type":"command","seq":seq,"id":id,"name":name,"param":""})
@@ -288,7 +281,7 @@ async fn sigkill_under_a_stream_of_submissions_loses_nothing_and_runs_nothing_tw
         "every submission was acknowledged in the end"
     );
     assert!(acked_before_kill.is_subset(&acked));
-    let audit = toast_of(&clients[0].command("audit", "").await);
+    let audit = toast_of(&clients[0].command("audit", "").await).to_string();
     assert_eq!(
         audit,
         format!("submissions={0} distinct={0} repeated=0", CLIENTS * EACH),

@@ -6,7 +6,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Server, first_message, run_check, temp_dir, write_project};
+use common::{Server, toast_of, run_check, temp_dir, write_project};
 
 #[tokio::test]
 async fn scripts_log_warnings_and_errors_with_their_place() {
@@ -74,11 +74,11 @@ async fn times_are_formatted_in_the_project_time_zone() {
     let server = Server::start(&root);
     let client = server.client("site").await;
     assert_eq!(
-        first_message(&client.command("format", "").await),
+        toast_of(&client.command("format", "").await),
         "01:00 CET|02:00 CEST|2026-01-01 01:00:00|Europe/Rome"
     );
     assert_eq!(
-        first_message(&client.command("parts", "").await),
+        toast_of(&client.command("parts", "").await),
         "2:0 day 2 120"
     );
     assert_eq!(client.command("bad", "").await["status"], "failed");
@@ -160,7 +160,7 @@ async fn calendar_timers_run_once_per_due_time_whatever_the_sessions() {
     }
     let deadline = Instant::now() + Duration::from_secs(20);
     let runs: Vec<i64> = loop {
-        let text = first_message(&clients[0].0.command("runs", "").await);
+        let text = toast_of(&clients[0].0.command("runs", "").await).to_string();
         let runs: Vec<i64> = serde_json::from_str(&text).unwrap();
         if runs.len() >= 3 {
             break runs;

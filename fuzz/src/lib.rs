@@ -6,7 +6,7 @@
 //! Each check panics (which libFuzzer reports as a crash) when the code
 //! breaks a property it guarantees. Only what `src/answer.rs` and
 //! `src/protocol.rs` actually guarantee is asserted; see
-//! `docs/security-fuzzing.md`.
+//! the fuzzing section of `docs/security.md`.
 
 use serde_json::Value;
 use switchboard::answer::{Action, Answer, Decoded, Origin, Status, decode};

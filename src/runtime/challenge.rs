@@ -9,23 +9,13 @@ use std::time::{Duration, Instant};
 use rhai::{Dynamic, Engine, EvalAltResult, Map, Position};
 use tracing::info;
 
-use super::commands::{abnormal_end, decode_logging_warnings, failed};
-use super::{Runtime, events};
-use crate::answer::{Action, Answer, Decoded, Origin, Status};
+use super::handlers::{self, Call, OnFailure};
+use super::state::{PendingChallenge as Pending, Runtime};
+use crate::answer::Action;
 use crate::auth::User;
 use crate::project::Project;
-use crate::protocol::{Push, Reply};
-use crate::script;
+use crate::protocol::Reply;
 use crate::session::Session;
-
-/// A challenge waiting for the user.
-pub struct Pending {
-    session: String,
-    project: String,
-    payload: serde_json::Value,
-    opened: Instant,
-    timeout: Duration,
-}
 
 /// What the browser answered.
 pub enum ChallengeAnswer {
@@ -49,12 +39,7 @@ pub enum ChallengeResult {
 impl Runtime {
     /// Gives every challenge action an id and files its payload; each is
     /// answered as a timeout if the user does not answer in time.
-    pub(super) fn file_challenges(
-        &self,
-        project: &Project,
-        session: &Session,
-        actions: &mut [Action],
-    ) {
+    pub fn file_challenges(&self, project: &Project, session: &Session, actions: &mut [Action]) {
         for action in actions {
             if let Action::Challenge { id, payload } = action {
                 *id = uuid::Uuid::new_v4().simple().to_string();
@@ -99,13 +84,7 @@ impl Runtime {
                     ChallengeResult::Timeout(minutes(timeout)),
                 )
                 .await;
-            session.push(
-                &Push::Actions {
-                    event: "authChallenge",
-                    actions: &reply.actions,
-                }
-                .to_frame(),
-            );
+            handlers::deliver(&session, "authChallenge", &reply.actions);
         });
     }
 
@@ -144,39 +123,23 @@ impl Runtime {
         result: ChallengeResult,
     ) -> Reply {
         info!(target: "switchboard::auth", session = session.log_id(), result = result.kind(), "authentication challenge answered");
+        let Some(runtime) = self.arc() else {
+            return handlers::reply(None, handlers::failed(None));
+        };
         let args = vec![
             Dynamic::from(session.id.clone()),
             rhai::serde::to_dynamic(pending.payload).unwrap_or(Dynamic::UNIT),
             Dynamic::from(result),
         ];
-        let job_project = project.clone();
-        let outcome =
-            script::run_off_async(move || job_project.scripts.call_first("authChallenge", args))
-                .await
-                .unwrap_or_else(|join_error| Err(abnormal_end("authChallenge", &join_error)));
-        let mut decoded = match outcome {
-            Ok(Some(answer)) => decode_logging_warnings(
-                &Answer::from_dynamic(answer),
-                &Origin::default(),
-                "authChallenge",
-            ),
-            Ok(None) => Decoded {
-                status: Status::Unhandled,
-                actions: Vec::new(),
-                quiet: false,
-                warnings: Vec::new(),
-            },
-            Err(error) => {
-                events::handler_failed(self, project, session, &error).await;
-                failed(None)
-            }
-        };
-        self.file_challenges(project, session, &mut decoded.actions);
-        Reply {
-            seq: None,
-            status: decoded.status,
-            actions: decoded.actions,
-        }
+        let ran = handlers::run(
+            &runtime,
+            project,
+            Some(session),
+            Call::new("authChallenge", args),
+        )
+        .await;
+        handlers::report(&runtime, project, session, &ran, OnFailure::Count).await;
+        handlers::reply(None, ran.into_decoded())
     }
 }
 

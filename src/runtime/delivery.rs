@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tracing::error;
 
-use super::Runtime;
+use super::state::Runtime;
 use crate::answer::{Action, Status};
 use crate::protocol::Reply;
 use crate::store::{Table, Write};
@@ -247,6 +247,3 @@ impl Runtime {
         }
     }
 }
-
-/// Shared by sessions' commands and form submissions.
-pub type InFlight = dashmap::DashMap<String, watch::Receiver<Option<Reply>>>;

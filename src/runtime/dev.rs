@@ -9,7 +9,7 @@ use crate::project::Project;
 use crate::protocol::Command;
 use crate::session::Session;
 
-use super::Runtime;
+use super::state::Runtime;
 
 /// Shows what went unnoticed in a command's answer, if anything.
 pub(super) fn notice_command(

@@ -1,220 +1,82 @@
 //! Session events: the optional Rhai callbacks the runtime calls at moments
-//! in a session's life and for keystrokes, device data and messages. What a
-//! callback returns goes through the Command API decoder and reaches the
-//! session's browser as actions, exactly like a `userCommand` answer.
+//! in a session's life (`sessionStartup`, `pageStartup`, `sessionShutdown`,
+//! `sessionRestored`), for messages, keystrokes and device data. Each runs
+//! through [`handlers`](super::handlers) like a `userCommand`: its answer
+//! reaches the session's browsers as actions (or is the reply to the
+//! keystroke or device frame that caused it).
 
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use rhai::{Array, Dynamic, Map};
 use serde_json::Value;
-use tracing::{info, warn};
+use tracing::info;
 
-use super::commands::{abnormal_end, decode_logging_warnings, failed};
-use super::Runtime;
-use crate::answer::{Answer, Decoded, Origin, Status};
+use super::handlers::{self, Call, OnFailure};
+use super::state::{Runtime, ShutdownReason};
+use crate::answer::Status;
 use crate::project::Project;
-use crate::protocol::{Device, DeviceEvent, Keystroke, Push, Rejection, Reply};
-use crate::script::{self, ScriptError, ScriptErrorKind};
+use crate::protocol::{Device, DeviceEvent, Keystroke, Rejection, Reply};
 use crate::session::Session;
-
-/// Why a session ended, as `sessionShutdown` receives it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ShutdownReason {
-    IdleTimeout,
-    Logout,
-    Terminated,
-    ProjectRemoved,
-    ServerStop,
-}
-
-impl ShutdownReason {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ShutdownReason::IdleTimeout => "IdleTimeout",
-            ShutdownReason::Logout => "Logout",
-            ShutdownReason::Terminated => "Terminated",
-            ShutdownReason::ProjectRemoved => "ProjectRemoved",
-            ShutdownReason::ServerStop => "ServerStop",
-        }
-    }
-}
 
 fn text(value: &str) -> Dynamic {
     Dynamic::from(value.to_string())
 }
 
-/// Runs `callback` on a script thread and decodes its answer; `Ok(None)`
-/// when no script defines it or all returned `()`.
-async fn call(
-    project: &Arc<Project>,
-    callback: &'static str,
-    args: Vec<Dynamic>,
-) -> Result<Option<Decoded>, ScriptError> {
-    if !project.scripts.defines(callback, args.len()) {
-        return Ok(None);
-    }
-    let job_project = project.clone();
-    let job = move || {
-        let answer = job_project.scripts.call_first(callback, args)?;
-        Ok(answer.map(|answer| {
-            decode_logging_warnings(&Answer::from_dynamic(answer), &Origin::default(), callback)
-        }))
-    };
-    script::run_off_async(job)
-        .await
-        .unwrap_or_else(|join_error| Err(abnormal_end(callback, &join_error)))
-}
-
 /// Calls a session's event callback and pushes the actions of its answer to
-/// the session's browsers. Failures are logged and counted.
+/// the session's browsers.
 async fn fire(
-    runtime: &Runtime,
+    runtime: &Arc<Runtime>,
     project: &Arc<Project>,
     session: &Arc<Session>,
-    callback: &'static str,
-    args: Vec<Dynamic>,
+    call: Call,
+    on_failure: OnFailure,
 ) {
-    match call(project, callback, args).await {
-        Ok(Some(mut decoded)) => {
-            info!(target: "switchboard::event", session = session.log_id(), "{callback} answered {}", status_text(decoded.status));
-            runtime.file_challenges(project, session, &mut decoded.actions);
-            push_actions(session, callback, &decoded);
-        }
-        Ok(None) => {}
-        Err(error) => handler_failed(runtime, project, session, &error).await,
+    let ran = handlers::run(runtime, project, Some(session), call).await;
+    handlers::report(runtime, project, session, &ran, on_failure).await;
+    if let (Some(decoded), None) = (&ran.decoded, &ran.failure) {
+        info!(target: "switchboard::event", session = session.log_id(), "{} answered {}", ran.callback, decoded.status.as_str());
+        handlers::deliver(session, ran.callback, &decoded.actions);
     }
 }
 
-/// Like [`fire`] for the callbacks that report trouble: a failure there is
-/// only logged, so a broken `sessionTerminating` cannot loop.
-async fn fire_and_log(
+pub async fn session_startup(
+    runtime: &Arc<Runtime>,
     project: &Arc<Project>,
     session: &Arc<Session>,
-    callback: &'static str,
-    args: Vec<Dynamic>,
 ) {
-    match call(project, callback, args).await {
-        Ok(Some(decoded)) => push_actions(session, callback, &decoded),
-        Ok(None) => {}
-        Err(error) => {
-            warn!(target: "switchboard::script", session = session.log_id(), "{callback} failed: {error}")
-        }
-    }
-}
-
-fn push_actions(session: &Session, event: &str, decoded: &Decoded) {
-    if !decoded.actions.is_empty() {
-        session.push(
-            &Push::Actions {
-                event,
-                actions: &decoded.actions,
-            }
-            .to_frame(),
-        );
-    }
-}
-
-fn status_text(status: Status) -> &'static str {
-    match status {
-        Status::Ok => "ok",
-        Status::Error => "error",
-        Status::Unhandled => "unhandled",
-        Status::Failed => "failed",
-    }
-}
-
-/// Logs a failed handler run of a session. A run stopped by a limit is
-/// reported to `sessionTerminating`; too many in a row end the session.
-pub async fn handler_failed(
-    runtime: &Runtime,
-    project: &Arc<Project>,
-    session: &Arc<Session>,
-    error: &ScriptError,
-) {
-    warn!(target: "switchboard::script", session = session.log_id(), kind = ?error.kind, "handler failed: {error}");
-    let reason = match error.kind {
-        ScriptErrorKind::TooManyOperations => "ElementCountExceeded",
-        ScriptErrorKind::Timeout => "ElementTimeout",
-        ScriptErrorKind::Runtime | ScriptErrorKind::ResourceLimit => return,
-    };
-    crate::metrics::METRICS.limit_stop(error.kind == ScriptErrorKind::Timeout);
-    let stops = session.count_limit_stop();
-    session_terminating(runtime, project, session, reason).await;
-    if stops >= project.settings.max_limit_stops {
-        warn!(
-            session = session.log_id(),
-            stops, "handlers keep getting stopped: terminating the session"
-        );
-        session_terminating(runtime, project, session, "TerminationTimeout").await;
-        runtime
-            .end_session(session, ShutdownReason::Terminated)
-            .await;
-    }
-}
-
-pub async fn session_startup(runtime: &Runtime, project: &Arc<Project>, session: &Arc<Session>) {
-    fire(
-        runtime,
-        project,
-        session,
-        "sessionStartup",
-        vec![text(&session.id)],
-    )
-    .await;
+    let call = Call::new("sessionStartup", vec![text(&session.id)]);
+    fire(runtime, project, session, call, OnFailure::Count).await;
 }
 
 pub async fn page_startup(
-    runtime: &Runtime,
+    runtime: &Arc<Runtime>,
     project: &Arc<Project>,
     session: &Arc<Session>,
     page: &str,
 ) {
-    fire(
-        runtime,
-        project,
-        session,
-        "pageStartup",
-        vec![text(&session.id), text(page)],
-    )
-    .await;
+    let call = Call::new("pageStartup", vec![text(&session.id), text(page)]);
+    fire(runtime, project, session, call, OnFailure::Count).await;
 }
 
+/// `sessionShutdown(session, reason)`; a failure there is only logged.
 pub async fn session_shutdown(
-    _runtime: &Runtime,
+    runtime: &Arc<Runtime>,
     project: &Arc<Project>,
     session: &Arc<Session>,
     reason: ShutdownReason,
 ) {
-    fire_and_log(
-        project,
-        session,
+    let call = Call::new(
         "sessionShutdown",
         vec![text(&session.id), text(reason.as_str())],
-    )
-    .await;
-}
-
-pub async fn session_terminating(
-    _runtime: &Runtime,
-    project: &Arc<Project>,
-    session: &Arc<Session>,
-    reason: &str,
-) {
-    info!(session = session.log_id(), reason, "session terminating");
-    fire_and_log(
-        project,
-        session,
-        "sessionTerminating",
-        vec![text(&session.id), text(reason)],
-    )
-    .await;
+    );
+    fire(runtime, project, session, call, OnFailure::LogOnly).await;
 }
 
 /// `sessionRestored(session, type, pages)`: after a restart (`persisted`,
 /// `failure`) or a hot reload (`newdoc`).
 pub async fn session_restored(
-    runtime: &Runtime,
+    runtime: &Arc<Runtime>,
     project: &Arc<Project>,
     session: &Arc<Session>,
     kind: &str,
@@ -225,36 +87,27 @@ pub async fn session_restored(
         .map(Dynamic::from)
         .collect();
     info!(session = session.log_id(), kind, "session restored");
-    fire(
-        runtime,
-        project,
-        session,
+    let call = Call::new(
         "sessionRestored",
         vec![text(&session.id), text(kind), Dynamic::from_array(pages)],
-    )
-    .await;
+    );
+    fire(runtime, project, session, call, OnFailure::Count).await;
 }
 
-pub async fn message(
-    runtime: &Runtime,
+/// Runs an event callback for a session (a message, a device event from
+/// outside the browser) and pushes its answer's actions.
+pub async fn fire_event(
+    runtime: &Arc<Runtime>,
     project: &Arc<Project>,
     session: &Arc<Session>,
-    handler: &str,
-    payload: Dynamic,
+    call: Call,
 ) {
-    fire(
-        runtime,
-        project,
-        session,
-        "message",
-        vec![text(&session.id), text(handler), payload],
-    )
-    .await;
+    fire(runtime, project, session, call, OnFailure::Count).await;
 }
 
 /// A keystroke matcher fired in the browser: `keystroke(session, page, event)`.
 pub async fn keystroke(
-    runtime: &Runtime,
+    runtime: &Arc<Runtime>,
     project: Arc<Project>,
     session: Arc<Session>,
     keystroke: Keystroke,
@@ -300,7 +153,14 @@ pub async fn keystroke(
         .or_else(|| tab.and_then(|tab| session.with_state(|state| state.tabs.get(tab).cloned())))
         .unwrap_or_default();
     let args = vec![text(&session.id), text(&page), Dynamic::from_map(event)];
-    Ok(reply_from_event(runtime, &project, &session, seq, "keystroke", args).await)
+    Ok(reply_from_event(
+        runtime,
+        &project,
+        &session,
+        seq,
+        Call::new("keystroke", args),
+    )
+    .await)
 }
 
 /// The seed's KeyboardEvent fields, typed; anything else the client sent is dropped.
@@ -339,31 +199,30 @@ fn last_chars(text: &str, count: usize) -> &str {
         .map_or("", |(at, _)| &text[at..])
 }
 
-/// A device event: `barcode(session, data, context)`, `nfc(…)`,
-/// `accelerometer(…)`, or `bluetooth(session, data)`.
+/// A device event from a browser: `barcode(session, data, context)`,
+/// `nfc(…)`, `accelerometer(…)`, or `bluetooth(session, data)`; its answer
+/// is the reply.
 pub async fn device(
-    runtime: &Runtime,
+    runtime: &Arc<Runtime>,
     project: Arc<Project>,
     session: Arc<Session>,
     device: Device,
 ) -> Result<Reply, Rejection> {
     let seq = device.seq;
-    let data =
-        device_data(device.event, device.data).map_err(|reason| Rejection::new(seq, reason))?;
-    let data = rhai::serde::to_dynamic(data).map_err(|e| Rejection::new(seq, e.to_string()))?;
-    let mut args = vec![text(&session.id), data];
+    let call = device_call(&session.id, device).map_err(|reason| Rejection::new(seq, reason))?;
+    Ok(reply_from_event(runtime, &project, &session, seq, call).await)
+}
+
+/// The callback a device event runs, with its arguments; an error when the
+/// data is not shaped as the seed describes.
+pub fn device_call(session: &str, device: Device) -> Result<Call, String> {
+    let data = device_data(device.event, device.data)?;
+    let data = rhai::serde::to_dynamic(data).map_err(|e| e.to_string())?;
+    let mut args = vec![text(session), data];
     if device.event != DeviceEvent::Bluetooth {
         args.push(rhai::serde::to_dynamic(device.context).unwrap_or(Dynamic::UNIT));
     }
-    Ok(reply_from_event(
-        runtime,
-        &project,
-        &session,
-        seq,
-        device.event.callback(),
-        args,
-    )
-    .await)
+    Ok(Call::new(device.event.callback(), args))
 }
 
 /// Checks the data is shaped as the seed describes, adding a barcode's
@@ -409,37 +268,22 @@ fn now_millis() -> u64 {
 }
 
 /// Runs an event callback whose answer is the reply to a frame.
-async fn reply_from_event(
-    runtime: &Runtime,
+pub async fn reply_from_event(
+    runtime: &Arc<Runtime>,
     project: &Arc<Project>,
     session: &Arc<Session>,
     seq: Option<u64>,
-    callback: &'static str,
-    args: Vec<Dynamic>,
+    call: Call,
 ) -> Reply {
-    let decoded = match call(project, callback, args).await {
-        Ok(Some(mut decoded)) => {
-            session.clear_limit_stops();
-            runtime.file_challenges(project, session, &mut decoded.actions);
-            decoded
-        }
-        Ok(None) => Decoded {
-            status: Status::Unhandled,
-            actions: Vec::new(),
-            quiet: false,
-            warnings: Vec::new(),
-        },
-        Err(error) => {
-            handler_failed(runtime, project, session, &error).await;
-            failed(None)
-        }
-    };
-    info!(target: "switchboard::event", session = session.log_id(), "{callback} [{}]", status_text(decoded.status).to_uppercase());
-    Reply {
-        seq,
-        status: decoded.status,
-        actions: decoded.actions,
+    let ran = handlers::run(runtime, project, Some(session), call).await;
+    handlers::report(runtime, project, session, &ran, OnFailure::Count).await;
+    if ran.failure.is_none() && ran.decoded.is_some() {
+        session.clear_limit_stops();
     }
+    let callback = ran.callback;
+    let decoded = ran.into_decoded();
+    info!(target: "switchboard::event", session = session.log_id(), "{callback} {}", decoded.status.log_tag());
+    handlers::reply(seq, decoded)
 }
 
 #[cfg(test)]

@@ -8,13 +8,12 @@ use rhai::Dynamic;
 use serde_json::Value;
 use tracing::info;
 
-use super::commands::{abnormal_end, decode_logging_warnings, failed};
 use super::delivery::{Claim, StoredReply, submission_key, unix_now};
-use super::{Runtime, events};
-use crate::answer::{Answer, Decoded, Origin, Status};
+use super::handlers::{self, Call, OnFailure, Ran};
+use super::state::Runtime;
+use crate::answer::Status;
 use crate::project::Project;
 use crate::protocol::{FormSubmit, Reply};
-use crate::script::{self, ScriptError};
 use crate::session::Session;
 use crate::store::{Table, Write};
 
@@ -36,30 +35,17 @@ pub async fn submit(
         }
         Claim::Run(done) => {
             let (name, id, retry) = (form.name.clone(), form.id.clone(), form.retry);
-            let (decoded, failure) =
-                run_handler(runtime, &project, &session, form, key.clone()).await;
-            info!(target: "switchboard::form", "session={} form={name:?} id={id:?} retry={retry} [{}]",
-                session.log_id(), status_name(decoded.status));
-            if let Some(error) = &failure {
-                events::handler_failed(runtime, &project, &session, error).await;
+            let mut ran = run_handler(runtime, &project, &session, form, key.clone()).await;
+            let decoded = ran.decoded.take().unwrap_or_else(handlers::unhandled);
+            info!(target: "switchboard::form", "session={} form={name:?} id={id:?} retry={retry} {}",
+                session.log_id(), decoded.status.log_tag());
+            if ran.failure.is_some() {
+                handlers::report(runtime, &project, &session, &ran, OnFailure::Count).await;
             }
-            let reply = Reply {
-                seq,
-                status: decoded.status,
-                actions: decoded.actions,
-            };
+            let reply = handlers::reply(seq, decoded);
             runtime.release(&key, done, &reply);
             reply
         }
-    }
-}
-
-fn status_name(status: Status) -> &'static str {
-    match status {
-        Status::Ok => "OK",
-        Status::Error => "ERROR",
-        Status::Unhandled => "UNHANDLED",
-        Status::Failed => "FAILED",
     }
 }
 
@@ -71,7 +57,7 @@ async fn run_handler(
     session: &Arc<Session>,
     form: FormSubmit,
     key: String,
-) -> (Decoded, Option<ScriptError>) {
+) -> Ran {
     let lock = runtime
         .form_locks
         .entry(project.name.clone())
@@ -82,13 +68,14 @@ async fn run_handler(
     let job = move || {
         let _serialized = lock.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         job_runtime.atomically(|| {
-            let mut result = call(&job_project, &job_session, form);
-            job_runtime.file_challenges(&job_project, &job_session, &mut result.0.actions);
-            let record = match &result {
+            let call = Call::new("formSubmission", arguments(&job_session, form));
+            let ran =
+                handlers::run_blocking(Some(&job_runtime), &job_project, Some(&job_session), call);
+            let record = match &ran.decoded {
                 // A failed run is recorded too: its effects up to the failure
                 // are committed, so running it again on a retry could do
                 // them twice. At most once, like commands with an id.
-                (decoded, _) if decoded.status != Status::Unhandled => {
+                Some(decoded) if decoded.status != Status::Unhandled => {
                     let reply = Reply {
                         seq: None,
                         status: decoded.status,
@@ -102,21 +89,15 @@ async fn run_handler(
                 }
                 _ => Vec::new(),
             };
-            (result, record)
+            (ran, record)
         })
     };
-    script::run_off_async(job)
-        .await
-        .unwrap_or_else(|join_error| {
-            (
-                failed(None),
-                Some(abnormal_end("formSubmission", &join_error)),
-            )
-        })
+    handlers::off_async("formSubmission", None, job).await
 }
 
-fn call(project: &Project, session: &Session, form: FormSubmit) -> (Decoded, Option<ScriptError>) {
-    let args = vec![
+/// The seed's arguments: `(session, name, data, formContext, sessionContext, retry)`.
+fn arguments(session: &Session, form: FormSubmit) -> Vec<Dynamic> {
+    vec![
         Dynamic::from(session.id.clone()),
         Dynamic::from(form.name.clone()),
         to_dynamic(Value::Object(form.data)),
@@ -126,17 +107,7 @@ fn call(project: &Project, session: &Session, form: FormSubmit) -> (Decoded, Opt
             form.session_context,
         ))),
         Dynamic::from(form.retry),
-    ];
-    match project.scripts.call_first("formSubmission", args) {
-        Ok(answer) => {
-            let answer = answer.map_or(Answer::Unit, Answer::from_dynamic);
-            (
-                decode_logging_warnings(&answer, &Origin::default(), "formSubmission"),
-                None,
-            )
-        }
-        Err(error) => (failed(None), Some(error)),
-    }
+    ]
 }
 
 fn to_dynamic(value: Value) -> Dynamic {

@@ -6,7 +6,8 @@ use std::sync::{Arc, Weak};
 
 use rhai::{Dynamic, Engine, EvalAltResult, Position};
 
-use super::{Runtime, ShutdownReason};
+use super::handlers;
+use super::state::{Runtime, ShutdownReason};
 
 type Result<T> = std::result::Result<T, Box<EvalAltResult>>;
 
@@ -21,6 +22,14 @@ fn upgrade(runtime: &Weak<Runtime>) -> Result<Arc<Runtime>> {
     runtime
         .upgrade()
         .ok_or_else(|| script_error("the runtime is not running"))
+}
+
+impl Runtime {
+    /// The function that registers host functions bound to this runtime.
+    pub fn host_registration(&self) -> impl Fn(&mut rhai::Engine, &str) + use<> {
+        let myself = self.myself.clone();
+        move |engine, project| register(engine, myself.clone(), project)
+    }
 }
 
 /// Registers every host function for `project`.
@@ -45,13 +54,7 @@ pub fn register(engine: &mut Engine, runtime: Weak<Runtime>, project: &str) {
                 payload,
             }];
             runtime.file_challenges(&project, &session, &mut actions);
-            session.push(
-                &crate::protocol::Push::Actions {
-                    event: "requestAuthChallenge",
-                    actions: &actions,
-                }
-                .to_frame(),
-            );
+            handlers::deliver(&session, "requestAuthChallenge", &actions);
             Ok(true)
         },
     );

@@ -1,112 +1,21 @@
 //! Server push: UI attribute values set by scripts for everyone
 //! (`uiSet`), for one session, or for the sessions subscribed to a scope
 //! (`uiSessionSet`); actions sent to a session outside a reply
-//! (`sendActions`); and messages (`sendMessage`).
-//!
-//! When a value for one object attribute exists at several levels, a
-//! session sees its own first, then the global one, then its scopes' (in
-//! scope-name order) — HSYCO's priority.
+//! (`sendActions`); and messages (`sendMessage`). The values themselves and
+//! which one a session sees are `ui`'s.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use rhai::Dynamic;
 use serde_json::Value;
 
-use super::{Runtime, events};
+use super::external::{EventKind, EventTarget, ExternalEvent};
+use super::handlers;
+use super::state::Runtime;
+use super::ui::{ProjectUi, Seen, Values, check_attribute, seen, set, to_json, ui_frame};
 use crate::answer::{Answer, Origin};
-use crate::protocol::{Push, UiValue};
+use crate::protocol::UiValue;
 use crate::session::{Frame, Session};
-
-/// The attributes a script may push. `text` and `label` set an object's
-/// text, `items` the entries of a list or select.
-pub const ATTRIBUTES: &[&str] = &[
-    "text", "label", "value", "visible", "enabled", "class", "style", "items",
-];
-
-type Values = BTreeMap<String, BTreeMap<String, Value>>;
-
-/// A project's pushed values above session level.
-#[derive(Debug, Default)]
-pub struct ProjectUi {
-    global: Values,
-    scopes: BTreeMap<String, Values>,
-}
-
-fn get<'a>(values: &'a Values, id: &str, attr: &str) -> Option<&'a Value> {
-    values.get(id)?.get(attr)
-}
-
-/// Stores `value` (or removes the entry when `value` is null).
-fn set(values: &mut Values, id: &str, attr: &str, value: Value) {
-    if value.is_null() {
-        if let Some(attrs) = values.get_mut(id) {
-            attrs.remove(attr);
-            if attrs.is_empty() {
-                values.remove(id);
-            }
-        }
-    } else {
-        values
-            .entry(id.to_string())
-            .or_default()
-            .insert(attr.to_string(), value);
-    }
-}
-
-fn check_attribute(attr: &str) -> Result<(), String> {
-    if ATTRIBUTES.contains(&attr) {
-        Ok(())
-    } else {
-        Err(format!(
-            "unknown UI attribute `{attr}`; use one of {}",
-            ATTRIBUTES.join(", ")
-        ))
-    }
-}
-
-fn to_json(value: &Dynamic) -> Result<Value, String> {
-    rhai::serde::from_dynamic(value)
-        .map_err(|e| format!("the value cannot be sent to a browser: {e}"))
-}
-
-fn ui_frame(id: &str, attr: &str, value: Value) -> Frame {
-    Push::Ui {
-        set: &[UiValue {
-            id: id.to_string(),
-            attr: attr.to_string(),
-            value,
-        }],
-    }
-    .to_frame()
-}
-
-/// Where the value a session sees for one object attribute comes from.
-enum Seen<'a> {
-    /// The session's own value.
-    Own(Value),
-    /// A project-level value (global, or one of the session's scopes);
-    /// `None`: no value anywhere.
-    Shared(Option<&'a Value>),
-}
-
-/// The value a session sees for one object attribute, looked up under one
-/// lock of the session's state.
-fn seen<'a>(ui: &'a ProjectUi, session: &Session, id: &str, attr: &str) -> Seen<'a> {
-    session.with_state(|state| {
-        if let Some(own) = get(&state.ui, id, attr) {
-            return Seen::Own(own.clone());
-        }
-        if let Some(global) = get(&ui.global, id, attr) {
-            return Seen::Shared(Some(global));
-        }
-        Seen::Shared(state.scopes.iter().find_map(|scope| {
-            ui.scopes
-                .get(scope)
-                .and_then(|values| get(values, id, attr))
-        }))
-    })
-}
 
 impl Runtime {
     /// The value a session sees for one object attribute.
@@ -254,7 +163,7 @@ impl Runtime {
         let Some(session) = self.sessions.get(session, project) else {
             return false;
         };
-        let mut decoded = super::commands::decode_logging_warnings(
+        let mut decoded = handlers::decode_logging_warnings(
             &Answer::from_dynamic(answer),
             &Origin::default(),
             "sendActions",
@@ -262,20 +171,13 @@ impl Runtime {
         if let Some(project) = self.project(project) {
             self.file_challenges(&project, &session, &mut decoded.actions);
         }
-        session.push(
-            &Push::Actions {
-                event: "sendActions",
-                actions: &decoded.actions,
-            }
-            .to_frame(),
-        );
+        handlers::deliver(&session, "sendActions", &decoded.actions);
         true
     }
 
     /// `sendMessage`: runs `message(session, handler, payload)` in every
-    /// session the scope names — `session:<id>`, `user:<userid>`, or
-    /// `project` (all sessions). Returns how many sessions it was sent to;
-    /// the handlers run in the background.
+    /// session the scope names (see [`EventTarget::from_scope`]). Returns
+    /// how many it was sent to; the handlers run in the background.
     pub fn send_message(
         &self,
         project: &str,
@@ -286,57 +188,14 @@ impl Runtime {
         let project = self
             .project(project)
             .ok_or_else(|| format!("no project `{project}` is served"))?;
-        let targets: Vec<Arc<Session>> = match scope.split_once(':') {
-            Some(("session", id)) => self.sessions.get(id, &project.name).into_iter().collect(),
-            Some(("user", user)) => self
-                .sessions
-                .of_project(&project.name)
-                .into_iter()
-                .filter(|s| s.userid == user)
-                .collect(),
-            None if scope == "project" || scope.is_empty() => {
-                self.sessions.of_project(&project.name)
-            }
-            _ => {
-                return Err(format!(
-                    "unknown message scope `{scope}`; use session:<id>, user:<id> or project"
-                ));
-            }
+        let event = ExternalEvent {
+            kind: EventKind::Message {
+                handler: handler.to_string(),
+                payload,
+            },
+            target: EventTarget::from_scope(scope)?,
         };
-        if !project.scripts.defines("message", 3) {
-            return Ok(0);
-        }
-        let Some(runtime) = self.arc() else {
-            return Ok(0);
-        };
-        let payload = rhai::serde::to_dynamic(payload).map_err(|e| e.to_string())?;
-        for session in &targets {
-            let (runtime, project, session) = (runtime.clone(), project.clone(), session.clone());
-            let (handler, payload) = (handler.to_string(), payload.clone());
-            tokio::spawn(async move {
-                events::message(&runtime, &project, &session, &handler, payload).await
-            });
-        }
-        Ok(targets.len())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn null_removes_a_value() {
-        let mut values = Values::new();
-        set(&mut values, "lamp", "text", Value::from("on"));
-        assert_eq!(get(&values, "lamp", "text"), Some(&Value::from("on")));
-        set(&mut values, "lamp", "text", Value::Null);
-        assert!(values.is_empty());
-    }
-
-    #[test]
-    fn only_known_attributes() {
-        assert!(check_attribute("visible").is_ok());
-        assert!(check_attribute("onclick").is_err());
+        self.start_event(&project, event)
+            .map_err(|error| error.to_string())
     }
 }

@@ -6,8 +6,9 @@
 //! time however many sessions there are, and no session receives its
 //! answer. Missed times are not made up: after downtime, or when a run
 //! overlaps the next due time, the schedule continues with the next time
-//! still ahead (docs/scripting.md, `timer`). Parsing and the zone rules
-//! are in [`crate::time`].
+//! still ahead (docs/scripting.md, `timer`). Each run goes through
+//! [`handlers`](super::handlers) like every callback. Parsing and the zone
+//! rules are in [`crate::time`].
 
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -16,9 +17,9 @@ use jiff::{Timestamp, Zoned};
 use rhai::Dynamic;
 use tracing::warn;
 
-use super::{Runtime, warn_unused_answer};
+use super::handlers;
+use super::state::Runtime;
 use crate::project::Project;
-use crate::script;
 
 /// Longest single sleep while waiting for a calendar time: the wait is
 /// re-measured against the wall clock after each, so a clock adjustment or
@@ -125,19 +126,11 @@ async fn sleep_until(when: &Zoned, runtime: &Weak<Runtime>, project: &Weak<Proje
     }
 }
 
+/// Runs `timer(name)` through [`handlers`] as a callback of the project as
+/// a whole.
 async fn run_timer(project: &Arc<Project>, name: &str) {
-    let job_project = project.clone();
     let args = vec![Dynamic::from(name.to_string())];
-    match script::run_off_async(move || job_project.scripts.call_first("timer", args)).await {
-        Ok(Ok(Some(answer))) => warn_unused_answer("timer", &answer),
-        Ok(Ok(None)) => {}
-        Ok(Err(error)) => {
-            warn!(target: "switchboard::script", timer = name, "timer failed: {error}")
-        }
-        Err(error) => {
-            warn!(target: "switchboard::script", timer = name, "timer ended abnormally: {error}")
-        }
-    }
+    handlers::run_for_project(project, "timer", args).await;
 }
 
 #[cfg(test)]

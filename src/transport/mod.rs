@@ -15,6 +15,7 @@ use actix_web::{HttpRequest, HttpResponse, ResponseError, web};
 use serde::Deserialize;
 use tracing::{error, warn};
 
+mod files;
 mod login;
 mod websocket;
 
@@ -23,8 +24,11 @@ pub use websocket::Upgrades;
 use crate::metrics::METRICS;
 
 use crate::project::Project;
-use crate::protocol::{self, ClientFrame, Push, Rejection};
-use crate::runtime::{self, DownloadError, Runtime};
+use crate::protocol::{self, ClientFrame, Rejection};
+use crate::runtime::{
+    self, DownloadBody, DownloadError, EventError, EventKind, EventOutcome, EventTarget,
+    ExternalEvent, Runtime,
+};
 use crate::session::Session;
 
 /// Web settings from the command line.
@@ -177,7 +181,10 @@ pub fn routes(config: &mut web::ServiceConfig) {
         .route("/{project}/api/page/{page}", web::get().to(page_fragment))
         .route("/{project}/api/message", web::post().to(message))
         .route("/{project}/api/event", web::post().to(device_event))
-        .route("/{project}/static/{file:.*}", web::get().to(static_file))
+        .route(
+            "/{project}/static/{file:.*}",
+            web::get().to(files::static_file),
+        )
         .configure(login::routes)
         .route("/{project}/{page}", web::get().to(page));
 }
@@ -242,26 +249,6 @@ async fn favicon() -> HttpResponse {
         .body(include_str!("../../web/favicon.svg"))
 }
 
-/// A project's own assets (stylesheets, images) from its `static/` folder.
-/// Public like the runtime's assets: pages need them before anyone signs in.
-async fn static_file(
-    state: State,
-    path: web::Path<(String, String)>,
-) -> Result<HttpResponse, RequestError> {
-    let (name, file) = path.into_inner();
-    let project = project_of(&state, &name)?;
-    let path = runtime::resolve_inside(&project.dir.join("static"), &file)
-        .ok_or(RequestError::PageNotFound)?;
-    let body = tokio::fs::read(&path)
-        .await
-        .map_err(|_| RequestError::PageNotFound)?;
-    let content_type = mime_guess::from_path(&path).first_or_octet_stream();
-    Ok(HttpResponse::Ok()
-        .content_type(content_type.essence_str())
-        .insert_header((header::CACHE_CONTROL, "no-cache"))
-        .body(body))
-}
-
 async fn project_root_redirect(
     state: State,
     name: web::Path<String>,
@@ -292,6 +279,19 @@ async fn page(
     render_page(&req, &state, project, &page)
 }
 
+/// Keeps the browser's languages on the session: they choose the
+/// language of its texts, in pages and in scripts' `t(session, …)`.
+fn note_accept_language(req: &HttpRequest, state: &Runtime, session: &Session) {
+    let header = req
+        .headers()
+        .get(header::ACCEPT_LANGUAGE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    // A header is a few dozen bytes; longer ones are not worth storing.
+    if header.len() <= 256 {
+        state.note_accept_language(session, header);
+    }
+}
 
 fn render_page(
     req: &HttpRequest,
@@ -332,20 +332,6 @@ fn render_page(
         response.cookie(session_cookie(&project.name, &session, secure_cookies(req)));
     }
     Ok(response.body(html))
-}
-
-/// Keeps the browser's languages on the session: they choose the
-/// language of its texts, in pages and in scripts' `t(session, …)`.
-fn note_accept_language(req: &HttpRequest, state: &Runtime, session: &Session) {
-    let header = req
-        .headers()
-        .get(header::ACCEPT_LANGUAGE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default();
-    // A header is a few dozen bytes; longer ones are not worth storing.
-    if header.len() <= 256 {
-        state.note_accept_language(session, header);
-    }
 }
 
 /// A page's `content` block alone, for the client to swap in (pages) or show
@@ -567,6 +553,14 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 // ---------------------------------------------------------------- commands
 
 fn parse_body(project: &Project, body: &[u8]) -> Result<ClientFrame, RequestError> {
+    check_size(project, body)?;
+    let text = std::str::from_utf8(body)
+        .map_err(|_| RequestError::Rejected(Rejection::new(None, "malformed frame: not UTF-8")))?;
+    protocol::parse_frame(text, project.settings.max_frame_bytes).map_err(RequestError::Rejected)
+}
+
+/// Refuses a body over the project's frame limit.
+fn check_size(project: &Project, body: &[u8]) -> Result<(), RequestError> {
     let limit = project.settings.max_frame_bytes;
     if body.len() > limit {
         return Err(RequestError::TooLarge(Rejection::new(
@@ -577,9 +571,7 @@ fn parse_body(project: &Project, body: &[u8]) -> Result<ClientFrame, RequestErro
             ),
         )));
     }
-    let text = std::str::from_utf8(body)
-        .map_err(|_| RequestError::Rejected(Rejection::new(None, "malformed frame: not UTF-8")))?;
-    protocol::parse_frame(text, limit).map_err(RequestError::Rejected)
+    Ok(())
 }
 
 async fn http_command(
@@ -640,8 +632,13 @@ async fn download(
     let (project, session) = authorized(&req, &state, &name, None)?;
     let query = query.into_inner();
     let runtime = state.into_inner();
+    let dir = project.dir.clone();
     let file =
         runtime::run_download(&runtime, project, session, query.name, query.parameter).await?;
+    let body = match file.body {
+        DownloadBody::Bytes(body) => body,
+        DownloadBody::File(relative) => files::read_project_file(&dir, &relative).await?,
+    };
     let disposition = ContentDisposition {
         disposition: DispositionType::Attachment,
         parameters: filename_parameters(&file.filename),
@@ -650,7 +647,7 @@ async fn download(
         .content_type(file.content_type)
         .insert_header(disposition)
         .insert_header((header::X_CONTENT_TYPE_OPTIONS, "nosniff"))
-        .body(file.body))
+        .body(body))
 }
 
 #[derive(Debug, Deserialize)]
@@ -701,61 +698,33 @@ async fn device_event(
     body: web::Bytes,
 ) -> Result<HttpResponse, RequestError> {
     let project = project_of(&state, &name)?;
-    let frame = match serde_json::from_slice::<serde_json::Value>(&body) {
-        Ok(serde_json::Value::Object(mut map)) => {
-            map.insert("type".into(), "device".into());
-            parse_body(
-                &project,
-                serde_json::Value::Object(map).to_string().as_bytes(),
-            )?
-        }
-        _ => {
-            return Err(RequestError::Rejected(Rejection::new(
-                None,
-                "malformed event: expected a JSON object",
-            )));
-        }
-    };
-    let ClientFrame::Device(device) = frame else {
-        unreachable!("typed as device above")
-    };
+    check_size(&project, &body)?;
+    let device: protocol::Device = serde_json::from_slice(&body).map_err(|error| {
+        RequestError::Rejected(Rejection::new(None, format!("malformed event: {error}")))
+    })?;
     let session = match &device.session {
         Some(id) => {
             check_token(&req, &project)?;
-            state
-                .sessions
-                .get(id, &project.name)
-                .ok_or(RequestError::NoSession)?
+            id.clone()
         }
         None => {
             check_origin(&req)?;
             let session = require_session(&req, &state, &project.name)?;
             login::authorize(&state, &project, &session, None)?;
-            session
+            session.id.clone()
         }
     };
-    let runtime = state.into_inner();
-    let event = device.event.callback();
-    let reply = runtime::run_frame(
-        &runtime,
-        project,
-        session.clone(),
-        ClientFrame::Device(device),
-        &runtime::Caller {
-            tab: None,
-            address: client_address(&req),
-        },
-    )
-    .await
-    .map_err(RequestError::Rejected)?;
-    if !reply.actions.is_empty() {
-        session.push(
-            &Push::Actions {
-                event,
-                actions: &reply.actions,
-            }
-            .to_frame(),
-        );
+    let seq = device.seq;
+    let event = ExternalEvent {
+        kind: EventKind::Device(device),
+        target: EventTarget::Session(session),
+    };
+    match state.external_event(&project, event).await {
+        Ok(EventOutcome::Answered(reply)) => Ok(HttpResponse::Ok().json(reply)),
+        Ok(EventOutcome::Started(_)) => Ok(HttpResponse::Accepted().finish()),
+        Err(EventError::NoSession) => Err(RequestError::NoSession),
+        Err(EventError::BadData(reason)) => {
+            Err(RequestError::Rejected(Rejection::new(seq, reason)))
+        }
     }
-    Ok(HttpResponse::Ok().json(reply))
 }

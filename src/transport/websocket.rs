@@ -28,18 +28,17 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::error::{CapacityError, ProtocolError};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
-use tokio_tungstenite::tungstenite::{Bytes, Error as SocketError, Message};
-use tracing::{debug, error, info};
+use tokio_tungstenite::tungstenite::{Bytes, Error as SocketError, Message, Utf8Bytes};
+use tracing::{debug, info};
 
 use super::{
     HARD_FRAME_LIMIT, RequestError, State, WebConfig, address_of, authorized, authorized_by,
     bad_query,
 };
-use crate::metrics::METRICS;
 use crate::project::Project;
-use crate::protocol::{self, ClientFrame, Push, Rejection};
-use crate::runtime::{self, Runtime};
-use crate::session::{Frame, Session};
+use crate::protocol::Rejection;
+use crate::runtime::{self, Connection, Incoming, Runtime};
+use crate::session::Session;
 
 /// Ping this often, and drop a connection that has sent nothing (not even a
 /// pong) for `IDLE_CUTOFF`.
@@ -53,14 +52,6 @@ const SEND_TIMEOUT: Duration = IDLE_CUTOFF;
 /// How long a closing connection waits for the client's close frame before
 /// dropping the TCP connection.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
-
-/// Frames of one connection waiting for their turn; they run in order.
-const PENDING_FRAMES: usize = 64;
-
-/// Pushed frames (and replies) waiting to be written to one connection. A
-/// browser that falls this far behind misses pushes (it gets current UI
-/// state again on reconnect) rather than holding memory for everyone.
-const PUSH_QUEUE: usize = 256;
 
 /// Bytes read from the socket at a time, and the read buffer an idle
 /// connection keeps. Frames are small JSON; a larger message grows the
@@ -246,10 +237,10 @@ pub(super) async fn not_upgraded(
 }
 
 /// Reads frames until the client leaves, the heartbeat lapses, the session
-/// ends or the server stops; writes replies and pushed frames. Frames run
-/// one after the other on a worker task so that a slow handler never stops
-/// this loop from answering pings or noticing a close. This task alone owns
-/// the socket: the worker's replies come through the push queue.
+/// ends or the server stops; writes replies and pushed frames. The
+/// connection's life (what is sent first, the events, running frames in
+/// order) is the runtime's [`Connection`]; this loop only moves messages
+/// between it and the socket, answers pings and notices a close.
 async fn serve_connection<S>(runtime: Arc<Runtime>, accepted: Accepted, mut ws: WebSocketStream<S>)
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -261,53 +252,16 @@ where
         page,
         ..
     } = accepted;
-    let (push_tx, mut pushes) = mpsc::channel::<Frame>(PUSH_QUEUE);
-    let _ = push_tx.try_send(
-        Push::Config {
-            keystrokes: &project.settings.keystrokes,
-        }
-        .to_frame(),
-    );
-    let snapshot = runtime.ui_snapshot(&session);
-    if !snapshot.is_empty() {
-        let _ = push_tx.try_send(Push::Ui { set: &snapshot }.to_frame());
-    }
-    drop(snapshot);
-    // Replies share the queue through a weak sender: the queue still closes
-    // when the session drops its sender (the session ended), once the
-    // running frame's reply is in it.
-    let replies = push_tx.downgrade();
-    let connection = session.connect(push_tx);
-    METRICS.websocket_opened();
-    Box::pin(runtime::connection_opened(
-        &runtime,
-        &project,
-        &session,
-        caller.tab.as_deref(),
-        page.as_deref(),
-    ))
-    .await;
-    drop(page);
-
-    let (frames, pending) = mpsc::channel::<Box<Result<ClientFrame, Rejection>>>(PENDING_FRAMES);
-    let worker = actix_web::rt::spawn(run_frames(
-        runtime.clone(),
-        project.name.clone(),
-        session.clone(),
-        replies,
-        pending,
-        caller,
-    ));
-    let limit = project.settings.max_frame_bytes;
-    drop(project);
     let mut shutdown = runtime.shutdown_signal();
-    drop(runtime);
+    let (connection, mut pushes) =
+        Box::pin(Connection::open(runtime, project, session, caller, page)).await;
     let mut stopping = pin!(shutdown.wait_for(|stopping| *stopping));
     let mut heartbeat =
         tokio::time::interval_at(tokio::time::Instant::now() + PING_INTERVAL, PING_INTERVAL);
     let mut last_heard = Instant::now();
-    // A frame read while `PENDING_FRAMES` wait: reading stops until it fits.
-    let mut stalled: Option<Box<Result<ClientFrame, Rejection>>> = None;
+    // A frame read while the connection's queue is full: reading stops
+    // until it fits.
+    let mut stalled: Option<Incoming> = None;
     let close = loop {
         tokio::select! {
             message = ws.next(), if stalled.is_none() => {
@@ -315,32 +269,26 @@ where
                 // Rejections queue behind earlier frames, so every answer
                 // comes back in the order its frame was sent.
                 let frame = match message {
-                    Some(Ok(Message::Text(text))) => {
-                        let parsed = protocol::parse_frame(&text, limit);
-                        if let Err(rejection) = &parsed {
-                            debug!(session = session.log_id(), "rejected frame: {}", rejection.reason);
-                        }
-                        parsed
-                    }
+                    Some(Ok(Message::Text(text))) => connection.parse(&text),
                     Some(Ok(Message::Binary(_))) => {
-                        Err(Rejection::new(None, "binary frames are not supported; send JSON text"))
+                        Box::new(Err(Rejection::new(None, "binary frames are not supported; send JSON text")))
                     }
                     // tungstenite answers pings itself.
                     Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => continue,
                     Some(Ok(Message::Close(_))) | None => break None,
                     Some(Err(error)) => {
                         // Usually a tab that vanished without a close frame.
-                        info!(session = session.log_id(), "WebSocket ended: {error}");
+                        info!(session = connection.session().log_id(), "WebSocket ended: {error}");
                         break closing_for(&error);
                     }
                 };
-                match frames.try_send(Box::new(frame)) {
+                match connection.frames().try_send(frame) {
                     Ok(()) => {}
                     Err(mpsc::error::TrySendError::Full(frame)) => stalled = Some(frame),
                     Err(mpsc::error::TrySendError::Closed(_)) => break None,
                 }
             }
-            permit = frames.reserve(), if stalled.is_some() => match (permit, stalled.take()) {
+            permit = connection.frames().reserve(), if stalled.is_some() => match (permit, stalled.take()) {
                 (Ok(permit), Some(frame)) => {
                     permit.send(frame);
                     last_heard = Instant::now();
@@ -349,7 +297,10 @@ where
             },
             pushed = pushes.recv() => match pushed {
                 Some(frame) => {
-                    if send(&mut ws, Message::Text(frame)).await.is_err() {
+                    let Ok(text) = Utf8Bytes::try_from(frame.into_bytes()) else {
+                        continue;
+                    };
+                    if send(&mut ws, Message::Text(text)).await.is_err() {
                         break None;
                     }
                 }
@@ -367,12 +318,7 @@ where
             _ = &mut stopping => break Some(closing(CloseCode::Away, "server stopping")),
         }
     };
-    session.disconnect(connection);
-    METRICS.websocket_closed();
-    // Frames already received still run to the end (their replies have
-    // nowhere to go): a command the user sent is never half-done, and a
-    // re-send after reconnecting is answered from its record.
-    drop((frames, stalled, pushes, worker, session));
+    drop((connection, stalled, pushes));
     let _ = tokio::time::timeout(CLOSE_GRACE, async {
         if ws.close(close).await.is_ok() {
             // The client answers with its own close frame and then closes
@@ -418,56 +364,5 @@ where
     match tokio::time::timeout(SEND_TIMEOUT, ws.send(message)).await {
         Ok(Ok(())) => Ok(()),
         _ => Err(()),
-    }
-}
-
-async fn run_frames(
-    runtime: Arc<Runtime>,
-    project: String,
-    session: Arc<Session>,
-    replies: mpsc::WeakSender<Frame>,
-    mut pending: mpsc::Receiver<Box<Result<ClientFrame, Rejection>>>,
-    caller: runtime::Caller,
-) {
-    while let Some(frame) = pending.recv().await {
-        // Held while the frame runs, so that its reply gets out even when
-        // the frame ends the session (the queue closes once it is sent).
-        // None: the connection is closing, nobody would read the reply.
-        let Some(replies) = replies.upgrade() else {
-            break;
-        };
-        // Looked up per frame: a hot reload replaces the project meanwhile.
-        let Some(project) = runtime.project(&project) else {
-            break;
-        };
-        let answer = match *frame {
-            Ok(frame) => {
-                Box::pin(runtime::run_frame(
-                    &runtime,
-                    project,
-                    session.clone(),
-                    frame,
-                    &caller,
-                ))
-                .await
-            }
-            Err(rejection) => Err(rejection),
-        };
-        let text = match answer {
-            Ok(reply) => serde_json::to_string(&reply),
-            Err(rejection) => serde_json::to_string(&rejection),
-        };
-        let text = match text {
-            Ok(text) => text,
-            Err(error) => {
-                error!("could not serialize a reply: {error}");
-                continue;
-            }
-        };
-        // Waits for room in the queue: a reply is never dropped while the
-        // connection lives.
-        if replies.send(Frame::from(text)).await.is_err() {
-            break;
-        }
     }
 }

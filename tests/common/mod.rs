@@ -408,6 +408,13 @@ pub async fn command(socket: &mut Socket, seq: u64, name: &str, param: &str) -> 
     reply
 }
 
+/// The message of a reply's first action (a toast, usually).
+pub fn toast_of(reply: &Value) -> &str {
+    reply["actions"][0]["message"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no toast in {reply}"))
+}
+
 /// Writes a project folder `root/name` from `(path inside it, contents)` pairs.
 pub fn write_project(root: &Path, name: &str, files: &[(&str, &str)]) -> PathBuf {
     let dir = root.join(name);
@@ -431,14 +438,6 @@ pub fn run_check(dir: &Path) -> (Option<i32>, String, String) {
         String::from_utf8_lossy(&output.stdout).into_owned(),
         String::from_utf8_lossy(&output.stderr).into_owned(),
     )
-}
-
-/// The message of the first action of a reply (a toast's text).
-pub fn first_message(reply: &Value) -> String {
-    reply["actions"][0]["message"]
-        .as_str()
-        .unwrap_or_else(|| panic!("no message in {reply}"))
-        .to_string()
 }
 
 /// A minimal page extending the built-in layout.

@@ -1,0 +1,309 @@
+//! The life of projects and sessions: starting the runtime (store, users,
+//! projects, the sessions of the last run), loading and hot-reloading
+//! projects, starting and ending sessions with their events, the idle
+//! sweep, logging in, and the clean stop.
+
+use std::path::Path;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use dashmap::DashMap;
+use tokio::sync::watch;
+use tracing::{error, info};
+
+use super::state::{Runtime, ShutdownReason};
+use super::{events, handlers, schedule};
+use crate::auth::{AuthError, Throttle, Users};
+use crate::project::{self, LoadError, Project};
+use crate::protocol::Push;
+use crate::script;
+use crate::session::{Session, SessionRecord, Sessions};
+use crate::store::{Store, StoreError, Table};
+
+/// Meta key set while the server runs: found set at start-up, the last run
+/// ended in a crash.
+const RUNNING_KEY: &str = "running";
+
+/// How often idle sessions are looked for.
+const IDLE_SWEEP_INTERVAL: Duration = Duration::from_millis(500);
+
+/// Expired answers are deleted every this many sweeps (about a minute).
+const PRUNE_EVERY_SWEEPS: u64 = 120;
+
+impl Runtime {
+    /// Opens the store, loads the projects under `projects_dir` and the
+    /// sessions of the last run. Broken projects are logged and skipped.
+    pub fn start(
+        projects_dir: &Path,
+        database: &Path,
+        users_path: &Path,
+    ) -> Result<Arc<Runtime>, StartupError> {
+        let users = Users::load(users_path)?;
+        let store = Store::open(database)?;
+        let crashed = store.get(Table::Meta, RUNNING_KEY)?.is_some();
+        store.put(Table::Meta, RUNNING_KEY, b"1")?;
+        let runtime = Arc::new_cyclic(|myself| Runtime {
+            projects: RwLock::default(),
+            sessions: Sessions::default(),
+            store,
+            ui: DashMap::new(),
+            vars: DashMap::new(),
+            in_flight: DashMap::new(),
+            form_locks: DashMap::new(),
+            challenges: DashMap::new(),
+            shutdown: watch::channel(false).0,
+            users: RwLock::new(users),
+            users_path: users_path.to_path_buf(),
+            throttle: Throttle::default(),
+            projects_dir: projects_dir.to_path_buf(),
+            dev_mode: std::sync::atomic::AtomicBool::new(false),
+            myself: myself.clone(),
+        });
+        let loaded = project::load_all(projects_dir, &runtime.host_registration())?;
+        for (dir, error) in &loaded.failed {
+            error!(
+                "project {} is not served, it has errors:\n{error}",
+                dir.display()
+            );
+        }
+        for project in loaded.projects {
+            runtime.load_vars(&project.name);
+            // Before anyone can open it: the first page sees its state.
+            project_startup(&project);
+            runtime.insert_project(project);
+        }
+        runtime.restore_sessions(if crashed { "failure" } else { "persisted" });
+        Ok(runtime)
+    }
+
+    pub(super) fn insert_project(&self, project: Project) -> Option<Arc<Project>> {
+        let project = Arc::new(project);
+        schedule::start_timers(self.myself.clone(), &project);
+        self.projects
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(project.name.clone(), project)
+    }
+
+    /// Starts a session and runs `sessionStartup` for it in the background.
+    pub fn start_session(&self, project: &Arc<Project>, userid: &str) -> Arc<Session> {
+        let session = self.sessions.create(&project.name, userid);
+        self.persist(&session);
+        info!(project = %project.name, session = session.log_id(), "session started");
+        if let Some(runtime) = self.arc() {
+            let (project, session) = (project.clone(), session.clone());
+            tokio::spawn(
+                async move { events::session_startup(&runtime, &project, &session).await },
+            );
+        }
+        session
+    }
+
+    fn restore_sessions(&self, kind: &'static str) {
+        let records = match self.store.scan(Table::Sessions, "") {
+            Ok(records) => records,
+            Err(error) => {
+                error!("could not read stored sessions: {error}");
+                return;
+            }
+        };
+        let mut restored = 0;
+        for (id, bytes) in records {
+            match serde_json::from_slice::<SessionRecord>(&bytes) {
+                Ok(record) if self.project(&record.project).is_some() => {
+                    self.sessions.restore(record).mark_restored(kind);
+                    restored += 1;
+                }
+                Ok(_) | Err(_) => {
+                    let _ = self.store.delete(Table::Sessions, &id);
+                }
+            }
+        }
+        if restored > 0 {
+            info!("restored {restored} sessions ({kind})");
+        }
+    }
+
+    /// Ends a session: `sessionShutdown(session, reason)`, then it is gone
+    /// from memory and the store, and its browsers are told.
+    pub async fn end_session(&self, session: &Arc<Session>, reason: ShutdownReason) {
+        if let (Some(project), Some(runtime)) = (self.project(&session.project), self.arc()) {
+            events::session_shutdown(&runtime, &project, session, reason).await;
+        }
+        session.push(
+            &Push::SessionEnded {
+                reason: reason.as_str(),
+            }
+            .to_frame(),
+        );
+        // Let the close notice reach connected browsers before their
+        // connections are dropped.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        session.end();
+        self.sessions.remove(&session.id);
+        if let Err(error) = self.store.delete(Table::Sessions, &session.id) {
+            error!(
+                session = session.log_id(),
+                "could not delete the stored session: {error}"
+            );
+        }
+        self.forget_replies(&session.id);
+        info!(project = %session.project, session = session.log_id(), reason = reason.as_str(), "session ended");
+    }
+
+    /// Looks for sessions idle past their project's timeout, forever.
+    pub async fn sweep_idle_sessions(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(IDLE_SWEEP_INTERVAL);
+        let mut sweeps: u64 = 0;
+        loop {
+            tick.tick().await;
+            sweeps += 1;
+            if sweeps % PRUNE_EVERY_SWEEPS == 1 {
+                let runtime = self.clone();
+                let _ = script::run_off_async(move || runtime.prune_answers()).await;
+            }
+            for session in self.sessions.all() {
+                // Connected sessions are the many; skip them before the
+                // project lookup.
+                if session.is_connected() {
+                    continue;
+                }
+                let Some(project) = self.project(&session.project) else {
+                    continue;
+                };
+                let timeout = Duration::from_secs(project.settings.idle_timeout_secs);
+                if session.idle_for() >= timeout {
+                    handlers::session_terminating(&self, &project, &session, "IdleTimeout").await;
+                    self.end_session(&session, ShutdownReason::IdleTimeout)
+                        .await;
+                }
+            }
+        }
+    }
+
+    /// Clean stop: every session gets `sessionShutdown(…, ServerStop)` but
+    /// stays stored (it comes back as `persisted`), browsers are told to close.
+    pub async fn stop(&self) {
+        self.shutdown.send_replace(true);
+        for session in self.sessions.all() {
+            if let (Some(project), Some(runtime)) = (self.project(&session.project), self.arc()) {
+                events::session_shutdown(&runtime, &project, &session, ShutdownReason::ServerStop)
+                    .await;
+            }
+            self.persist(&session);
+        }
+        if let Err(error) = self.store.delete(Table::Meta, RUNNING_KEY) {
+            error!("could not record the clean stop: {error}");
+        }
+    }
+
+    // ------------------------------------------------------------ hot reload
+
+    /// Reloads one project after its files changed. A project that fails to
+    /// compile keeps its last good version serving.
+    pub async fn reload_project(&self, dir: &Path) {
+        let Some(name) = dir.file_name().and_then(|n| n.to_str()).map(String::from) else {
+            return;
+        };
+        if !dir.join("project.toml").is_file() {
+            if self.project(&name).is_some() {
+                info!(project = %name, "project removed");
+                // Sessions end while the project is still known, so that its
+                // sessionShutdown handler runs; then it stops being served.
+                for session in self.sessions.of_project(&name) {
+                    self.end_session(&session, ShutdownReason::ProjectRemoved)
+                        .await;
+                }
+                self.remove_project(&name);
+            }
+            return;
+        }
+        if !project::is_valid_project_name(dir) {
+            return;
+        }
+        match Project::load_with(dir, &self.host_registration()) {
+            Ok(project) => {
+                let pages: Vec<String> = project.pages.keys().cloned().collect();
+                let was_served = self.insert_project(project).is_some();
+                self.load_vars(&name);
+                info!(project = %name, "project {}", if was_served { "reloaded" } else { "loaded" });
+                let (Some(project), Some(runtime)) = (self.project(&name), self.arc()) else {
+                    return;
+                };
+                handlers::run_for_project(&project, "projectStartup", Vec::new()).await;
+                let dev_mode = self.dev_mode();
+                for session in self.sessions.of_project(&name) {
+                    if dev_mode {
+                        session.push(&Push::DevError { message: None }.to_frame());
+                    }
+                    session.push(&Push::Reload { pages: &pages }.to_frame());
+                    events::session_restored(&runtime, &project, &session, "newdoc").await;
+                }
+            }
+            Err(error) => self.report_compile_error(&name, dir, &error),
+        }
+    }
+
+    /// Logs a failed reload; in dev mode also shows it in the project's
+    /// browsers, with paths relative to the project (the server's own
+    /// folders never reach a browser).
+    fn report_compile_error(&self, name: &str, dir: &Path, error: &LoadError) {
+        error!(project = %name, "project has errors, still serving the last good version:\n{error}");
+        if !self.dev_mode() {
+            return;
+        }
+        let message = error.relative_to(dir);
+        let frame = Push::DevError {
+            message: Some(&message),
+        }
+        .to_frame();
+        for session in self.sessions.of_project(name) {
+            session.push(&frame);
+        }
+    }
+
+    /// Replaces a session by a new one with a new id (the old id may have
+    /// been planted by someone else: session fixation) for `userid`. The old
+    /// session ends with `Logout`.
+    pub async fn log_in(
+        &self,
+        project: &Arc<Project>,
+        old: Option<Arc<Session>>,
+        userid: &str,
+    ) -> Arc<Session> {
+        if let Some(old) = old {
+            self.end_session(&old, ShutdownReason::Logout).await;
+        }
+        self.start_session(project, userid)
+    }
+}
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    /// The projects folder could not be read.
+    #[error("cannot read the projects folder: {0}")]
+    Projects(#[from] LoadError),
+    /// The database could not be opened.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The users file is unreadable or invalid.
+    #[error("users file: {0}")]
+    Users(#[from] AuthError),
+}
+
+/// `projectStartup()` at server start, before the project is served, so
+/// that the first page sees the state it sets (`varSet`, `uiSet`); on this
+/// thread, as nothing is served yet. A reload runs it through
+/// [`handlers::run_for_project`] before the sessions are told.
+fn project_startup(project: &Project) {
+    match project.scripts.call_first("projectStartup", Vec::new()) {
+        Ok(Some(answer)) if !answer.is_unit() => {
+            tracing::warn!(target: "switchboard::script", project = %project.name, "projectStartup returned a {} that nobody receives", answer.type_name())
+        }
+        Ok(_) => {}
+        Err(error) => {
+            tracing::warn!(target: "switchboard::script", project = %project.name, "projectStartup failed: {error}")
+        }
+    }
+}
