@@ -140,7 +140,10 @@ fn new_project(dir: &std::path::Path) -> ExitCode {
             for file in files {
                 println!("created {}", file.display());
             }
-            let name = dir.file_name().map(|n| n.to_string_lossy()).unwrap_or_default();
+            let name = dir
+                .file_name()
+                .map(|n| n.to_string_lossy())
+                .unwrap_or_default();
             let parent = dir
                 .parent()
                 .filter(|p| !p.as_os_str().is_empty())

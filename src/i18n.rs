@@ -128,18 +128,25 @@ impl Translations {
     /// The text of `key` in `language` with `args`; `None` when neither
     /// that language nor the default has it.
     pub fn text(&self, language: &str, key: &str, args: Option<&FluentArgs>) -> Option<String> {
-        [language, self.default.as_str()].into_iter().find_map(|language| {
-            let bundle = self.bundles.get(language)?;
-            let pattern = bundle.get_message(key)?.value()?;
-            let mut errors = Vec::new();
-            Some(bundle.format_pattern(pattern, args, &mut errors).into_owned())
-        })
+        [language, self.default.as_str()]
+            .into_iter()
+            .find_map(|language| {
+                let bundle = self.bundles.get(language)?;
+                let pattern = bundle.get_message(key)?.value()?;
+                let mut errors = Vec::new();
+                Some(
+                    bundle
+                        .format_pattern(pattern, args, &mut errors)
+                        .into_owned(),
+                )
+            })
     }
 
     /// The text of `key`, or the key itself when there is none: a missing
     /// translation shows where it is missing instead of nothing.
     pub fn text_or_key(&self, language: &str, key: &str, args: Option<&FluentArgs>) -> String {
-        self.text(language, key, args).unwrap_or_else(|| key.to_string())
+        self.text(language, key, args)
+            .unwrap_or_else(|| key.to_string())
     }
 
     /// The browser runtime's texts in `language`, as `CONFIG` keys
@@ -179,10 +186,9 @@ pub fn args_from(map: &serde_json::Map<String, serde_json::Value>) -> FluentArgs
     let mut args = FluentArgs::new();
     for (name, value) in map {
         let value = match value {
-            serde_json::Value::Number(n) => n.as_f64().map_or_else(
-                || FluentValue::from(n.to_string()),
-                FluentValue::from,
-            ),
+            serde_json::Value::Number(n) => n
+                .as_f64()
+                .map_or_else(|| FluentValue::from(n.to_string()), FluentValue::from),
             serde_json::Value::String(s) => FluentValue::from(s.clone()),
             other => FluentValue::from(other.to_string()),
         };
@@ -216,7 +222,10 @@ mod tests {
         for (language, _) in BUILTIN {
             let texts = translations.browser_texts(language);
             for name in &wanted {
-                assert!(texts.contains_key(&format!("TEXT_{name}")), "{language}: TEXT_{name}");
+                assert!(
+                    texts.contains_key(&format!("TEXT_{name}")),
+                    "{language}: TEXT_{name}"
+                );
             }
         }
         assert_eq!(
@@ -227,7 +236,11 @@ mod tests {
 
     #[test]
     fn the_viewer_setting_then_the_browser_then_the_default() {
-        let t = project(&[("en", "hello = Hello"), ("it", "hello = Ciao"), ("de", "hello = Hallo")]);
+        let t = project(&[
+            ("en", "hello = Hello"),
+            ("it", "hello = Ciao"),
+            ("de", "hello = Hallo"),
+        ]);
         let cases = [
             (None, "", "en"),
             (None, "it-IT,it;q=0.9,en;q=0.5", "it"),
@@ -248,7 +261,10 @@ mod tests {
         let t = project(&[("it", "sb-ok = Va bene\nwelcome = Benvenuto, { $name }!")]);
         let mut args = FluentArgs::new();
         args.set("name", "Ann");
-        assert_eq!(t.text("it", "welcome", Some(&args)).unwrap(), "Benvenuto, Ann!");
+        assert_eq!(
+            t.text("it", "welcome", Some(&args)).unwrap(),
+            "Benvenuto, Ann!"
+        );
         assert_eq!(t.browser_texts("it")["TEXT_OK"], "Va bene");
         assert_eq!(t.browser_texts("it")["TEXT_CANCEL"], "Annulla");
     }

@@ -341,15 +341,11 @@ impl Project {
             jiff::tz::TimeZone::UTC
         });
         let schedules = compile_schedules(dir, &settings, &mut diagnostics);
-        let translations = std::sync::Arc::new(load_translations(dir, &settings, &mut diagnostics)?);
+        let translations =
+            std::sync::Arc::new(load_translations(dir, &settings, &mut diagnostics)?);
         let page_files = find_pages(dir, &mut diagnostics)?;
-        let templates = compile_templates(
-            dir,
-            &page_files,
-            &timezone,
-            &translations,
-            &mut diagnostics,
-        )?;
+        let templates =
+            compile_templates(dir, &page_files, &timezone, &translations, &mut diagnostics)?;
         let mut warnings = Vec::new();
         let register_all = |engine: &mut rhai::Engine, project: &str| {
             register(engine, project);
@@ -798,7 +794,11 @@ pub fn builtin_templates() -> Tera {
 
 /// A Tera report as a diagnostic. Tera says only "Unknown tag" for a
 /// misspelt tag; with the template's `source` the tag is named.
-fn template_diagnostic(path: &Path, report: &tera::ReportError, source: Option<&str>) -> Diagnostic {
+fn template_diagnostic(
+    path: &Path,
+    report: &tera::ReportError,
+    source: Option<&str>,
+) -> Diagnostic {
     let span = report.span();
     let mut message = report.message().to_string();
     if message == "Unknown tag"
@@ -816,7 +816,9 @@ fn template_diagnostic(path: &Path, report: &tera::ReportError, source: Option<&
 
 /// The identifier starting at (or just after) `offset`.
 fn word_at(text: &str, offset: usize) -> Option<&str> {
-    let rest = text.get(offset..)?.trim_start_matches(|c: char| !c.is_alphanumeric() && c != '_');
+    let rest = text
+        .get(offset..)?
+        .trim_start_matches(|c: char| !c.is_alphanumeric() && c != '_');
     let end = rest
         .find(|c: char| !c.is_alphanumeric() && c != '_')
         .unwrap_or(rest.len());
@@ -872,7 +874,9 @@ fn parse_reports(dir: &Path, text: &str) -> Vec<Diagnostic> {
             let mut parts = place.rsplitn(3, ':');
             let column = parts.next().and_then(|c| c.trim().parse().ok());
             let line_number = parts.next().and_then(|l| l.trim().parse().ok());
-            if let (Some(column), Some(line_number), Some(file)) = (column, line_number, parts.next()) {
+            if let (Some(column), Some(line_number), Some(file)) =
+                (column, line_number, parts.next())
+            {
                 diagnostics.push(Diagnostic {
                     file: dir.join(file.trim()),
                     line: line_number,
@@ -899,7 +903,10 @@ fn register_translation(tera: &mut Tera, translations: &std::sync::Arc<crate::i1
         let mut args = serde_json::Map::new();
         for (name, value) in kwargs.iter() {
             if let Some(name) = name.as_str().filter(|n| *n != "key") {
-                args.insert(name.to_string(), serde_json::to_value(value).unwrap_or_default());
+                args.insert(
+                    name.to_string(),
+                    serde_json::to_value(value).unwrap_or_default(),
+                );
             }
         }
         let args = crate::i18n::args_from(&args);
@@ -929,16 +936,21 @@ fn load_translations(
     let mut files = Vec::new();
     if folder.is_dir() {
         for path in sorted_entries(&folder)? {
-            if !path.extension().is_some_and(|e| e == "ftl") || !path.is_file() {
+            if path.extension().is_none_or(|e| e != "ftl") || !path.is_file() {
                 continue;
             }
-            let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or_default();
+            let stem = path
+                .file_stem()
+                .and_then(|s| s.to_str())
+                .unwrap_or_default();
             let Ok(language) = stem.parse::<unic_langid::LanguageIdentifier>() else {
                 diagnostics.push(Diagnostic {
                     file: path.clone(),
                     line: 0,
                     column: 0,
-                    message: format!("`{stem}` is not a language tag; name the file like en.ftl or pt-BR.ftl"),
+                    message: format!(
+                        "`{stem}` is not a language tag; name the file like en.ftl or pt-BR.ftl"
+                    ),
                 });
                 continue;
             };

@@ -22,7 +22,9 @@ const FILES: &[(&str, &str)] = &[
 #[derive(Debug, thiserror::Error)]
 pub enum ScaffoldError {
     /// The folder's name cannot be a project name.
-    #[error("{0}: a project name has only letters, digits, `-` and `_`, does not start with `_` and is not `metrics`")]
+    #[error(
+        "{0}: a project name has only letters, digits, `-` and `_`, does not start with `_` and is not `metrics`"
+    )]
     BadName(PathBuf),
     /// Something is already there.
     #[error("{0} already exists; choose a new folder")]
@@ -43,10 +45,7 @@ pub fn create(dir: &Path) -> Result<Vec<PathBuf>, ScaffoldError> {
     if dir.exists() {
         return Err(ScaffoldError::Exists(dir.to_path_buf()));
     }
-    let name = dir
-        .file_name()
-        .and_then(|n| n.to_str())
-        .unwrap_or_default();
+    let name = dir.file_name().and_then(|n| n.to_str()).unwrap_or_default();
     let mut written = Vec::new();
     for (path, text) in FILES {
         let path = dir.join(path);

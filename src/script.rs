@@ -226,7 +226,9 @@ impl ScriptHost {
         callback: &str,
         args: Vec<Dynamic>,
     ) -> Result<Option<Dynamic>, ScriptError> {
-        Ok(self.call_first_from(callback, args)?.map(|(answer, _)| answer))
+        Ok(self
+            .call_first_from(callback, args)?
+            .map(|(answer, _)| answer))
     }
 
     /// [`ScriptHost::call_first`], also naming the script that answered
@@ -428,9 +430,12 @@ const LOG_LEVELS: &[&str] = &["error", "warn", "info", "debug"];
 fn register_logging(engine: &mut Engine, project: &str) {
     for (name, level) in [("log_warn", "warn"), ("log_error", "error")] {
         let project = project.to_string();
-        engine.register_fn(name, move |context: rhai::NativeCallContext, text: Dynamic| {
-            write_log(&project, level, &context, &text);
-        });
+        engine.register_fn(
+            name,
+            move |context: rhai::NativeCallContext, text: Dynamic| {
+                write_log(&project, level, &context, &text);
+            },
+        );
     }
     let project = project.to_string();
     engine.register_fn(
@@ -460,8 +465,12 @@ fn write_log(project: &str, level: &str, context: &rhai::NativeCallContext, text
     );
     let text = text.to_string();
     match level {
-        "error" => tracing::error!(target: "switchboard::script", project = %project, "{place}: {text}"),
-        "warn" => tracing::warn!(target: "switchboard::script", project = %project, "{place}: {text}"),
+        "error" => {
+            tracing::error!(target: "switchboard::script", project = %project, "{place}: {text}")
+        }
+        "warn" => {
+            tracing::warn!(target: "switchboard::script", project = %project, "{place}: {text}")
+        }
         "info" => info!(target: "switchboard::script", project = %project, "{place}: {text}"),
         _ => debug!(target: "switchboard::script", project = %project, "{place}: {text}"),
     }
@@ -653,7 +662,10 @@ mod tests {
         let errors = ScriptHost::compile("t", files, &Limits::default(), |_| {})
             .err()
             .unwrap();
-        assert!(errors[0].message.contains("no module lib/secrets.rhai"), "{errors:?}");
+        assert!(
+            errors[0].message.contains("no module lib/secrets.rhai"),
+            "{errors:?}"
+        );
     }
 
     #[test]
@@ -679,7 +691,12 @@ mod tests {
         let compiled = ScriptHost::compile_project("t", lib, files, &Limits::default(), |_| {})
             .unwrap_or_else(|e| panic!("{e:?}"));
         assert_eq!(
-            compiled.host.call_first("f", vec![]).unwrap().unwrap().as_int(),
+            compiled
+                .host
+                .call_first("f", vec![])
+                .unwrap()
+                .unwrap()
+                .as_int(),
             Ok(42)
         );
         assert_eq!(compiled.warnings.len(), 1, "{:?}", compiled.warnings);

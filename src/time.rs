@@ -135,7 +135,11 @@ mod tests {
     fn formats_in_the_zone_with_daylight_saving() {
         let rome = zone("Europe/Rome").unwrap();
         let cases = [
-            (NEW_YEAR_2026_UTC, "%Y-%m-%d %H:%M %Z", "2026-01-01 01:00 CET"),
+            (
+                NEW_YEAR_2026_UTC,
+                "%Y-%m-%d %H:%M %Z",
+                "2026-01-01 01:00 CET",
+            ),
             (JULY_2025_UTC, "%H:%M %:z", "02:00 +02:00"),
             (JULY_2025_UTC, "%A %e %B", "Tuesday  1 July"),
         ];

@@ -62,7 +62,12 @@ async fn frames_until_marker(socket: &mut Socket, seq: u64) -> Vec<Value> {
 
 /// Sends a command; returns its reply and the dev notice it caused (in
 /// either order: the notice is pushed before the reply is written).
-async fn command_with_notice(socket: &mut Socket, seq: u64, name: &str, param: &str) -> (Value, String) {
+async fn command_with_notice(
+    socket: &mut Socket,
+    seq: u64,
+    name: &str,
+    param: &str,
+) -> (Value, String) {
     common::send(
         socket,
         &serde_json::json!({"type":"command","seq":seq,"name":name,"param":param}),
@@ -142,7 +147,10 @@ async fn dev_mode_shows_silent_mistakes_with_file_and_line() {
     let mut socket = client.socket_tab("t1", "home").await;
 
     let (reply, notice) = command_with_notice(&mut socket, 1, "save", "").await;
-    assert_eq!(reply["status"], "ok", "the answer itself is unchanged: {reply}");
+    assert_eq!(
+        reply["status"], "ok",
+        "the answer itself is unchanged: {reply}"
+    );
     assert_eq!(
         notice,
         "events/10-main.rhai:3:16: userCommand(\"save\", \"\"): tost: unknown key, ignored"

@@ -10,7 +10,7 @@ use std::process::Command;
 
 use serde_json::{Value, json};
 
-use common::{Server, toast_of, run_check, temp_dir};
+use common::{Server, run_check, temp_dir, toast_of};
 
 fn switchboard_new(dir: &Path) -> (Option<i32>, String, String) {
     let output = Command::new(env!("CARGO_BIN_EXE_switchboard"))
@@ -43,14 +43,23 @@ async fn a_new_project_passes_check_and_runs() {
     let dir = root.join("lobby");
     let (code, stdout, stderr) = switchboard_new(&dir);
     assert_eq!(code, Some(0), "{stderr}");
-    for file in ["project.toml", "pages/home.html", "events/10-main.rhai", "lib/panel.rhai", "i18n/en.ftl"] {
+    for file in [
+        "project.toml",
+        "pages/home.html",
+        "events/10-main.rhai",
+        "lib/panel.rhai",
+        "i18n/en.ftl",
+    ] {
         assert!(dir.join(file).is_file(), "{file} missing; {stdout}");
         assert!(stdout.contains(file), "{stdout}");
     }
     let (code, out, err) = run_check(&dir);
     assert_eq!((code, out.trim()), (Some(0), "ok"), "{err}");
     let events = std::fs::read_to_string(dir.join("events/10-main.rhai")).unwrap();
-    assert!(events.contains("docs/scripting.md"), "comments point at the docs");
+    assert!(
+        events.contains("docs/scripting.md"),
+        "comments point at the docs"
+    );
 
     // It runs: the page, its translation and its handler.
     let server = Server::start(&root);
@@ -78,7 +87,10 @@ async fn every_page_has_a_favicon() {
     let server = Server::start(&root);
     let client = server.client("lobby").await;
     let html = get(&client, "home", "en").await;
-    assert!(html.contains("<link rel=\"icon\" href=\"/_sb/favicon.svg\""), "{html}");
+    assert!(
+        html.contains("<link rel=\"icon\" href=\"/_sb/favicon.svg\""),
+        "{html}"
+    );
     for path in ["/favicon.ico", "/_sb/favicon.svg"] {
         let response = reqwest::get(server.url(path)).await.unwrap();
         assert_eq!(response.status(), 200, "{path}");
@@ -90,16 +102,18 @@ async fn every_page_has_a_favicon() {
 
 /// The fenced blocks of docs/tutorial.md tagged `file=<path>`, in order.
 fn tutorial_files() -> Vec<(String, String)> {
-    let text = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/tutorial.md"),
-    )
-    .unwrap();
+    let text =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/tutorial.md"))
+            .unwrap();
     let mut files = Vec::new();
     let mut current: Option<(String, String)> = None;
     for line in text.lines() {
         match (&mut current, line.strip_prefix("```")) {
             (None, Some(info)) => {
-                if let Some(path) = info.split_whitespace().find_map(|w| w.strip_prefix("file=")) {
+                if let Some(path) = info
+                    .split_whitespace()
+                    .find_map(|w| w.strip_prefix("file="))
+                {
                     current = Some((path.to_string(), String::new()));
                 } else if !info.trim().is_empty() {
                     // Skip the block: a marker that it is not ours.
@@ -160,10 +174,16 @@ async fn the_tutorial_works_step_by_step() {
     let client = server.client("room").await;
     let html = get(&client, "", "en-GB,en;q=0.8").await;
     assert!(html.contains("<h1>Room 12</h1>"), "{html}");
-    assert!(html.contains(">○</span>"), "the light's state on first load: {html}");
+    assert!(
+        html.contains(">○</span>"),
+        "the light's state on first load: {html}"
+    );
 
     // The light: its state is pushed and on the page.
-    assert_eq!(send(&client, "light", "light", "toggle").await["status"], "ok");
+    assert_eq!(
+        send(&client, "light", "light", "toggle").await["status"],
+        "ok"
+    );
     assert!(get(&client, "", "en").await.contains(">●</span>"));
 
     // The setpoint: kept, then refused and rolled back.
@@ -176,7 +196,10 @@ async fn the_tutorial_works_step_by_step() {
         reply["actions"][1],
         json!({"type":"rollback","object":"setpoint","value":"22"})
     );
-    assert_eq!(send(&client, "setpoint", "setpoint", "warm").await["status"], "error");
+    assert_eq!(
+        send(&client, "setpoint", "setpoint", "warm").await["status"],
+        "error"
+    );
 
     // The form: field errors, then success.
     let reply = send(&client, "send", "send", r#"{"guest":"","email":"ann"}"#).await;
@@ -189,16 +212,28 @@ async fn the_tutorial_works_step_by_step() {
         .collect();
     assert_eq!(
         errors,
-        [("email", "This is not an e-mail address"), ("guest", "Please fill this in")]
+        [
+            ("email", "This is not an e-mail address"),
+            ("guest", "Please fill this in")
+        ]
     );
-    let reply = send(&client, "send", "send", r#"{"guest":"Ann","email":"ann@example.com"}"#).await;
+    let reply = send(
+        &client,
+        "send",
+        "send",
+        r#"{"guest":"Ann","email":"ann@example.com"}"#,
+    )
+    .await;
     assert_eq!(toast_of(&reply), "Sent: we will get back to you");
     server.wait_for_log("front desk request from Ann <ann@example.com>");
 
     // Translated, for an Italian browser.
     let italian = server.client("room").await;
     let html = get(&italian, "", "it-IT,it;q=0.9").await;
-    assert!(html.contains("<h1>Camera 12</h1>") && html.contains("Scrivi alla reception"), "{html}");
+    assert!(
+        html.contains("<h1>Camera 12</h1>") && html.contains("Scrivi alla reception"),
+        "{html}"
+    );
     let reply = send(&italian, "setpoint", "setpoint", "40").await;
     assert_eq!(toast_of(&reply), "Scegli tra 16 e 28 °C");
     std::fs::remove_dir_all(&root).ok();

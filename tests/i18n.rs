@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{Client, Server, toast_of, run_check, temp_dir, write_project};
+use common::{Client, Server, run_check, temp_dir, toast_of, write_project};
 
 const PAGE: &str = r#"{% extends "sb/layout.html" %}
 {% block content %}
@@ -48,7 +48,10 @@ async fn texts_follow_the_user_setting_then_the_browser() {
                 "i18n/en.ftl",
                 "room-title = Room { $n }\nsaved = Saved\n# The runtime's own texts can be overridden too.\nsb-ok = Got it\n",
             ),
-            ("i18n/it.ftl", "room-title = Stanza { $n }\nsaved = Salvato\n"),
+            (
+                "i18n/it.ftl",
+                "room-title = Stanza { $n }\nsaved = Salvato\n",
+            ),
             ("events/10-main.rhai", EVENTS),
         ],
     );
@@ -79,7 +82,11 @@ async fn texts_follow_the_user_setting_then_the_browser() {
         toast_of(&english.command("language", "it").await),
         "Stanza 7"
     );
-    assert!(page(&english, Some("en")).await.contains("<h1>Stanza 3</h1>"));
+    assert!(
+        page(&english, Some("en"))
+            .await
+            .contains("<h1>Stanza 3</h1>")
+    );
     assert_eq!(toast_of(&english.command("save", "").await), "Salvato");
     std::fs::remove_dir_all(&root).ok();
 }

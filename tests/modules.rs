@@ -6,7 +6,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{HOME_PAGE, Server, toast_of, run_check, temp_dir, write_project};
+use common::{HOME_PAGE, Server, run_check, temp_dir, toast_of, write_project};
 
 const LIGHTS: &str = r#"// Shared by every events file.
 fn prefix() { "Light" }
@@ -44,10 +44,7 @@ async fn events_files_share_lib_modules() {
     let server = Server::start(&root);
     let client = server.client("site").await;
     assert_eq!(toast_of(&client.command("a", "1").await), "Light 1: on");
-    assert_eq!(
-        toast_of(&client.command("b", "2").await),
-        "Light 2: on/off"
-    );
+    assert_eq!(toast_of(&client.command("b", "2").await), "Light 2: on/off");
 
     // Reloaded with the project: the next command sees the new module.
     std::fs::write(dir.join("lib/lights.rhai"), LIGHTS.replace("Light", "Lamp")).unwrap();
@@ -57,7 +54,10 @@ async fn events_files_share_lib_modules() {
         if text == "Lamp 3: on" {
             break;
         }
-        assert!(Instant::now() < deadline, "the module was not reloaded: {text}");
+        assert!(
+            Instant::now() < deadline,
+            "the module was not reloaded: {text}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     std::fs::remove_dir_all(&root).ok();
@@ -103,7 +103,10 @@ fn check_catches_calls_nothing_defines() {
     for line in expect {
         assert!(stderr.contains(line), "missing {line:?} in:\n{stderr}");
     }
-    assert!(!stderr.contains("uiSet"), "host functions are known: {stderr}");
+    assert!(
+        !stderr.contains("uiSet"),
+        "host functions are known: {stderr}"
+    );
     assert!(!stderr.contains("10-lights"), "{stderr}");
     std::fs::remove_dir_all(&root).ok();
 }
@@ -114,7 +117,10 @@ fn imports_stay_inside_the_project_and_module_errors_are_placed() {
     write_project(
         &root,
         "other",
-        &[("project.toml", ""), ("lib/secret.rhai", "fn key() { 42 }\n")],
+        &[
+            ("project.toml", ""),
+            ("lib/secret.rhai", "fn key() { 42 }\n"),
+        ],
     );
     let dir = write_project(
         &root,
@@ -122,7 +128,10 @@ fn imports_stay_inside_the_project_and_module_errors_are_placed() {
         &[
             ("project.toml", ""),
             ("pages/home.html", HOME_PAGE),
-            ("lib/broken.rhai", "fn ok() { 1 }\nfn bad() {\n  let = 2;\n}\n"),
+            (
+                "lib/broken.rhai",
+                "fn ok() { 1 }\nfn bad() {\n  let = 2;\n}\n",
+            ),
             (
                 "events/10-a.rhai",
                 "fn userCommand(s, u, n, p) {\n  import \"../other/lib/secret\" as s1;\n  import \"/etc/passwd\" as s2;\n  import \"secret\" as s3;\n}\n",
@@ -132,7 +141,11 @@ fn imports_stay_inside_the_project_and_module_errors_are_placed() {
     let (code, _, stderr) = run_check(&dir);
     assert_eq!(code, Some(1), "{stderr}");
     assert!(stderr.contains("lib/broken.rhai:3:7:"), "{stderr}");
-    for (line, module) in [(2, "../other/lib/secret"), (3, "/etc/passwd"), (4, "secret")] {
+    for (line, module) in [
+        (2, "../other/lib/secret"),
+        (3, "/etc/passwd"),
+        (4, "secret"),
+    ] {
         let wanted = format!("events/10-a.rhai:{line}:3: import \"{module}\": no module");
         assert!(stderr.contains(&wanted), "missing {wanted:?} in:\n{stderr}");
     }

@@ -6,7 +6,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Server, toast_of, run_check, temp_dir, write_project};
+use common::{Server, run_check, temp_dir, toast_of, write_project};
 
 #[tokio::test]
 async fn scripts_log_warnings_and_errors_with_their_place() {
@@ -165,7 +165,11 @@ async fn calendar_timers_run_once_per_due_time_whatever_the_sessions() {
         if runs.len() >= 3 {
             break runs;
         }
-        assert!(Instant::now() < deadline, "the timer ran {} times", runs.len());
+        assert!(
+            Instant::now() < deadline,
+            "the timer ran {} times",
+            runs.len()
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     // Each due second gets one run, never one per session: three sessions

@@ -6,10 +6,12 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{HOME_PAGE, Client, Server, run_check, temp_dir, write_project};
+use common::{Client, HOME_PAGE, Server, run_check, temp_dir, write_project};
 
 fn page(content: &str) -> String {
-    format!("{{% extends \"sb/layout.html\" %}}\n{{% block content %}}\n{content}\n{{% endblock %}}\n")
+    format!(
+        "{{% extends \"sb/layout.html\" %}}\n{{% block content %}}\n{content}\n{{% endblock %}}\n"
+    )
 }
 
 #[test]
@@ -28,7 +30,8 @@ fn template_errors_name_file_line_column_and_cause() {
         ),
         (
             "tag",
-            "{% extends \"sb/layout.html\" %}\n{% block content %}\n<p>x</p>\n{% endblok %}\n".to_string(),
+            "{% extends \"sb/layout.html\" %}\n{% block content %}\n<p>x</p>\n{% endblok %}\n"
+                .to_string(),
             "pages/home.html:4:4: Unknown tag `endblok`",
         ),
         (
@@ -166,14 +169,21 @@ fn every_component_and_argument_is_documented() {
             .unwrap_or_else(|| panic!("docs/objects.md has no {heading}"))
             .1;
         let section = section.split("\n### ").next().unwrap();
-        for arg in args.split(',').map(str::trim).filter(|a| !a.starts_with("...")) {
+        for arg in args
+            .split(',')
+            .map(str::trim)
+            .filter(|a| !a.starts_with("..."))
+        {
             let arg = arg.split([':', '=']).next().unwrap().trim();
             assert!(
                 section.contains(&format!("`{arg}`")),
                 "{name}: argument `{arg}` is not documented"
             );
         }
-        assert!(section.contains("{{ <") || section.contains("{% <"), "{name}: no example");
+        assert!(
+            section.contains("{{ <") || section.contains("{% <"),
+            "{name}: no example"
+        );
         seen += 1;
     }
     assert!(seen >= 8, "found {seen} components");
@@ -193,7 +203,9 @@ async fn links_and_project_components_render_as_documented() {
             ),
             (
                 "pages/home.html",
-                &page("{{ <room_light n={2} /> }}\n{{ <sb.link page=\"other\" label=\"Other\" /> }}"),
+                &page(
+                    "{{ <room_light n={2} /> }}\n{{ <sb.link page=\"other\" label=\"Other\" /> }}",
+                ),
             ),
             ("pages/other.html", HOME_PAGE),
         ],

@@ -45,9 +45,10 @@ pub(super) fn notice_command(
 /// check saw it; else the line where the script's `userCommand` starts.
 fn place_of(project: &Project, script: &str, warning: &str) -> String {
     let key = warning.split(':').next().unwrap_or_default();
-    let seen = project.warnings.iter().find(|w| {
-        w.file.ends_with(script) && w.message.contains(&format!("`{key}`"))
-    });
+    let seen = project
+        .warnings
+        .iter()
+        .find(|w| w.file.ends_with(script) && w.message.contains(&format!("`{key}`")));
     match seen {
         Some(w) => format!("{script}:{}:{}", w.line, w.column),
         None => format!(

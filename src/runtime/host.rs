@@ -186,14 +186,18 @@ pub fn register(engine: &mut Engine, runtime: Weak<Runtime>, project: &str) {
                 None => serde_json::Map::new(),
             };
             let args = crate::i18n::args_from(&args);
-            Ok(project.translations.text_or_key(&language, key, Some(&args)))
+            Ok(project
+                .translations
+                .text_or_key(&language, key, Some(&args)))
         };
         if with_args {
             engine.register_fn("t", move |session: &str, key: &str, args: Dynamic| {
                 translate(session, key, Some(args))
             });
         } else {
-            engine.register_fn("t", move |session: &str, key: &str| translate(session, key, None));
+            engine.register_fn("t", move |session: &str, key: &str| {
+                translate(session, key, None)
+            });
         }
     }
     engine.register_fn("now", || -> i64 {

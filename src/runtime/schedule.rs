@@ -34,7 +34,7 @@ const MIN_PERIOD: Duration = Duration::from_millis(10);
 #[derive(Clone)]
 enum Due {
     Every(Duration),
-    Calendar(croner::Cron),
+    Calendar(Box<croner::Cron>),
 }
 
 /// Starts the project's timers (none when no script defines `timer(name)`).
@@ -45,7 +45,7 @@ pub fn start_timers(runtime: Weak<Runtime>, project: &Arc<Project>) {
     for timer in &project.settings.timers {
         let due = match (timer.every_ms, project.schedules.get(&timer.name)) {
             (Some(every_ms), _) => Due::Every(Duration::from_millis(every_ms).max(MIN_PERIOD)),
-            (None, Some(cron)) => Due::Calendar(cron.clone()),
+            (None, Some(cron)) => Due::Calendar(Box::new(cron.clone())),
             // Refused when the project loaded.
             (None, None) => continue,
         };
@@ -142,17 +142,40 @@ mod tests {
         let rome = zone("Europe/Rome").unwrap();
         // (pattern, after (UTC), the next run in Rome's local time)
         let cases = [
-            ("0 30 23 * * *", "2026-01-10T12:00:00Z", "2026-01-10T23:30:00+01:00[Europe/Rome]"),
-            ("0 30 23 * * *", "2026-07-10T22:00:00Z", "2026-07-11T23:30:00+02:00[Europe/Rome]"),
+            (
+                "0 30 23 * * *",
+                "2026-01-10T12:00:00Z",
+                "2026-01-10T23:30:00+01:00[Europe/Rome]",
+            ),
+            (
+                "0 30 23 * * *",
+                "2026-07-10T22:00:00Z",
+                "2026-07-11T23:30:00+02:00[Europe/Rome]",
+            ),
             // 02:30 does not exist on the day clocks go forward: the run is
             // at the first time after the gap, like Vixie cron.
-            ("30 2 * * *", "2026-03-28T12:00:00Z", "2026-03-29T03:00:00+02:00[Europe/Rome]"),
-            ("@daily", "2026-10-24T23:00:00Z", "2026-10-26T00:00:00+01:00[Europe/Rome]"),
+            (
+                "30 2 * * *",
+                "2026-03-28T12:00:00Z",
+                "2026-03-29T03:00:00+02:00[Europe/Rome]",
+            ),
+            (
+                "@daily",
+                "2026-10-24T23:00:00Z",
+                "2026-10-26T00:00:00+01:00[Europe/Rome]",
+            ),
         ];
         for (pattern, after, expected) in cases {
             let cron = parse_cron(pattern).unwrap();
-            let after = after.parse::<jiff::Timestamp>().unwrap().to_zoned(rome.clone());
-            assert_eq!(next_run(&cron, &after).unwrap().to_string(), expected, "{pattern}");
+            let after = after
+                .parse::<jiff::Timestamp>()
+                .unwrap()
+                .to_zoned(rome.clone());
+            assert_eq!(
+                next_run(&cron, &after).unwrap().to_string(),
+                expected,
+                "{pattern}"
+            );
         }
         assert!(parse_cron("61 * * * *").is_err());
     }
