@@ -309,7 +309,7 @@ pub struct Project {
 }
 
 /// Registers the functions scripts may call on a project's engine; given the
-/// project's name. Loading for `switchboard check` registers none.
+/// project's name.
 pub type RegisterHost<'a> = &'a dyn Fn(&mut rhai::Engine, &str);
 
 impl fmt::Debug for Project {
@@ -322,12 +322,11 @@ impl fmt::Debug for Project {
 }
 
 impl Project {
-    /// Loads and compiles the project in `dir`; its name is the folder's name.
-    pub fn load(dir: &Path) -> Result<Project, LoadError> {
-        Self::load_with(dir, &|_, _| {})
-    }
-
-    /// Loads the project, registering host functions on its engine.
+    /// Loads and compiles the project in `dir` (its name is the folder's
+    /// name), registering the host functions on its engine: calls to
+    /// functions nothing registers or defines are load errors, so the host
+    /// functions must be there, bound to a server or not
+    /// (`runtime::register_host_functions_unbound` for `check`).
     pub fn load_with(dir: &Path, register: RegisterHost) -> Result<Project, LoadError> {
         let name = dir
             .file_name()
