@@ -188,3 +188,29 @@ fn check_warns_about_unknown_answer_keys() {
     );
     std::fs::remove_dir_all(&root).ok();
 }
+
+#[tokio::test]
+async fn dev_mode_shows_mistakes_of_session_events() {
+    let root = temp_dir("devmode-events");
+    write_project(
+        &root,
+        "site",
+        &[
+            ("project.toml", ""),
+            ("pages/home.html", HOME_PAGE),
+            (
+                "events/10-main.rhai",
+                "fn pageStartup(session, page) {\n    sessionSet(session, \"page\", page)\n}\n",
+            ),
+        ],
+    );
+    let server = Server::start_with(&root, &["--dev"]);
+    let client = server.client("site").await;
+    let mut socket = client.socket_tab("t1", "home").await;
+    let notice = receive_push(&mut socket, "dev_notice").await;
+    assert_eq!(
+        notice["message"],
+        "events/10-main.rhai:1: pageStartup(\"home\"): answer: a value of type bool is not a Command API answer, ignored"
+    );
+    std::fs::remove_dir_all(&root).ok();
+}

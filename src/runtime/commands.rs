@@ -294,14 +294,12 @@ async fn finish(
 ) -> Reply {
     log_command(session, &executed.command, &executed.decoded);
     if runtime.dev_mode() {
-        let answered_by = executed.ran.answered_by.as_deref();
-        super::dev::notice_command(
+        super::dev::notice_unhandled(
             runtime,
             project,
             session,
             &executed.command,
             &executed.decoded,
-            answered_by,
         );
     }
     METRICS.command(executed.decoded.status, executed.ran.handler_time);

@@ -90,6 +90,11 @@ pub fn run_blocking(
         rollback_value,
         log_name,
     } = call;
+    // Dev mode names the call in its notices; described before the
+    // arguments move into the script.
+    let dev_call = runtime
+        .filter(|runtime| runtime.dev_mode() && session.is_some())
+        .map(|_| super::dev::describe_call(callback, &args));
     let started = Instant::now();
     let result = project.scripts.call_first_from(callback, args);
     let handler_time = started.elapsed();
@@ -117,6 +122,10 @@ pub fn run_blocking(
     };
     if let (Some(runtime), Some(session), Some(decoded)) = (runtime, session, &mut ran.decoded) {
         runtime.file_challenges(project, session, &mut decoded.actions);
+        if let Some(call) = &dev_call {
+            let answered_by = ran.answered_by.as_deref();
+            super::dev::notice_answer(runtime, project, session, call, answered_by, decoded);
+        }
     }
     ran
 }
