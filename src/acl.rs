@@ -2,9 +2,19 @@
 //! allow/deny rules matching a user or role and command name and param
 //! patterns. The first matching rule decides; a project with rules denies
 //! what no rule allows. Pure: no I/O.
+//!
+//! Command names and params come from the client, so they and the rule's
+//! patterns are compared in their canonical form ([`text::canonical`]:
+//! NFKC, invisible characters dropped, trimmed, case-insensitive): a name a
+//! person cannot tell from `vault1` on screen (`Vault1`, ` vault1`,
+//! `\u{200B}vault1`) matches what `vault1` matches, so a deny rule cannot be
+//! stepped around by spelling. User ids and roles come from the users file
+//! and are compared exactly.
 
 use serde::Deserialize;
 use wildmatch::WildMatch;
+
+use crate::text;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -57,6 +67,7 @@ pub fn decide(rules: &[Rule], subject: &Subject, name: &str, param: &str) -> Dec
     if rules.is_empty() {
         return Decision::Allowed(None);
     }
+    let (name, param) = (&text::canonical(name), &text::canonical(param));
     for (index, rule) in rules.iter().enumerate() {
         if applies(rule, subject, name, param) {
             return match rule.rule {
@@ -79,8 +90,8 @@ fn applies(rule: &Rule, subject: &Subject, name: &str, param: &str) -> bool {
         .is_none_or(|role| subject.roles.iter().any(|r| r == role));
     user_ok
         && role_ok
-        && WildMatch::new(&rule.name).matches(name)
-        && WildMatch::new(&rule.param).matches(param)
+        && WildMatch::new(&text::canonical(&rule.name)).matches(name)
+        && WildMatch::new(&text::canonical(&rule.param)).matches(param)
 }
 
 #[cfg(test)]
@@ -171,6 +182,42 @@ mod tests {
                 "{case}"
             );
         }
+    }
+
+    /// Issue 12: a deny rule on `vault*` must hold against every spelling
+    /// of the vault a person would read as the same name.
+    #[test]
+    fn deny_rules_hold_against_look_alike_params() {
+        use Effect::*;
+        let rules = vec![
+            rule(Deny, None, None, "door", "vault*"),
+            rule(Allow, None, Some("operator"), "door", "*"),
+        ];
+        let operator = vec!["operator".to_string()];
+        let subject = Subject {
+            user: "bob",
+            roles: &operator,
+        };
+        for (case, name, param) in [
+            ("as written", "door", "vault1"),
+            ("upper case", "door", "Vault1"),
+            ("leading space", "door", " vault1"),
+            ("zero-width space first", "door", "\u{200B}vault1"),
+            ("zero-width joiner inside", "door", "va\u{200D}ult1"),
+            ("full-width", "door", "ｖａｕｌｔ1"),
+            ("name in upper case", "DOOR", "vault1"),
+            ("name with a zero-width space", "do\u{200B}or", "vault1"),
+        ] {
+            assert_eq!(
+                decide(&rules, &subject, name, param),
+                Decision::Denied(Some(0)),
+                "{case}: {name:?} {param:?}"
+            );
+        }
+        assert_eq!(
+            decide(&rules, &subject, "door", "front"),
+            Decision::Allowed(Some(1))
+        );
     }
 
     #[test]

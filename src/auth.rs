@@ -6,13 +6,16 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use argon2::Argon2;
 use argon2::password_hash::phc::PasswordHash;
 use argon2::password_hash::{PasswordHasher, PasswordVerifier};
 use dashmap::DashMap;
+use dashmap::mapref::entry::Entry;
 use serde::{Deserialize, Serialize};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// One user of the server.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -95,7 +98,22 @@ impl Users {
                     .is_ok()
             })
             .unwrap_or(false);
+        release_freed_memory();
         user.filter(|_| matches)
+    }
+}
+
+/// Gives the hash's ~19 MiB back to the system. glibc raises its mmap
+/// threshold after the first large free, so later hash buffers come from
+/// the hashing thread's own arena and stay resident there: six logins on
+/// six blocking threads kept 114 MB. Trimming after each check keeps the
+/// resident size at the hashes running now.
+fn release_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only returns free memory to the system; it takes
+    // the allocator's own locks and touches no memory the program uses.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 
@@ -165,24 +183,87 @@ pub fn set_password(
             source,
         })?;
     }
-    std::fs::write(path, text).map_err(|source| AuthError::Io {
+    write_private(path, text.as_bytes()).map_err(|source| AuthError::Io {
         path: path.to_path_buf(),
         source,
     })
 }
 
-/// Failed attempts allowed before a key is locked out.
+/// Writes a file that only its owner may read (0600 when created: it holds
+/// password hashes). An existing file keeps its mode.
+fn write_private(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options.open(path)?.write_all(contents)
+}
+
+/// `Some(mode)` when the file at `path` can be read by users other than its
+/// owner (group or others), as a warning at start wants to say.
+pub fn readable_by_others(path: &Path) -> Option<u32> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(path).ok()?.permissions().mode() & 0o777;
+        (mode & 0o044 != 0).then_some(mode)
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = path;
+        None
+    }
+}
+
+/// Failed attempts of one user from one address before that pair is locked
+/// out. The lock-out is keyed on both, so that nobody can lock a user out
+/// from another address.
 const FREE_FAILURES: u32 = 5;
+/// Failed attempts from one address, for any users, before the address is
+/// locked out. Higher than a user's: several people may share an address
+/// (NAT, a proxy). Successes in between do not reset it, so one valid
+/// account does not let an address spray passwords at the others.
+const ADDRESS_FREE_FAILURES: u32 = 10;
+/// Failed attempts on one user, from any address, before each further
+/// attempt on that user is slowed down (never refused: a refusal would let
+/// anyone lock the user out).
+const USER_FREE_FAILURES: u32 = 5;
+/// The first delay past [`USER_FREE_FAILURES`]; each further failure doubles
+/// it up to [`MAX_USER_DELAY`].
+const USER_DELAY_STEP: Duration = Duration::from_millis(500);
+const MAX_USER_DELAY: Duration = Duration::from_secs(8);
 /// The longest lock-out; each further failure doubles it up to this.
 const MAX_LOCKOUT: Duration = Duration::from_secs(15 * 60);
 /// Failures older than this are forgotten.
 const FAILURE_WINDOW: Duration = Duration::from_secs(15 * 60);
+/// Past this many counters, the forgotten ones are dropped (a stream of
+/// made-up user names would otherwise grow the table).
+const MAX_COUNTERS: usize = 10_000;
+/// The part of a user name a counter is keyed on: real ids are short, and a
+/// 16 KiB made-up one should not cost 16 KiB of memory.
+const MAX_KEYED_NAME: usize = 128;
 
-/// Counts failed logins per key (`user:<id>`, `address:<ip>`) and locks a
-/// key out, for longer after each further failure.
-#[derive(Debug, Default)]
+/// Guards password checks (logins and challenge answers).
+///
+/// Every attempt is counted as a failure *before* its password is hashed
+/// (a success takes its count back), so a burst of concurrent attempts
+/// cannot slip past the lock-out while the first ones are being hashed.
+/// One attempt per address runs at a time, and at most one per core is
+/// hashing (argon2 takes ~19 MiB each); anything else is refused at once.
+#[derive(Debug)]
 pub struct Throttle {
     failures: DashMap<String, Failures>,
+    /// Addresses with an attempt running.
+    in_flight: DashMap<String, ()>,
+    hashing: Arc<Semaphore>,
+}
+
+impl Default for Throttle {
+    fn default() -> Self {
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        Throttle::with_hashing_slots(cores)
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -191,25 +272,104 @@ struct Failures {
     last: Instant,
 }
 
-impl Throttle {
-    /// `Err(wait)` while `key` is locked out.
-    pub fn check(&self, key: &str) -> Result<(), Duration> {
-        let Some(failures) = self.failures.get(key).map(|f| *f) else {
-            return Ok(());
-        };
-        if failures.last.elapsed() > FAILURE_WINDOW || failures.count < FREE_FAILURES {
-            return Ok(());
+/// Why an attempt is refused without checking its password.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// Too many failures: try again after this long.
+    LockedOut(Duration),
+    /// Another attempt from the same address is running, or every hashing
+    /// slot is busy: try again in a moment.
+    Busy,
+}
+
+impl Refused {
+    /// What `Retry-After` says, in whole seconds.
+    pub fn retry_after_secs(self) -> u64 {
+        match self {
+            Refused::LockedOut(wait) => wait.as_secs().max(1),
+            Refused::Busy => 1,
         }
-        let lockout = lockout_after(failures.count);
-        let elapsed = failures.last.elapsed();
-        if elapsed < lockout {
-            Err(lockout - elapsed)
-        } else {
-            Ok(())
+    }
+}
+
+/// One login attempt admitted by the [`Throttle`]; dropping it without
+/// [`Attempt::succeeded`] leaves it counted as a failure.
+#[derive(Debug)]
+pub struct Attempt<'a> {
+    throttle: &'a Throttle,
+    address_key: String,
+    pair_key: String,
+    user_key: String,
+    delay: Duration,
+    /// Counted as a failure (a hashing slot was taken).
+    counted: bool,
+}
+
+/// A hashing slot: hold it until the hash is done, even if the client has
+/// gone (the hash runs on a thread of its own and finishes anyway).
+#[derive(Debug)]
+pub struct HashingSlot {
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Throttle {
+    /// A throttle that lets `slots` passwords be hashed at once.
+    pub fn with_hashing_slots(slots: usize) -> Throttle {
+        Throttle {
+            failures: DashMap::new(),
+            in_flight: DashMap::new(),
+            hashing: Arc::new(Semaphore::new(slots.max(1))),
         }
     }
 
-    pub fn failed(&self, key: &str) {
+    /// Admits an attempt of `user` from `address`, or says why not. The
+    /// attempt is not counted yet: see [`Attempt::start_check`].
+    pub fn begin(&self, user: &str, address: &str) -> Result<Attempt<'_>, Refused> {
+        let user: String = user.chars().take(MAX_KEYED_NAME).collect();
+        let address_key = format!("address:{address}");
+        match self.in_flight.entry(address_key.clone()) {
+            Entry::Occupied(_) => return Err(Refused::Busy),
+            Entry::Vacant(vacant) => {
+                vacant.insert(());
+            }
+        }
+        let mut attempt = Attempt {
+            throttle: self,
+            pair_key: format!("user:{user}@{address}"),
+            user_key: format!("user:{user}"),
+            address_key,
+            delay: Duration::ZERO,
+            counted: false,
+        };
+        self.locked_out(&attempt.address_key, ADDRESS_FREE_FAILURES)
+            .or_else(|| self.locked_out(&attempt.pair_key, FREE_FAILURES))
+            .map_or(Ok(()), |wait| Err(Refused::LockedOut(wait)))?;
+        attempt.delay = user_delay(self.recent_failures(&attempt.user_key));
+        Ok(attempt)
+    }
+
+    /// How long `key` is still locked out, if it is.
+    fn locked_out(&self, key: &str, free: u32) -> Option<Duration> {
+        let count = self.recent_failures(key);
+        if count < free {
+            return None;
+        }
+        let last = self.failures.get(key)?.last;
+        lockout_after(count - free + 1).checked_sub(last.elapsed())
+    }
+
+    fn recent_failures(&self, key: &str) -> u32 {
+        self.failures
+            .get(key)
+            .filter(|f| f.last.elapsed() <= FAILURE_WINDOW)
+            .map_or(0, |f| f.count)
+    }
+
+    fn count_failure(&self, key: &str) {
+        if self.failures.len() > MAX_COUNTERS {
+            self.failures
+                .retain(|_, failures| failures.last.elapsed() <= FAILURE_WINDOW);
+        }
         let mut entry = self.failures.entry(key.to_string()).or_insert(Failures {
             count: 0,
             last: Instant::now(),
@@ -221,15 +381,70 @@ impl Throttle {
         entry.last = Instant::now();
     }
 
-    pub fn succeeded(&self, key: &str) {
+    fn uncount_failure(&self, key: &str) {
+        if let Some(mut entry) = self.failures.get_mut(key) {
+            entry.count = entry.count.saturating_sub(1);
+        }
+    }
+
+    fn forget(&self, key: &str) {
         self.failures.remove(key);
     }
 }
 
-/// 1 s after the sixth failure, doubling with each one after.
-fn lockout_after(count: u32) -> Duration {
-    let doublings = count.saturating_sub(FREE_FAILURES).min(20);
+impl Attempt<'_> {
+    /// How long to wait before checking the password: the user has failed
+    /// often lately, from anywhere.
+    pub fn delay(&self) -> Duration {
+        self.delay
+    }
+
+    /// Takes a hashing slot and counts the attempt as a failure until it
+    /// [`succeeded`](Attempt::succeeded); `Busy` when every slot is taken.
+    pub fn start_check(&mut self) -> Result<HashingSlot, Refused> {
+        let permit = self
+            .throttle
+            .hashing
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| Refused::Busy)?;
+        for key in [&self.address_key, &self.pair_key, &self.user_key] {
+            self.throttle.count_failure(key);
+        }
+        self.counted = true;
+        Ok(HashingSlot { _permit: permit })
+    }
+
+    /// The password was right: the user's failures are forgiven, the
+    /// address's earlier ones are not.
+    pub fn succeeded(self) {
+        if self.counted {
+            self.throttle.uncount_failure(&self.address_key);
+        }
+        self.throttle.forget(&self.pair_key);
+        self.throttle.forget(&self.user_key);
+    }
+}
+
+impl Drop for Attempt<'_> {
+    fn drop(&mut self) {
+        self.throttle.in_flight.remove(&self.address_key);
+    }
+}
+
+/// 1 s for the first attempt past the free ones, doubling with each one after.
+fn lockout_after(past_free: u32) -> Duration {
+    let doublings = past_free.saturating_sub(1).min(20);
     Duration::from_secs(1u64 << doublings).min(MAX_LOCKOUT)
+}
+
+/// Nothing for the first [`USER_FREE_FAILURES`], then doubling.
+fn user_delay(failures: u32) -> Duration {
+    if failures < USER_FREE_FAILURES {
+        return Duration::ZERO;
+    }
+    let doublings = (failures - USER_FREE_FAILURES).min(10);
+    (USER_DELAY_STEP * (1u32 << doublings)).min(MAX_USER_DELAY)
 }
 
 #[cfg(test)]
@@ -282,24 +497,72 @@ mod tests {
         assert!(users.verify("ann", "two").is_some());
         assert!(users.verify("ann", "one").is_none());
         assert_eq!(users.get("ann").unwrap().roles, ["operator"], "roles kept");
+        assert_eq!(readable_by_others(&path), None, "created 0600");
         std::fs::remove_dir_all(dir).unwrap();
     }
 
-    #[test]
-    fn throttling_locks_out_after_the_free_failures() {
-        let throttle = Throttle::default();
-        for _ in 0..FREE_FAILURES {
-            assert!(throttle.check("user:ann").is_ok());
-            throttle.failed("user:ann");
+    /// Runs `failures` wrong attempts of `user` from `address`.
+    fn fail(throttle: &Throttle, user: &str, address: &str, failures: u32) {
+        for _ in 0..failures {
+            let mut attempt = throttle.begin(user, address).unwrap();
+            attempt.start_check().unwrap();
         }
-        assert!(
-            throttle.check("user:ann").is_err(),
-            "locked after {FREE_FAILURES} failures"
+    }
+
+    #[test]
+    fn a_user_is_locked_out_from_the_failing_address_only() {
+        let throttle = Throttle::default();
+        fail(&throttle, "ann", "10.0.0.1", FREE_FAILURES);
+        assert!(matches!(
+            throttle.begin("ann", "10.0.0.1"),
+            Err(Refused::LockedOut(_))
+        ));
+        let elsewhere = throttle.begin("ann", "10.0.0.2").expect("not locked out");
+        assert_eq!(elsewhere.delay(), USER_DELAY_STEP, "only slowed down");
+        elsewhere.succeeded();
+        assert_eq!(
+            throttle.begin("ann", "10.0.0.3").unwrap().delay(),
+            Duration::ZERO
         );
-        assert!(throttle.check("user:bob").is_ok(), "other keys are not");
-        throttle.succeeded("user:ann");
-        assert!(throttle.check("user:ann").is_ok());
-        assert_eq!(lockout_after(6), Duration::from_secs(2));
+        assert_eq!(lockout_after(2), Duration::from_secs(2));
         assert_eq!(lockout_after(100), MAX_LOCKOUT);
+    }
+
+    #[test]
+    fn successes_do_not_reset_an_address() {
+        let throttle = Throttle::default();
+        for _ in 0..ADDRESS_FREE_FAILURES / 2 {
+            let mut own = throttle.begin("me", "10.0.0.1").unwrap();
+            own.start_check().unwrap();
+            own.succeeded();
+            fail(&throttle, "u1", "10.0.0.1", 1);
+            fail(&throttle, "u2", "10.0.0.1", 1);
+        }
+        assert!(matches!(
+            throttle.begin("someone", "10.0.0.1"),
+            Err(Refused::LockedOut(_))
+        ));
+    }
+
+    #[test]
+    fn one_attempt_per_address_and_one_hash_per_slot() {
+        let throttle = Throttle::with_hashing_slots(1);
+        let mut first = throttle.begin("ann", "10.0.0.1").unwrap();
+        assert_eq!(
+            throttle.begin("bob", "10.0.0.1").unwrap_err(),
+            Refused::Busy
+        );
+        let slot = first.start_check().unwrap();
+        let mut other = throttle.begin("bob", "10.0.0.2").unwrap();
+        assert_eq!(other.start_check().unwrap_err(), Refused::Busy);
+        drop(first);
+        let mut again = throttle.begin("bob", "10.0.0.1").expect("address freed");
+        assert_eq!(
+            again.start_check().unwrap_err(),
+            Refused::Busy,
+            "hash still running"
+        );
+        drop(slot);
+        assert!(again.start_check().is_ok(), "slot freed");
     }
 }

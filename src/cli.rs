@@ -44,6 +44,26 @@ pub struct Args {
     #[arg(long, env = "SWITCHBOARD_ALLOWED_ORIGINS", value_delimiter = ',')]
     pub allowed_origins: Vec<String>,
 
+    /// Host names clients use to reach the server (`panel.example.com`),
+    /// comma-separated; requests naming another host get 421 (DNS
+    /// rebinding). Default: bound to loopback, its own names (`localhost`,
+    /// `127.0.0.1`, `::1`); bound elsewhere, any (with a warning). `*`: any.
+    #[arg(long, env = "SWITCHBOARD_ALLOWED_HOSTS", value_delimiter = ',')]
+    pub allowed_hosts: Vec<String>,
+
+    /// Bearer token `GET /metrics` requires; without it the metrics are open.
+    #[arg(long, env = "SWITCHBOARD_METRICS_TOKEN", hide_env_values = true)]
+    pub metrics_token: Option<String>,
+
+    /// Anonymous sessions one client address may start per minute (a burst
+    /// of as many, then refilled); past it, 429. 0: no limit.
+    #[arg(
+        long,
+        env = "SWITCHBOARD_NEW_SESSIONS_PER_MINUTE",
+        default_value_t = 120
+    )]
+    pub new_sessions_per_minute: u32,
+
     /// Who may frame the pages (CSP frame-ancestors), e.g. `'self'` or
     /// `'self' https://portal.example.com`; `*` for any (app webviews that
     /// embed pages in a frame).
@@ -220,6 +240,9 @@ fn serve(args: Args) -> ExitCode {
         database: args.database,
         users: args.users,
         allowed_origins: args.allowed_origins,
+        allowed_hosts: args.allowed_hosts,
+        metrics_token: args.metrics_token.filter(|token| !token.is_empty()),
+        new_sessions_per_minute: args.new_sessions_per_minute,
         frame_ancestors: args.frame_ancestors,
         tls: args.tls_cert.zip(args.tls_key),
         shutdown_timeout_secs: args.shutdown_timeout,

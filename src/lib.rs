@@ -23,5 +23,6 @@ pub mod script;
 pub mod server;
 pub mod session;
 pub mod store;
+pub mod text;
 pub mod time;
 pub mod transport;

@@ -21,18 +21,18 @@ pub struct Metrics {
     pushes: AtomicU64,
     limit_stops_operations: AtomicU64,
     limit_stops_timeout: AtomicU64,
+    store_commits: AtomicU64,
+    store_batches: AtomicU64,
+    password_checks: AtomicU64,
 }
 
-pub static METRICS: Metrics = Metrics {
-    commands: [const { AtomicU64::new(0) }; 4],
-    handler_buckets: [const { AtomicU64::new(0) }; BUCKETS.len()],
-    handler_count: AtomicU64::new(0),
-    handler_micros: AtomicU64::new(0),
-    websockets: AtomicU64::new(0),
-    pushes: AtomicU64::new(0),
-    limit_stops_operations: AtomicU64::new(0),
-    limit_stops_timeout: AtomicU64::new(0),
-};
+pub static METRICS: Metrics = Metrics::new();
+
+impl Default for Metrics {
+    fn default() -> Metrics {
+        Metrics::new()
+    }
+}
 
 fn status_index(status: Status) -> usize {
     match status {
@@ -46,6 +46,23 @@ fn status_index(status: Status) -> usize {
 const STATUS_NAMES: [&str; 4] = ["ok", "error", "unhandled", "failed"];
 
 impl Metrics {
+    /// Every counter at zero.
+    pub const fn new() -> Metrics {
+        Metrics {
+            commands: [const { AtomicU64::new(0) }; 4],
+            handler_buckets: [const { AtomicU64::new(0) }; BUCKETS.len()],
+            handler_count: AtomicU64::new(0),
+            handler_micros: AtomicU64::new(0),
+            websockets: AtomicU64::new(0),
+            pushes: AtomicU64::new(0),
+            limit_stops_operations: AtomicU64::new(0),
+            limit_stops_timeout: AtomicU64::new(0),
+            store_commits: AtomicU64::new(0),
+            store_batches: AtomicU64::new(0),
+            password_checks: AtomicU64::new(0),
+        }
+    }
+
     pub fn command(&self, status: Status, handler_time: Duration) {
         self.commands[status_index(status)].fetch_add(1, Relaxed);
         let seconds = handler_time.as_secs_f64();
@@ -79,6 +96,19 @@ impl Metrics {
             &self.limit_stops_operations
         };
         counter.fetch_add(1, Relaxed);
+    }
+
+    /// One durable transaction of the store's writer, holding `batches`
+    /// queued write sets (group commit).
+    pub fn group_commit(&self, batches: usize) {
+        self.store_commits.fetch_add(1, Relaxed);
+        self.store_batches
+            .fetch_add(u64::try_from(batches).unwrap_or(u64::MAX), Relaxed);
+    }
+
+    /// A password was hashed and compared (a login or a challenge answer).
+    pub fn password_check(&self) {
+        self.password_checks.fetch_add(1, Relaxed);
     }
 
     /// The Prometheus text exposition; `sessions` is read by the caller.
@@ -128,6 +158,21 @@ impl Metrics {
         }
         let _ = writeln!(
             out,
+            "# HELP switchboard_store_commits_total Durable database transactions (each one fdatasync).\n# TYPE switchboard_store_commits_total counter\nswitchboard_store_commits_total {}",
+            self.store_commits.load(Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP switchboard_store_batches_total Write sets committed (several share a transaction).\n# TYPE switchboard_store_batches_total counter\nswitchboard_store_batches_total {}",
+            self.store_batches.load(Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP switchboard_password_checks_total Passwords hashed and compared (logins, challenge answers).\n# TYPE switchboard_password_checks_total counter\nswitchboard_password_checks_total {}",
+            self.password_checks.load(Relaxed)
+        );
+        let _ = writeln!(
+            out,
             "# HELP switchboard_pushes_total Frames pushed to sessions.\n# TYPE switchboard_pushes_total counter\nswitchboard_pushes_total {}",
             self.pushes.load(Relaxed)
         );
@@ -152,19 +197,11 @@ mod tests {
 
     #[test]
     fn renders_counters_and_a_cumulative_histogram() {
-        let metrics = Metrics {
-            commands: [const { AtomicU64::new(0) }; 4],
-            handler_buckets: [const { AtomicU64::new(0) }; BUCKETS.len()],
-            handler_count: AtomicU64::new(0),
-            handler_micros: AtomicU64::new(0),
-            websockets: AtomicU64::new(0),
-            pushes: AtomicU64::new(0),
-            limit_stops_operations: AtomicU64::new(0),
-            limit_stops_timeout: AtomicU64::new(0),
-        };
+        let metrics = Metrics::new();
         metrics.command(Status::Ok, Duration::from_micros(300));
         metrics.command(Status::Failed, Duration::from_millis(30));
         metrics.limit_stop(true);
+        metrics.password_check();
         let text = metrics.render(7);
         assert!(
             text.contains("switchboard_commands_total{status=\"ok\"} 1"),
@@ -179,5 +216,6 @@ mod tests {
         assert!(text.contains("switchboard_handler_seconds_count 2"));
         assert!(text.contains("switchboard_sessions 7"));
         assert!(text.contains("switchboard_script_limit_stops_total{limit=\"time\"} 1"));
+        assert!(text.contains("switchboard_password_checks_total 1"));
     }
 }

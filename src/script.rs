@@ -300,9 +300,13 @@ impl ScriptHost {
 fn sandboxed_engine(project: &str, limits: &Limits) -> Engine {
     let mut engine = Engine::new();
     // No `import` of files: a project's scripts are exactly the files in its
-    // `events/` and `lib/` folders ([`compile_modules`] resolves the names
-    // of `lib/` modules and nothing else).
+    // `events/` and `lib/` folders, and `lib/` modules are registered by
+    // name ([`compile_modules`]), not imported.
     engine.set_module_resolver(rhai::module_resolvers::DummyModuleResolver::new());
+    // And `import` is not even a keyword: refused when the script compiles,
+    // wherever it is written. Left to the resolver, an `import` in a
+    // `switch` arm compiled and its call returned success.
+    engine.disable_symbol("import");
     engine.disable_symbol("eval");
     // Undeclared variables are compile errors, reported with file:line:col,
     // instead of surprises at run time.
@@ -359,16 +363,15 @@ struct Modules {
     exports: BTreeMap<String, HashSet<String>>,
 }
 
-/// Compiles and evaluates each module once, registers it on the engine
-/// under its file name, and makes `import "<name>" as …` find it. Only these
-/// names resolve: an import can never reach a file outside `lib/`.
+/// Compiles and evaluates each module once and registers it on the engine
+/// under its file name: `lights::label(…)` in any script. Nothing is
+/// imported (`import` is disabled), so no script can reach another file.
 fn compile_modules(
     engine: &mut Engine,
     lib: Vec<SourceFile>,
     errors: &mut Vec<CompileError>,
 ) -> Modules {
     let mut modules = Modules::default();
-    let mut resolver = rhai::module_resolvers::StaticModuleResolver::new();
     for file in lib {
         let Some(module_name) = module_name(&file.name) else {
             errors.push(CompileError {
@@ -407,12 +410,10 @@ fn compile_modules(
             .filter(|f| f.access == rhai::FnAccess::Public)
             .map(|f| analysis::function_key(f.name, f.params.len()))
             .collect();
-        resolver.insert(module_name.as_str(), module.clone());
         engine.register_static_module(module_name.as_str(), module.into());
         modules.exports.insert(module_name, exports);
         modules.asts.push((script.name, script.ast));
     }
-    engine.set_module_resolver(resolver);
     modules
 }
 
@@ -654,18 +655,6 @@ mod tests {
             text: r#"fn f() { eval("1") }"#.into(),
         }];
         assert!(ScriptHost::compile("t", files, &Limits::default(), |_| {}).is_err());
-        // Only `lib/` modules resolve, by name; anything else is a compile error.
-        let files = vec![SourceFile {
-            name: "e.rhai".into(),
-            text: r#"fn f() { import "secrets" as s; 1 }"#.into(),
-        }];
-        let errors = ScriptHost::compile("t", files, &Limits::default(), |_| {})
-            .err()
-            .unwrap();
-        assert!(
-            errors[0].message.contains("no module lib/secrets.rhai"),
-            "{errors:?}"
-        );
     }
 
     #[test]
@@ -701,6 +690,26 @@ mod tests {
         );
         assert_eq!(compiled.warnings.len(), 1, "{:?}", compiled.warnings);
         assert!(compiled.warnings[0].message.contains("`tost`"));
+    }
+
+    /// Issue 12: an `import` inside a `switch` arm compiled and the call
+    /// returned success.
+    #[test]
+    fn an_import_inside_a_switch_arm_is_refused() {
+        for text in [
+            r#"fn f(x) { switch x { 1 => { import "secrets" as s; 2 }, _ => 3 } }"#,
+            r#"fn f(x) { import "secrets" as s; x }"#,
+            r#"import "secrets" as s; fn f(x) { x }"#,
+        ] {
+            let files = vec![SourceFile {
+                name: "e.rhai".into(),
+                text: text.into(),
+            }];
+            assert!(
+                ScriptHost::compile("t", files, &Limits::default(), |_| {}).is_err(),
+                "compiled: {text}"
+            );
+        }
     }
 
     #[test]

@@ -14,7 +14,7 @@ use actix_http::{HttpService, KeepAlive};
 use actix_service::{IntoServiceFactory, ServiceFactoryExt, fn_service, map_config};
 use actix_web::dev::AppConfig;
 use actix_web::{App, web};
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::reload;
 use crate::runtime::{self, Runtime};
@@ -30,6 +30,12 @@ pub struct ServerConfig {
     pub users: PathBuf,
     /// Origins allowed besides the server's own host.
     pub allowed_origins: Vec<String>,
+    /// `--allowed-hosts` as given (empty: the default for the bind address).
+    pub allowed_hosts: Vec<String>,
+    /// The bearer token `/metrics` requires.
+    pub metrics_token: Option<String>,
+    /// Anonymous sessions per client address and minute (0: no limit).
+    pub new_sessions_per_minute: u32,
     /// CSP frame-ancestors.
     pub frame_ancestors: String,
     /// Certificate chain and key (PEM files): serve HTTPS.
@@ -71,10 +77,20 @@ async fn serve(config: ServerConfig) -> Result<(), StartupError> {
         info!("dev mode: errors are shown in the browsers");
     }
     let state = web::Data::from(runtime.clone());
+    let (allowed_hosts, hosts_warning) =
+        transport::AllowedHosts::from_settings(&config.allowed_hosts, config.bind);
+    if let Some(warning) = hosts_warning {
+        warn!("{warning}");
+    }
     let web_config = web::Data::new(transport::WebConfig {
         allowed_origins: config.allowed_origins.clone(),
         secure_cookies: config.tls.is_some(),
+        allowed_hosts,
+        metrics_token: config.metrics_token.clone(),
+        new_sessions: transport::SessionBudget::per_minute(config.new_sessions_per_minute)
+            .map(std::sync::Arc::new),
     });
+    let tls = config.tls.is_some();
     let upgrades = transport::Upgrades::new(runtime.clone(), web_config.clone());
     let frame_ancestors = config.frame_ancestors.clone();
     // The application as actix-web's `HttpServer` serves it: errors become
@@ -84,7 +100,10 @@ async fn serve(config: ServerConfig) -> Result<(), StartupError> {
         let app = App::new()
             .app_data(state.clone())
             .app_data(web_config.clone())
-            .wrap(transport::security_headers(&frame_ancestors))
+            .wrap(actix_web::middleware::from_fn(
+                transport::refuse_other_hosts,
+            ))
+            .wrap(transport::security_headers(&frame_ancestors, tls))
             .configure(transport::routes);
         map_config(
             app.into_factory()

@@ -22,6 +22,12 @@ use tokio::sync::mpsc;
 /// on reconnect anyway).
 const MAX_PENDING_PUSHES: usize = 64;
 
+/// Browser tabs a session remembers the page of. Closed tabs are never
+/// reported, so the oldest-keyed one is forgotten past this (it gets
+/// `pageStartup` again if it comes back); without a cap a client could grow
+/// the session record, rewritten on every change, without bound.
+pub const MAX_TABS: usize = 16;
+
 /// A frame ready to send: text, serialized once however many sessions get
 /// it, and cloned by sharing its bytes. Transports turn it into their own
 /// message type without copying.
@@ -152,6 +158,18 @@ pub struct SessionState {
 }
 
 impl SessionState {
+    /// Records that `tab` shows `page`; returns the page it showed before
+    /// (`None`: a new tab). Keeps at most [`MAX_TABS`] tabs.
+    pub fn show_in_tab(&mut self, tab: &str, page: &str) -> Option<String> {
+        if !self.tabs.contains_key(tab)
+            && self.tabs.len() >= MAX_TABS
+            && let Some(forgotten) = self.tabs.keys().next().cloned()
+        {
+            self.tabs.remove(&forgotten);
+        }
+        self.tabs.insert(tab.to_string(), page.to_string())
+    }
+
     /// The pages the session's tabs show, without repeats, in order.
     pub fn pages(&self) -> Vec<String> {
         let set: BTreeSet<&String> = self.tabs.values().collect();
@@ -366,6 +384,20 @@ impl Session {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Issue 12: a client opening ever new tabs grew the session record
+    /// (rewritten on every change) without bound.
+    #[test]
+    fn a_session_remembers_at_most_max_tabs() {
+        let mut state = SessionState::default();
+        for tab in 0..MAX_TABS * 3 {
+            assert_eq!(state.show_in_tab(&format!("tab-{tab:03}"), "home"), None);
+        }
+        assert_eq!(state.tabs.len(), MAX_TABS);
+        let newest = format!("tab-{:03}", MAX_TABS * 3 - 1);
+        assert_eq!(state.show_in_tab(&newest, "other"), Some("home".into()));
+        assert_eq!(state.tabs.len(), MAX_TABS, "a known tab takes no room");
+    }
 
     #[test]
     fn session_ids_are_long_and_distinct() {

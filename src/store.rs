@@ -2,12 +2,22 @@
 //! and the server's own bookkeeping, in one crash-safe redb file.
 //!
 //! Values are opaque bytes (JSON chosen by the callers); this module knows
-//! tables and keys, not what sessions or variables mean. Every write is one
-//! durable transaction: once a call returns `Ok`, a `kill -9` cannot undo it.
+//! tables and keys, not what sessions or variables mean.
+//!
+//! Writes are group-committed: one writer thread takes every batch queued
+//! at that moment and commits them together in one durable transaction
+//! (one `fdatasync` for all), in the order they were queued. A caller
+//! either waits for its batch to be durable ([`Store::write`], or
+//! [`Store::write_soon`] and then [`Commit::durable`]) or lets it be
+//! written behind (drops the [`Commit`]): once a wait returns `Ok`, a
+//! `kill -9` or a power cut cannot undo the batch.
 
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex, mpsc};
 
 use redb::{Database, ReadableDatabase, TableDefinition};
+use tokio::sync::oneshot;
+use tracing::error;
 
 /// The tables, one per kind of record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,7 +80,66 @@ fn io(error: impl std::fmt::Display) -> StoreError {
 }
 
 pub struct Store {
-    db: Database,
+    db: Arc<Database>,
+    queue: Arc<Queue>,
+    writer: Option<std::thread::JoinHandle<()>>,
+}
+
+/// Batches waiting for the writer thread.
+#[derive(Default)]
+struct Queue {
+    pending: Mutex<Pending>,
+    wake: Condvar,
+    /// Transactions committed, for tests and metrics.
+    commits: std::sync::atomic::AtomicU64,
+}
+
+#[derive(Default)]
+struct Pending {
+    batches: Vec<(Vec<Write>, Option<Waiter>)>,
+    closed: bool,
+}
+
+/// Who waits for a batch to be durable.
+enum Waiter {
+    Async(oneshot::Sender<Result<(), String>>),
+    Blocking(mpsc::Sender<Result<(), String>>),
+}
+
+impl Waiter {
+    fn tell(self, outcome: Result<(), String>) {
+        match self {
+            Waiter::Async(sender) => {
+                let _ = sender.send(outcome);
+            }
+            Waiter::Blocking(sender) => {
+                let _ = sender.send(outcome);
+            }
+        }
+    }
+}
+
+/// A queued batch: await [`Commit::durable`] before telling anyone it
+/// happened, or drop it to have the batch written behind.
+#[must_use = "drop it explicitly to write behind"]
+pub struct Commit(Option<oneshot::Receiver<Result<(), String>>>);
+
+impl Commit {
+    /// A batch with nothing in it: durable already.
+    pub fn done() -> Commit {
+        Commit(None)
+    }
+
+    /// Waits until the batch is durable.
+    pub async fn durable(self) -> Result<(), StoreError> {
+        match self.0 {
+            None => Ok(()),
+            Some(receiver) => match receiver.await {
+                Ok(outcome) => outcome.map_err(StoreError::Io),
+                Err(_) => Err(StoreError::Io("the store's writer stopped".into())),
+            },
+        }
+    }
 }
 
 impl Store {
@@ -79,12 +148,24 @@ impl Store {
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent).map_err(io)?;
         }
+        create_private(path).map_err(io)?;
         let db = Database::create(path).map_err(|source| StoreError::Open {
             path: path.to_path_buf(),
             source: Box::new(source),
         })?;
-        let store = Store { db };
+        let mut store = Store {
+            db: Arc::new(db),
+            queue: Arc::default(),
+            writer: None,
+        };
         store.create_tables()?;
+        let (db, queue) = (store.db.clone(), store.queue.clone());
+        store.writer = Some(
+            std::thread::Builder::new()
+                .name("store-writer".into())
+                .spawn(move || commit_forever(&db, &queue))
+                .map_err(io)?,
+        );
         Ok(store)
     }
 
@@ -96,29 +177,35 @@ impl Store {
         txn.commit().map_err(io)
     }
 
-    /// Applies every change in one durable transaction.
+    /// Applies every change in one durable transaction, and waits for it
+    /// (blocking: call it off the async threads, or where a wait is meant).
     pub fn write(&self, writes: &[Write]) -> Result<(), StoreError> {
         if writes.is_empty() {
             return Ok(());
         }
-        let txn = self.db.begin_write().map_err(io)?;
-        for write in writes {
-            match write {
-                Write::Put(table, key, value) => {
-                    txn.open_table(table.definition())
-                        .map_err(io)?
-                        .insert(key.as_str(), value.as_slice())
-                        .map_err(io)?;
-                }
-                Write::Delete(table, key) => {
-                    txn.open_table(table.definition())
-                        .map_err(io)?
-                        .remove(key.as_str())
-                        .map_err(io)?;
-                }
-            }
+        let (sender, receiver) = mpsc::channel();
+        self.enqueue(writes.to_vec(), Some(Waiter::Blocking(sender)));
+        receiver
+            .recv()
+            .map_err(|_| StoreError::Io("the store's writer stopped".into()))?
+            .map_err(StoreError::Io)
+    }
+
+    /// Queues the changes for the next group commit without waiting.
+    pub fn write_soon(&self, writes: Vec<Write>) -> Commit {
+        if writes.is_empty() {
+            return Commit::done();
         }
-        txn.commit().map_err(io)
+        let (sender, receiver) = oneshot::channel();
+        self.enqueue(writes, Some(Waiter::Async(sender)));
+        Commit(Some(receiver))
+    }
+
+    fn enqueue(&self, writes: Vec<Write>, waiter: Option<Waiter>) {
+        let mut pending = lock(&self.queue.pending);
+        pending.batches.push((writes, waiter));
+        drop(pending);
+        self.queue.wake.notify_one();
     }
 
     pub fn put(&self, table: Table, key: &str, value: &[u8]) -> Result<(), StoreError> {
@@ -129,6 +216,14 @@ impl Store {
         self.write(&[Write::Delete(table, key.to_string())])
     }
 
+    /// How many transactions the writer committed so far.
+    pub fn commits(&self) -> u64 {
+        self.queue
+            .commits
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Reads a committed record (a batch still queued is not seen).
     pub fn get(&self, table: Table, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
         let txn = self.db.begin_read().map_err(io)?;
         let table = txn.open_table(table.definition()).map_err(io)?;
@@ -152,6 +247,106 @@ impl Store {
         }
         Ok(found)
     }
+}
+
+/// Creates the database file readable by its owner only (0600): it holds
+/// live session ids, which are credentials. An existing file is left as it is.
+fn create_private(path: &Path) -> std::io::Result<()> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    match options.open(path) {
+        Ok(_) => Ok(()),
+        Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(error) => Err(error),
+    }
+}
+
+impl Drop for Store {
+    /// Lets the writer commit what is queued, then stop; the database is
+    /// closed when this returns.
+    fn drop(&mut self) {
+        lock(&self.queue.pending).closed = true;
+        self.queue.wake.notify_one();
+        if let Some(writer) = self.writer.take() {
+            let _ = writer.join();
+        }
+    }
+}
+
+/// A lock poisoned by a panicking thread still guards plain data.
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// The writer thread: takes every queued batch, commits them in one
+/// durable transaction, tells their waiters; until the store is dropped.
+fn commit_forever(db: &Database, queue: &Queue) {
+    loop {
+        let batches = {
+            let mut pending = lock(&queue.pending);
+            while pending.batches.is_empty() && !pending.closed {
+                pending = queue
+                    .wake
+                    .wait(pending)
+                    .unwrap_or_else(|poisoned| poisoned.into_inner());
+            }
+            if pending.batches.is_empty() {
+                return;
+            }
+            std::mem::take(&mut pending.batches)
+        };
+        let outcome = commit_group(db, &batches).map_err(|e| e.to_string());
+        if let Err(message) = &outcome {
+            error!(
+                "could not commit {} batch(es) to the database: {message}",
+                batches.len()
+            );
+        }
+        crate::metrics::METRICS.group_commit(batches.len());
+        queue
+            .commits
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        for (_, waiter) in batches {
+            if let Some(waiter) = waiter {
+                waiter.tell(outcome.clone());
+            }
+        }
+    }
+}
+
+/// One durable transaction for every batch, applied in queue order.
+fn commit_group(db: &Database, batches: &[(Vec<Write>, Option<Waiter>)]) -> Result<(), StoreError> {
+    let txn = db.begin_write().map_err(io)?;
+    for table in Table::ALL {
+        let mut opened = None;
+        for write in batches.iter().flat_map(|(writes, _)| writes) {
+            let (of, key) = match write {
+                Write::Put(of, key, _) | Write::Delete(of, key) => (*of, key),
+            };
+            if of != table {
+                continue;
+            }
+            if opened.is_none() {
+                opened = Some(txn.open_table(table.definition()).map_err(io)?);
+            }
+            let Some(open) = opened.as_mut() else {
+                continue;
+            };
+            match write {
+                Write::Put(_, _, value) => {
+                    open.insert(key.as_str(), value.as_slice()).map_err(io)?;
+                }
+                Write::Delete(..) => {
+                    open.remove(key.as_str()).map_err(io)?;
+                }
+            }
+        }
+    }
+    txn.commit().map_err(io)
 }
 
 #[cfg(test)]
@@ -189,6 +384,73 @@ mod tests {
             None,
             "tables are separate"
         );
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn batches_written_behind_are_committed_in_order_before_close() {
+        let (store, dir) = temp_store("behind");
+        for n in 0..50 {
+            drop(store.write_soon(vec![Write::Put(
+                Table::Vars,
+                "k".into(),
+                n.to_string().into_bytes(),
+            )]));
+        }
+        drop(store.write_soon(vec![Write::Delete(Table::Vars, "gone".into())]));
+        drop(store);
+        let store = Store::open(&dir.join("db.redb")).unwrap();
+        assert_eq!(
+            store.get(Table::Vars, "k").unwrap(),
+            Some(b"49".to_vec()),
+            "the last queued value wins"
+        );
+        drop(store);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn concurrent_writers_share_commits_and_each_sees_its_write() {
+        let (store, dir) = temp_store("group");
+        let store = std::sync::Arc::new(store);
+        let before = store.commits();
+        let threads: Vec<_> = (0..16)
+            .map(|n| {
+                let store = store.clone();
+                std::thread::spawn(move || {
+                    for i in 0..20 {
+                        let key = format!("t{n}-{i}");
+                        store.put(Table::Replies, &key, b"x").unwrap();
+                        // Durable and visible once `put` returned.
+                        assert!(store.get(Table::Replies, &key).unwrap().is_some());
+                    }
+                })
+            })
+            .collect();
+        for thread in threads {
+            thread.join().unwrap();
+        }
+        assert_eq!(store.scan(Table::Replies, "t").unwrap().len(), 320);
+        let commits = store.commits() - before;
+        assert!(
+            commits < 320,
+            "{commits} transactions for 320 concurrent writes"
+        );
+        drop(store);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn an_awaited_commit_is_durable() {
+        let (store, dir) = temp_store("await");
+        store
+            .write_soon(vec![Write::Put(Table::Meta, "a".into(), b"1".to_vec())])
+            .durable()
+            .await
+            .unwrap();
+        assert_eq!(store.get(Table::Meta, "a").unwrap(), Some(b"1".to_vec()));
+        Commit::done().durable().await.unwrap();
+        drop(store);
         std::fs::remove_dir_all(dir).unwrap();
     }
 

@@ -574,7 +574,10 @@ async fn metrics_count_commands_sessions_and_sockets() {
     client.command("say", "!").await;
     client.command("nobody", "").await;
     client.command("throw", "").await;
-    let _socket = client.socket().await;
+    let mut socket = client.socket().await;
+    // The connection counts once it is open; its first frame (the
+    // configuration) is written after that.
+    common::receive_push(&mut socket, "config").await;
     let text = reqwest::get(server.url("/metrics"))
         .await
         .unwrap()

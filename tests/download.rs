@@ -48,7 +48,7 @@ async fn a_blob_body_is_sent_as_bytes() {
 async fn a_project_file_is_served() {
     let server = Server::start(&common::test_projects());
     let client = server.client("testbed").await;
-    let response = get(&client, "name=file&parameter=files/manual.txt").await;
+    let response = get(&client, "name=file&parameter=manual.txt").await;
     assert_eq!(response.status(), 200);
     assert!(
         response.headers()["content-disposition"]
@@ -57,6 +57,54 @@ async fn a_project_file_is_served() {
             .contains("manual.txt")
     );
     assert_eq!(response.text().await.unwrap(), "The manual.\n");
+}
+
+/// Issue 12: `file` was confined to the whole project folder, so a handler
+/// passing a client's param on could serve `project.toml` (with the API
+/// token) and the scripts. It is confined to the project's `files/`.
+#[tokio::test]
+async fn a_download_file_reads_the_project_toml_and_scripts() {
+    let server = Server::start(&common::test_projects());
+    let client = server.client("testbed").await;
+    for path in [
+        "project.toml",
+        "../project.toml",
+        "events/10-main.rhai",
+        "files/../project.toml",
+        "pages/home.html",
+    ] {
+        let response = get(&client, &format!("name=file&parameter={path}")).await;
+        assert_eq!(response.status(), 404, "{path} was served");
+    }
+    assert_eq!(
+        get(&client, "name=file&parameter=manual.txt")
+            .await
+            .status(),
+        200,
+        "files/ itself is served"
+    );
+}
+
+/// Issue 12: a right-to-left override in a download's name passed to the
+/// browser, which showed `invoice\u{202E}fdp.exe` as `invoiceexe.pdf`.
+#[tokio::test]
+async fn a_right_to_left_override_disguises_a_download_name() {
+    let server = Server::start(&common::test_projects());
+    let client = server.client("testbed").await;
+    let response = get(&client, "name=named&parameter=invoice%E2%80%AEfdp.exe").await;
+    assert_eq!(response.status(), 200);
+    let disposition = response.headers()["content-disposition"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        disposition.contains("filename=\"invoicefdp.exe\""),
+        "{disposition}"
+    );
+    assert!(
+        !disposition.to_ascii_lowercase().contains("%e2%80%ae"),
+        "the override reached the header: {disposition}"
+    );
 }
 
 #[tokio::test]

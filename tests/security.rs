@@ -3,113 +3,16 @@
 
 mod common;
 
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use common::accounts::{
+    PASSWORD, bare, command, cookie_value, log_in, passwd, secure_server, session_cookie,
+    session_of,
+};
 use common::{Server, receive_push};
 use serde_json::{Value, json};
-
-const PASSWORD: &str = "correct horse battery";
-
-/// Sets a password with `switchboard passwd`, as an operator would.
-fn passwd(users: &Path, user: &str, roles: &str) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_switchboard"))
-        .args(["passwd", user, "--roles", roles, "--users"])
-        .arg(users)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    writeln!(child.stdin.take().unwrap(), "{PASSWORD}").unwrap();
-    let output = child.wait_with_output().unwrap();
-    assert!(
-        output.status.success(),
-        "passwd failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-}
-
-fn users_file() -> PathBuf {
-    let users = common::temp_dir("users").join("users.toml");
-    passwd(&users, "ann", "supervisor,operator");
-    passwd(&users, "otto", "operator");
-    passwd(&users, "gus", "guest");
-    users
-}
-
-fn secure_server() -> Server {
-    let users = users_file();
-    Server::start_with(
-        &common::test_projects(),
-        &["--users", users.to_str().unwrap()],
-    )
-}
-
-/// A client that neither follows redirects nor keeps cookies: the tests
-/// look at each Set-Cookie themselves.
-fn bare() -> reqwest::Client {
-    reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap()
-}
-
-fn session_cookie(response: &reqwest::Response) -> Option<String> {
-    response
-        .headers()
-        .get_all("set-cookie")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .find(|v| v.starts_with("sb_session=") && !v.starts_with("sb_session=;"))
-        .map(String::from)
-}
-
-fn cookie_value(set_cookie: &str) -> String {
-    set_cookie
-        .split(';')
-        .next()
-        .unwrap()
-        .trim_start_matches("sb_session=")
-        .to_string()
-}
-
-async fn log_in(
-    server: &Server,
-    cookie: Option<&str>,
-    user: &str,
-    password: &str,
-) -> reqwest::Response {
-    let mut request = bare().post(server.url("/secure/login")).form(&[
-        ("user", user),
-        ("password", password),
-        ("next", "/secure/home"),
-    ]);
-    if let Some(cookie) = cookie {
-        request = request.header("cookie", format!("sb_session={cookie}"));
-    }
-    request.send().await.unwrap()
-}
-
-/// Logs in and returns the session id.
-async fn session_of(server: &Server, user: &str) -> String {
-    let response = log_in(server, None, user, PASSWORD).await;
-    assert_eq!(response.status(), 303, "login of {user}");
-    cookie_value(&session_cookie(&response).expect("a session cookie"))
-}
-
-async fn command(server: &Server, session: &str, name: &str, param: &str) -> (u16, Value) {
-    let response = bare()
-        .post(server.url("/secure/api/command"))
-        .header("cookie", format!("sb_session={session}"))
-        .json(&json!({"type":"command","seq":1,"name":name,"param":param}))
-        .send()
-        .await
-        .unwrap();
-    (response.status().as_u16(), response.json().await.unwrap())
-}
 
 #[test]
 fn passwd_stores_an_argon2id_hash_never_the_password() {
@@ -477,6 +380,34 @@ fn the_tls_listener_serves_https_with_secure_cookies() {
         cookie.contains("; secure") && cookie.contains("httponly"),
         "{cookie}"
     );
+}
+
+/// Issue 12, hardening: responses under TLS carried no HSTS, so a later
+/// visit typed without `https://` could be intercepted over plain HTTP.
+#[test]
+fn tls_responses_let_browsers_fall_back_to_http() {
+    let (cert, server) = tls_server();
+    let output = Command::new("curl")
+        .args(["-s", "-D", "-", "-o", "/dev/null", "--cacert"])
+        .arg(&cert)
+        .arg(format!("https://{}/testbed/", server.addr))
+        .output()
+        .expect("curl is installed (.ci/run installs it)");
+    let headers = String::from_utf8_lossy(&output.stdout).to_ascii_lowercase();
+    assert!(
+        headers.contains("strict-transport-security: max-age=31536000"),
+        "{headers}"
+    );
+    // Plain HTTP does not send it (browsers ignore it there anyway).
+    let plain = Server::start(&common::test_projects());
+    let output = Command::new("curl")
+        .args(["-s", "-D", "-", "-o", "/dev/null"])
+        .arg(plain.url("/testbed/"))
+        .output()
+        .unwrap();
+    let headers = String::from_utf8_lossy(&output.stdout).to_ascii_lowercase();
+    assert!(headers.starts_with("http/1.1 200"), "{headers}");
+    assert!(!headers.contains("strict-transport-security"), "{headers}");
 }
 
 #[test]

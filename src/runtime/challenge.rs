@@ -88,6 +88,14 @@ impl Runtime {
         });
     }
 
+    /// Whether `id` is an open challenge of `session`: checked before a
+    /// password is hashed for it.
+    pub fn has_challenge(&self, id: &str, session: &Session) -> bool {
+        self.challenges
+            .get(id)
+            .is_some_and(|pending| pending.session == session.id)
+    }
+
     /// Runs `authChallenge` for the browser's answer; `None` when the id is
     /// unknown, answered already, or another session's.
     pub async fn answer_challenge(

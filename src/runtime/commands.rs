@@ -41,7 +41,7 @@ pub async fn run_frame(
             Ok(run_command(runtime, project, session, command).await)
         }
         ClientFrame::PageClosed(closed) => Ok(page_closed(runtime, project, session, closed).await),
-        ClientFrame::PageShown(shown) => Ok(page_shown(runtime, &session, shown, tab)),
+        ClientFrame::PageShown(shown) => page_shown(runtime, &project, &session, shown, tab),
         ClientFrame::Keystroke(keystroke) => {
             events::keystroke(runtime, project, session, keystroke, tab).await
         }
@@ -166,16 +166,27 @@ async fn page_closed(
     finish(runtime, &project, &session, closed.seq, executed).await
 }
 
-fn page_shown(runtime: &Runtime, session: &Session, shown: PageShown, tab: Option<&str>) -> Reply {
+fn page_shown(
+    runtime: &Runtime,
+    project: &Project,
+    session: &Session,
+    shown: PageShown,
+    tab: Option<&str>,
+) -> Result<Reply, Rejection> {
+    if !runtime.may_show_page(project, session, &shown.page) {
+        return Err(Rejection::new(
+            shown.seq,
+            "page_shown: no such page, or not one this user may open",
+        ));
+    }
     if let Some(tab) = tab {
-        let changed = session.with_state(|state| {
-            state.tabs.insert(tab.to_string(), shown.page.clone()) != Some(shown.page)
-        });
+        let changed = session
+            .with_state(|state| state.show_in_tab(tab, &shown.page).as_ref() != Some(&shown.page));
         if changed {
             runtime.persist(session);
         }
     }
-    handlers::reply(shown.seq, nothing_to_do())
+    Ok(handlers::reply(shown.seq, nothing_to_do()))
 }
 
 fn nothing_to_do() -> Decoded {
@@ -214,7 +225,7 @@ async fn execute(
         (runtime.clone(), project.clone(), session.clone());
     let job_command = command.clone();
     let job = move || {
-        job_runtime.atomically(|| {
+        let (mut ran, durable) = job_runtime.atomically(|| {
             let (ran, record) = execute_here(
                 &job_runtime,
                 &job_project,
@@ -224,9 +235,12 @@ async fn execute(
                 reply_key,
             );
             (ran, record.into_iter().collect())
-        })
+        });
+        ran.durable = Some(durable);
+        ran
     };
     let mut ran = handlers::off_async("userCommand", Some(&object), job).await;
+    ran.wait_durable().await;
     let decoded = ran.decoded.take().unwrap_or_else(handlers::unhandled);
     Executed {
         command,

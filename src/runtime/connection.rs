@@ -148,17 +148,14 @@ async fn opened(
     let (Some(tab), Some(page)) = (tab, page) else {
         return;
     };
-    let page = if project.pages.contains_key(page) {
-        page
-    } else {
-        &project.settings.start
+    // The client's page if the user may see it, else the start page.
+    let Some(page) = [page, project.settings.start.as_str()]
+        .into_iter()
+        .find(|page| runtime.may_show_page(project, session, page))
+    else {
+        return;
     };
-    let new_tab = session.with_state(|state| {
-        state
-            .tabs
-            .insert(tab.to_string(), page.to_string())
-            .is_none()
-    });
+    let new_tab = session.with_state(|state| state.show_in_tab(tab, page).is_none());
     runtime.persist(session);
     if new_tab {
         events::page_startup(runtime, project, session, page).await;

@@ -19,7 +19,8 @@ use tracing::error;
 use super::state::Runtime;
 use crate::answer::{Action, Status};
 use crate::protocol::Reply;
-use crate::store::{Table, Write};
+use crate::session::Session;
+use crate::store::{Commit, Table, Write};
 
 /// How long answers to commands are kept for repeats: far longer than any
 /// reconnect, short enough that the table stays small.
@@ -75,9 +76,18 @@ pub fn reply_key(session: &str, id: &str) -> String {
     format!("{session}\u{0}{id}")
 }
 
-/// Key of a form submission's answer.
-pub fn submission_key(project: &str, id: &str) -> String {
-    format!("{project}\u{0}{id}")
+/// Key of a form submission's answer: bound to who submitted it (the user,
+/// or the session for anonymous ones), so that an id reused by someone else
+/// is a new submission and never gets another's stored answer. A user's
+/// offline queue may deliver after a new login (a new session): still a
+/// repeat. The project comes first: pruning reads it.
+pub fn submission_key(project: &str, session: &Session, id: &str) -> String {
+    let owner = if session.userid.is_empty() {
+        format!("session:{}", session.id)
+    } else {
+        format!("user:{}", session.userid)
+    };
+    format!("{project}\u{0}{owner}\u{0}{id}")
 }
 
 /// The outcome of claiming an id: run it, or use the answer it already has.
@@ -89,18 +99,27 @@ pub enum Claim {
 }
 
 impl Runtime {
-    /// Defers this thread's store writes while `work` runs, then commits
-    /// them with `extra` in one transaction.
-    pub(super) fn atomically<R>(&self, work: impl FnOnce() -> (R, Vec<Write>)) -> R {
+    /// Defers this thread's store writes while `work` runs, then queues
+    /// them with `extra` as one batch (one transaction) for the next group
+    /// commit. The returned [`Commit`] is what the reply waits for: the
+    /// batch when it holds what must not be lost once the user was
+    /// answered (`!` variables, an answer's record); nothing when it holds
+    /// only the session's own state (rollback values, openers, properties),
+    /// which is written behind (see docs/reliability.md).
+    pub(super) fn atomically<R>(&self, work: impl FnOnce() -> (R, Vec<Write>)) -> (R, Commit) {
         BATCH.set(Some(Batch::default()));
         let (result, extra) = work();
         let batch = BATCH.take().unwrap_or_default();
+        let must_wait = !batch.vars.is_empty() || !extra.is_empty();
         let mut writes = self.batch_writes(batch);
         writes.extend(extra);
-        if let Err(error) = self.store.write(&writes) {
-            error!("could not commit a handler's changes: {error}");
+        let commit = self.store.write_soon(writes);
+        if must_wait {
+            (result, commit)
+        } else {
+            drop(commit);
+            (result, Commit::done())
         }
-        result
     }
 
     /// Records a session write for the running batch; `false` when there is
@@ -222,9 +241,8 @@ impl Runtime {
                 }
             }
         }
-        if let Err(error) = self.store.write(&writes) {
-            error!("could not prune stored answers: {error}");
-        }
+        // Written behind: a lost prune is redone a minute later.
+        drop(self.store.write_soon(writes));
     }
 
     fn submission_retention(&self, key: &str) -> u64 {
@@ -241,9 +259,7 @@ impl Runtime {
                 .into_iter()
                 .map(|(key, _)| Write::Delete(Table::Replies, key))
                 .collect();
-            if let Err(error) = self.store.write(&writes) {
-                error!("could not forget a session's answers: {error}");
-            }
+            drop(self.store.write_soon(writes));
         }
     }
 }

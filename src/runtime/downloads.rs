@@ -28,8 +28,9 @@ pub struct Download {
 pub enum DownloadBody {
     /// Made by the handler.
     Bytes(Vec<u8>),
-    /// A file of the project, by its path relative to the project folder as
-    /// the handler wrote it (not yet checked against escapes).
+    /// A file of the project, by its path relative to the project's
+    /// `files/` folder as the handler wrote it (not yet checked against
+    /// escapes: `transport::files` confines it).
     File(String),
 }
 
@@ -45,7 +46,7 @@ pub enum DownloadError {
     /// The handler's answer is not a download.
     #[error("the download handler's answer is not a download: {0}")]
     BadAnswer(String),
-    /// `file` points outside the project or at nothing.
+    /// `file` points outside the project's `files/` folder or at nothing.
     #[error("the requested file is not available")]
     FileNotAvailable,
 }

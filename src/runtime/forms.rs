@@ -26,7 +26,7 @@ pub async fn submit(
     form: FormSubmit,
 ) -> Reply {
     let seq = form.seq;
-    let key = submission_key(&project.name, &form.id);
+    let key = submission_key(&project.name, &session, &form.id);
     match runtime.claim(Table::Submissions, &key).await {
         Claim::Answered(stored) => {
             info!(target: "switchboard::form", "session={} form={:?} id={:?} retry={} [REPEAT] answered from the record",
@@ -67,7 +67,7 @@ async fn run_handler(
         (runtime.clone(), project.clone(), session.clone());
     let job = move || {
         let _serialized = lock.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        job_runtime.atomically(|| {
+        let (mut ran, durable) = job_runtime.atomically(|| {
             let call = Call::new("formSubmission", arguments(&job_session, form));
             let ran =
                 handlers::run_blocking(Some(&job_runtime), &job_project, Some(&job_session), call);
@@ -90,9 +90,13 @@ async fn run_handler(
                 _ => Vec::new(),
             };
             (ran, record)
-        })
+        });
+        ran.durable = Some(durable);
+        ran
     };
-    handlers::off_async("formSubmission", None, job).await
+    let mut ran = handlers::off_async("formSubmission", None, job).await;
+    ran.wait_durable().await;
+    ran
 }
 
 /// The seed's arguments: `(session, name, data, formContext, sessionContext, retry)`.

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rhai::Dynamic;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use super::state::{Runtime, ShutdownReason};
 use crate::answer::{self, Action, Answer, Decoded, Display, Origin, Status};
@@ -23,6 +23,7 @@ use crate::project::Project;
 use crate::protocol::{Push, Reply};
 use crate::script::{self, ScriptError, ScriptErrorKind};
 use crate::session::Session;
+use crate::store::Commit;
 
 /// The message a user sees when a handler failed; the details go to the log
 /// only, since they may describe the server's internals.
@@ -65,12 +66,26 @@ pub struct Ran {
     /// The script whose answer was decoded (`events/10-main.rhai`), for
     /// dev mode's notices.
     pub answered_by: Option<String>,
+    /// The store batch with the run's effects and record, when the reply
+    /// must wait for it to be durable (see `delivery`).
+    pub durable: Option<Commit>,
 }
 
 impl Ran {
     /// The answer as the user gets it: `unhandled` when nobody answered.
     pub fn into_decoded(self) -> Decoded {
         self.decoded.unwrap_or_else(unhandled)
+    }
+
+    /// Waits until the run's effects and record are durable, when the
+    /// reply must (a reply is never sent before that). A store failure is
+    /// logged: the effects may be lost, and a repeat would run again.
+    pub async fn wait_durable(&mut self) {
+        if let Some(commit) = self.durable.take()
+            && let Err(error) = commit.durable().await
+        {
+            error!("could not commit a handler's changes: {error}");
+        }
     }
 }
 
@@ -119,6 +134,7 @@ pub fn run_blocking(
         failure,
         handler_time,
         answered_by,
+        durable: None,
     };
     if let (Some(runtime), Some(session), Some(decoded)) = (runtime, session, &mut ran.decoded) {
         runtime.file_challenges(project, session, &mut decoded.actions);
@@ -146,6 +162,7 @@ pub async fn run(
             failure: None,
             handler_time: Duration::ZERO,
             answered_by: None,
+            durable: None,
         };
     }
     let object = call.object.clone();
@@ -177,6 +194,7 @@ pub async fn off_async(
             failure: Some(abnormal_end(callback, &join_error)),
             handler_time: Duration::ZERO,
             answered_by: None,
+            durable: None,
         },
     }
 }

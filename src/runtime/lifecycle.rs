@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use dashmap::DashMap;
 use tokio::sync::watch;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use super::state::{Runtime, ShutdownReason};
 use super::{events, handlers, schedule};
@@ -18,7 +18,7 @@ use crate::project::{self, LoadError, Project};
 use crate::protocol::Push;
 use crate::script;
 use crate::session::{Session, SessionRecord, Sessions};
-use crate::store::{Store, StoreError, Table};
+use crate::store::{Store, StoreError, Table, Write};
 
 /// Meta key set while the server runs: found set at start-up, the last run
 /// ended in a crash.
@@ -40,6 +40,14 @@ impl Runtime {
     ) -> Result<Arc<Runtime>, StartupError> {
         let users = Users::load(users_path)?;
         let store = Store::open(database)?;
+        for (what, path) in [("users file", users_path), ("database", database)] {
+            if let Some(mode) = crate::auth::readable_by_others(path) {
+                warn!(
+                    "the {what} {} is readable by other users (mode {mode:o}); it holds secrets: chmod 600 it",
+                    path.display()
+                );
+            }
+        }
         let crashed = store.get(Table::Meta, RUNNING_KEY)?.is_some();
         store.put(Table::Meta, RUNNING_KEY, b"1")?;
         let runtime = Arc::new_cyclic(|myself| Runtime {
@@ -115,7 +123,10 @@ impl Runtime {
                     restored += 1;
                 }
                 Ok(_) | Err(_) => {
-                    let _ = self.store.delete(Table::Sessions, &id);
+                    drop(
+                        self.store
+                            .write_soon(vec![Write::Delete(Table::Sessions, id)]),
+                    );
                 }
             }
         }
@@ -141,12 +152,10 @@ impl Runtime {
         tokio::time::sleep(Duration::from_millis(20)).await;
         session.end();
         self.sessions.remove(&session.id);
-        if let Err(error) = self.store.delete(Table::Sessions, &session.id) {
-            error!(
-                session = session.log_id(),
-                "could not delete the stored session: {error}"
-            );
-        }
+        drop(
+            self.store
+                .write_soon(vec![Write::Delete(Table::Sessions, session.id.clone())]),
+        );
         self.forget_replies(&session.id);
         info!(project = %session.project, session = session.log_id(), reason = reason.as_str(), "session ended");
     }

@@ -20,7 +20,7 @@ use crate::auth::{Throttle, User, Users};
 use crate::project::Project;
 use crate::protocol::Reply;
 use crate::session::Session;
-use crate::store::{Store, Table};
+use crate::store::{Store, Table, Write};
 
 pub struct Runtime {
     pub(super) projects: RwLock<HashMap<String, Arc<Project>>>,
@@ -142,6 +142,18 @@ impl Runtime {
         &self.projects_dir
     }
 
+    /// Whether `page` is a page of the project that the session's user may
+    /// open. Every page name a client sends is checked here before anything
+    /// runs or is stored.
+    pub fn may_show_page(&self, project: &Project, session: &Session, page: &str) -> bool {
+        project.pages.contains_key(page)
+            && project.settings.access.allows_page(
+                page,
+                &session.userid,
+                &self.roles_of(&session.userid),
+            )
+    }
+
     /// The roles of a user (none for anonymous or unknown users).
     pub fn roles_of(&self, user: &str) -> Vec<String> {
         if user.is_empty() {
@@ -158,6 +170,7 @@ impl Runtime {
     /// `switchboard passwd` takes effect without a restart. Blocking: hashing
     /// is deliberately slow.
     pub fn verify_password(&self, user: &str, password: &str) -> Option<User> {
+        crate::metrics::METRICS.password_check();
         match Users::load(&self.users_path) {
             Ok(users) => *self.users.write().unwrap_or_else(|p| p.into_inner()) = users,
             Err(error) => error!("users file not re-read, using the last good one: {error}"),
@@ -179,7 +192,8 @@ impl Runtime {
     }
 
     /// Writes the session's persisted part to the store (or to the running
-    /// handler's transaction: see `delivery`).
+    /// handler's transaction: see `delivery`). Written behind: the next
+    /// group commit makes it durable, nobody waits for it.
     pub fn persist(&self, session: &Session) {
         if session.has_ended() || self.defer_session(&session.id) {
             return;
@@ -187,12 +201,11 @@ impl Runtime {
         let record = session.record();
         match serde_json::to_vec(&record) {
             Ok(bytes) => {
-                if let Err(error) = self.store.put(Table::Sessions, &session.id, &bytes) {
-                    error!(
-                        session = session.log_id(),
-                        "could not persist the session: {error}"
-                    );
-                }
+                drop(self.store.write_soon(vec![Write::Put(
+                    Table::Sessions,
+                    session.id.clone(),
+                    bytes,
+                )]));
             }
             Err(error) => error!(
                 session = session.log_id(),

@@ -1,6 +1,6 @@
 //! What can be known about a project's scripts without running them: calls
-//! to functions nothing defines, `import`s of modules `lib/` does not hold,
-//! and answer maps with keys the Command API does not know.
+//! to functions nothing defines (in the file, a `lib/` module, the host or
+//! Rhai), and answer maps with keys the Command API does not know.
 //!
 //! Rhai resolves function calls only when they run, so without this pass a
 //! misspelt helper, or one defined in another `events/` file, is found by
@@ -80,11 +80,6 @@ impl Callable {
             modules,
         }
     }
-
-    /// Whether `name` is a module of `lib/`.
-    pub fn has_module(&self, name: &str) -> bool {
-        self.modules.contains_key(name)
-    }
 }
 
 /// `name/arity`, the key Rhai looks script functions up by.
@@ -92,8 +87,8 @@ pub fn function_key(name: &str, arity: usize) -> String {
     format!("{name}/{arity}")
 }
 
-/// The problems found in one file's AST: errors (calls and imports that
-/// cannot work) and warnings (unknown answer keys).
+/// The problems found in one file's AST: errors (calls that cannot
+/// work) and warnings (unknown answer keys).
 #[derive(Debug, Default)]
 pub struct Report {
     pub errors: Vec<Finding>,
@@ -108,35 +103,14 @@ pub fn check_file(ast: &AST, callable: &Callable, answer_keys: &[&str]) -> Repor
         .map(|f| function_key(f.name, f.params.len()))
         .collect();
     let own_names: HashSet<&str> = ast.iter_functions().map(|f| f.name).collect();
-    let mut imports: BTreeMap<String, String> = BTreeMap::new();
     let mut variables: HashSet<String> = ast
         .iter_functions()
         .flat_map(|f| f.params.into_iter().map(String::from))
         .collect();
     let mut report = Report::default();
-    for statement in ast.statements() {
-        if let Stmt::Import(import, position) = statement {
-            let module = import_path(&import.0);
-            if !module.is_empty() && import.1.name != module.as_str() {
-                report.errors.push(Finding::at(
-                    *position,
-                    format!(
-                        "top-level statements never run: at the top of a file, import a module under its own name (`import \"{module}\" as {module};`), or import it inside the function"
-                    ),
-                ));
-            }
-        }
-    }
     ast.walk(&mut |path: &[ASTNode]| {
-        match path.last() {
-            Some(ASTNode::Stmt(Stmt::Import(import, position))) => {
-                check_import(&import.0, &import.1.name, *position, callable, &mut report);
-                imports.insert(import.1.name.to_string(), import_path(&import.0));
-            }
-            Some(ASTNode::Stmt(Stmt::Var(var, ..))) => {
-                variables.insert(var.0.name.to_string());
-            }
-            _ => {}
+        if let Some(ASTNode::Stmt(Stmt::Var(var, ..))) = path.last() {
+            variables.insert(var.0.name.to_string());
         }
         true
     });
@@ -170,8 +144,7 @@ pub fn check_file(ast: &AST, callable: &Callable, answer_keys: &[&str]) -> Repor
             report.errors.push(Finding::at(*position, message));
             return true;
         }
-        let root = call.namespace.root();
-        let module = imports.get(root).map_or(root, String::as_str);
+        let module = call.namespace.root();
         match callable.modules.get(module) {
             Some(functions) if functions.contains(&function_key(name, arity)) => {}
             Some(_) => report.errors.push(Finding::at(
@@ -180,7 +153,7 @@ pub fn check_file(ast: &AST, callable: &Callable, answer_keys: &[&str]) -> Repor
             )),
             None => report.errors.push(Finding::at(
                 *position,
-                format!("no module `{root}`: modules are the files lib/<name>.rhai"),
+                format!("no module `{module}`: modules are the files lib/<name>.rhai"),
             )),
         }
         true
@@ -199,42 +172,6 @@ pub fn check_file(ast: &AST, callable: &Callable, answer_keys: &[&str]) -> Repor
     }
     check_sent_actions(ast, answer_keys, &mut report);
     report
-}
-
-fn import_path(expr: &Expr) -> String {
-    match expr {
-        Expr::StringConstant(path, _) => path.to_string(),
-        _ => String::new(),
-    }
-}
-
-fn check_import(
-    path: &Expr,
-    alias: &str,
-    position: Position,
-    callable: &Callable,
-    report: &mut Report,
-) {
-    let module = import_path(path);
-    if module.is_empty() {
-        report.errors.push(Finding::at(
-            position,
-            "import: give the module's name as a string, e.g. `import \"lights\" as lights;`"
-                .into(),
-        ));
-    } else if !callable.has_module(&module) {
-        report.errors.push(Finding::at(
-            position,
-            format!(
-                "import \"{module}\": no module lib/{module}.rhai (only the project's own lib/ modules can be imported, by name)"
-            ),
-        ));
-    } else if alias.is_empty() {
-        report.errors.push(Finding::at(
-            position,
-            format!("import \"{module}\": name it, e.g. `as {module}`"),
-        ));
-    }
 }
 
 /// Warns about unknown keys of the maps a callback answers with: those in

@@ -5,19 +5,30 @@
 use std::path::{Component, Path, PathBuf};
 
 use actix_web::http::header;
-use actix_web::{HttpResponse, web};
+use actix_web::{HttpRequest, HttpResponse, web};
 
-use super::{RequestError, State, project_of};
+use super::{RequestError, State, login, project_of, require_session};
 use crate::runtime::DownloadError;
 
+/// The folder of a project that downloads naming a `file` are confined to:
+/// not the project folder, which holds `project.toml` (with the API token)
+/// and the scripts.
+pub const DOWNLOADS_FOLDER: &str = "files";
+
 /// A project's own assets (stylesheets, images) from its `static/` folder.
-/// Public like the runtime's assets: pages need them before anyone signs in.
+/// A public project's are public; a login-only project's go to its users
+/// only (its login page uses the runtime's assets alone).
 pub(super) async fn static_file(
+    req: HttpRequest,
     state: State,
     path: web::Path<(String, String)>,
 ) -> Result<HttpResponse, RequestError> {
     let (name, file) = path.into_inner();
     let project = project_of(&state, &name)?;
+    if !project.settings.access.public {
+        let session = require_session(&req, &state, &project.name)?;
+        login::authorize(&state, &project, &session, None)?;
+    }
     let path =
         resolve_inside(&project.dir.join("static"), &file).ok_or(RequestError::PageNotFound)?;
     let body = tokio::fs::read(&path)
@@ -30,12 +41,13 @@ pub(super) async fn static_file(
         .body(body))
 }
 
-/// Reads a file a download names, relative to the project folder.
+/// Reads a file a download names, relative to the project's `files/`.
 pub(super) async fn read_project_file(
     project_dir: &Path,
     relative: &str,
 ) -> Result<Vec<u8>, DownloadError> {
-    let path = resolve_inside(project_dir, relative).ok_or(DownloadError::FileNotAvailable)?;
+    let path = resolve_inside(&project_dir.join(DOWNLOADS_FOLDER), relative)
+        .ok_or(DownloadError::FileNotAvailable)?;
     tokio::fs::read(&path)
         .await
         .map_err(|_| DownloadError::FileNotAvailable)

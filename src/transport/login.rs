@@ -18,6 +18,7 @@ use super::{
     RequestError, SESSION_COOKIE, State, WebConfig, check_origin, client_address, project_of,
     session_cookie, session_of,
 };
+use crate::auth::{Refused, User};
 use crate::project::Project;
 use crate::runtime::{ChallengeAnswer, Runtime, ShutdownReason};
 use crate::session::Session;
@@ -107,7 +108,14 @@ fn render_login(
 fn safe_next(project: &Project, next: Option<&str>) -> String {
     let prefix = format!("/{}/", project.name);
     match next {
-        Some(next) if next.starts_with(&prefix) && !next.contains("//") && !next.contains('\\') => {
+        // No control characters either: `next` becomes a header, and a CR or
+        // LF there would fail the response after the session was replaced.
+        Some(next)
+            if next.starts_with(&prefix)
+                && !next.contains("//")
+                && !next.contains('\\')
+                && !next.chars().any(char::is_control) =>
+        {
             next.to_string()
         }
         _ => prefix,
@@ -130,38 +138,35 @@ async fn log_in(
     let project = project_of(&state, &name)?;
     check_origin(&req)?;
     let form = form.into_inner();
+    // Validated before anything happens: the session is replaced below.
     let next = safe_next(&project, form.next.as_deref());
     let address = client_address(&req);
-    let keys = [format!("user:{}", form.user), format!("address:{address}")];
-    if let Some(wait) = keys.iter().find_map(|key| state.throttle.check(key).err()) {
-        warn!(target: "switchboard::auth", "LOGIN THROTTLED user={:?} address={address}", form.user);
-        let message = format!(
-            "Too many failed attempts. Try again in {} s.",
-            wait.as_secs().max(1)
-        );
-        let mut response = render_login(
-            &project,
-            Some(&message),
-            &next,
-            &form.user,
-            actix_web::http::StatusCode::TOO_MANY_REQUESTS,
-        )?;
-        response.headers_mut().insert(
-            header::RETRY_AFTER,
-            header::HeaderValue::from(wait.as_secs().max(1)),
-        );
-        return Ok(response);
-    }
-    let runtime = state.clone().into_inner();
-    let (user, password) = (form.user.clone(), form.password.clone());
-    let verified = web::block(move || runtime.verify_password(&user, &password))
-        .await
-        .ok()
-        .flatten();
-    let Some(user) = verified else {
-        for key in &keys {
-            state.throttle.failed(key);
+    let verified = match check_password(&state, &form.user, &form.password, &address).await {
+        Ok(verified) => verified,
+        Err(refused) => {
+            warn!(target: "switchboard::auth", "LOGIN THROTTLED user={:?} address={address} reason={refused:?}", form.user);
+            let message = match refused {
+                Refused::LockedOut(_) => format!(
+                    "Too many failed attempts. Try again in {} s.",
+                    refused.retry_after_secs()
+                ),
+                Refused::Busy => "Too many attempts at once. Try again in a moment.".to_string(),
+            };
+            let mut response = render_login(
+                &project,
+                Some(&message),
+                &next,
+                &form.user,
+                actix_web::http::StatusCode::TOO_MANY_REQUESTS,
+            )?;
+            response.headers_mut().insert(
+                header::RETRY_AFTER,
+                header::HeaderValue::from(refused.retry_after_secs()),
+            );
+            return Ok(response);
         }
+    };
+    let Some(user) = verified else {
         warn!(target: "switchboard::auth", "LOGIN FAILED user={:?} address={address}", form.user);
         return render_login(
             &project,
@@ -171,9 +176,6 @@ async fn log_in(
             actix_web::http::StatusCode::UNAUTHORIZED,
         );
     };
-    for key in &keys {
-        state.throttle.succeeded(key);
-    }
     info!(target: "switchboard::auth", "LOGIN user={:?} address={address}", user.id);
     let old = session_of(&req, &state, &project.name);
     let session = state.log_in(&project, old, &user.id).await;
@@ -184,6 +186,36 @@ async fn log_in(
         .cookie(session_cookie(&project.name, &session, secure))
         .insert_header((header::LOCATION, next))
         .finish())
+}
+
+/// Checks a password under the throttle (see [`crate::auth::Throttle`]):
+/// `Err` when the attempt is refused without being checked. The user's
+/// progressive delay is waited here, holding no hashing slot.
+async fn check_password(
+    state: &State,
+    user: &str,
+    password: &str,
+    address: &str,
+) -> Result<Option<User>, Refused> {
+    let mut attempt = state.throttle.begin(user, address)?;
+    if !attempt.delay().is_zero() {
+        info!(target: "switchboard::auth", "LOGIN DELAYED user={user:?} address={address} delay_ms={}", attempt.delay().as_millis());
+        tokio::time::sleep(attempt.delay()).await;
+    }
+    let slot = attempt.start_check()?;
+    let runtime = state.clone().into_inner();
+    let (user, password) = (user.to_string(), password.to_string());
+    let verified = web::block(move || {
+        let _slot = slot;
+        runtime.verify_password(&user, &password)
+    })
+    .await
+    .ok()
+    .flatten();
+    if verified.is_some() {
+        attempt.succeeded();
+    }
+    Ok(verified)
 }
 
 async fn log_out(
@@ -230,33 +262,23 @@ async fn answer_challenge(
     check_origin(&req)?;
     let session = session_of(&req, &state, &project.name).ok_or(RequestError::NoSession)?;
     let body = body.into_inner();
+    // An unknown id is refused before any password is hashed.
+    if !state.has_challenge(&body.id, &session) {
+        return Err(RequestError::UnknownChallenge);
+    }
     let address = client_address(&req);
     let answer = if body.cancel {
         ChallengeAnswer::Cancelled
     } else {
-        let key = format!("address:{address}");
-        if state.throttle.check(&key).is_err()
-            || state
-                .throttle
-                .check(&format!("user:{}", body.user))
-                .is_err()
-        {
-            ChallengeAnswer::Refused("Too many failed attempts.".into())
-        } else {
-            let runtime = state.clone().into_inner();
-            let (user, password) = (body.user.clone(), body.password.clone());
-            match web::block(move || runtime.verify_password(&user, &password))
-                .await
-                .ok()
-                .flatten()
-            {
-                Some(user) => ChallengeAnswer::Verified(Box::new(user)),
-                None => {
-                    state.throttle.failed(&key);
-                    state.throttle.failed(&format!("user:{}", body.user));
-                    warn!(target: "switchboard::auth", "CHALLENGE FAILED user={:?} address={address}", body.user);
-                    ChallengeAnswer::Refused("Wrong user name or password.".into())
-                }
+        match check_password(&state, &body.user, &body.password, &address).await {
+            Ok(Some(user)) => ChallengeAnswer::Verified(Box::new(user)),
+            Ok(None) => {
+                warn!(target: "switchboard::auth", "CHALLENGE FAILED user={:?} address={address}", body.user);
+                ChallengeAnswer::Refused("Wrong user name or password.".into())
+            }
+            Err(refused) => {
+                warn!(target: "switchboard::auth", "CHALLENGE THROTTLED user={:?} address={address} reason={refused:?}", body.user);
+                ChallengeAnswer::Refused("Too many failed attempts.".into())
             }
         }
     };

@@ -159,6 +159,9 @@ impl Upgrades {
             .and_then(|path| path.strip_suffix("/api/ws"))
             .filter(|name| !name.is_empty() && !name.contains('/'))
             .ok_or(RequestError::NoWebSocket)?;
+        if !self.config.allowed_hosts.allows(req.head().headers()) {
+            return Err(RequestError::HostNotAllowed);
+        }
         if req.method() != Method::GET {
             return Err(handshake_failed(HandshakeError::GetMethodRequired));
         }
@@ -166,7 +169,14 @@ impl Upgrades {
             .map_err(bad_query)?
             .into_inner();
         let headers = req.head().headers();
-        let (project, session) = authorized_by(headers, &self.config, &self.runtime, name, None)?;
+        // A page the user may not open is refused like the page itself;
+        // an unknown one falls back to the start page.
+        let page = query.page.as_deref().filter(|page| {
+            self.runtime
+                .project(name)
+                .is_some_and(|p| p.pages.contains_key(*page))
+        });
+        let (project, session) = authorized_by(headers, &self.config, &self.runtime, name, page)?;
         actix_http::ws::verify_handshake(req.head()).map_err(handshake_failed)?;
         let key = headers
             .get(header::SEC_WEBSOCKET_KEY)

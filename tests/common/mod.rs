@@ -3,6 +3,8 @@
 //! drop; plus small HTTP and WebSocket client helpers.
 #![allow(dead_code)]
 
+pub mod accounts;
+
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
