@@ -968,8 +968,15 @@ fn load_translations(
             }
         }
     }
+    // With translations of its own, the project must have the default
+    // language's: it is what a viewer gets when nothing else matches, and
+    // without it they would see message ids.
+    let has_default = files
+        .iter()
+        .any(|(language, _)| language.to_string() == settings.i18n_default);
+    let needs_default = !files.is_empty() && !has_default;
     let translations = crate::i18n::Translations::new(files, &settings.i18n_default);
-    if !translations.languages().any(|l| l == settings.i18n_default) {
+    if needs_default || !translations.languages().any(|l| l == settings.i18n_default) {
         diagnostics.push(setting_diagnostic(
             dir,
             "i18n_default",

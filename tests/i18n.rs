@@ -112,3 +112,27 @@ fn translation_errors_are_placed() {
     );
     std::fs::remove_dir_all(&root).ok();
 }
+
+#[test]
+fn a_project_with_texts_has_them_in_its_default_language() {
+    let root = temp_dir("i18n-default");
+    let dir = write_project(
+        &root,
+        "site",
+        &[
+            ("project.toml", "title = \"x\"\n"),
+            ("pages/home.html", common::HOME_PAGE),
+            ("i18n/it.ftl", "ok = bene\n"),
+        ],
+    );
+    let (code, _, stderr) = run_check(&dir);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains("i18n_default `en` has no translations (i18n/en.ftl)"),
+        "{stderr}"
+    );
+    std::fs::write(dir.join("project.toml"), "i18n_default = \"it\"\n").unwrap();
+    let (code, out, stderr) = run_check(&dir);
+    assert_eq!((code, out.trim()), (Some(0), "ok"), "{stderr}");
+    std::fs::remove_dir_all(&root).ok();
+}
