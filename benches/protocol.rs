@@ -21,6 +21,7 @@ fn frames_and_replies(c: &mut Criterion) {
             level: None,
             duplicate: false,
             close: false,
+            title: None,
         }],
     };
     c.bench_function("protocol::serialize/reply with a toast", |b| {

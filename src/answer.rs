@@ -110,6 +110,9 @@ pub enum Action {
         level: Option<Level>,
         duplicate: bool,
         close: bool,
+        /// A heading above the message (form results: the seed's `title`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        title: Option<String>,
     },
     Popup {
         title: Option<String>,
@@ -129,6 +132,9 @@ pub enum Action {
         field: String,
         message: Option<String>,
         display: Display,
+        /// A heading above the message (form results' `fieldErrors`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        title: Option<String>,
     },
     /// Ask the user to re-enter their credentials; the answer reaches
     /// `fn authChallenge(session, payload, result)`. The payload stays on
@@ -446,14 +452,8 @@ fn decode_form_result(keys: &Keys, out: &mut Decoded) {
         .and_then(|v| expect_string(Key::new("message"), v, out))
         .map(String::from);
     if success {
-        if let Some(text) = message.clone().or(title) {
-            out.push(Action::Toast {
-                message: text,
-                duration: None,
-                level: Some(Level::Success),
-                duplicate: false,
-                close: false,
-            });
+        if let Some((title, text)) = title_and_text(title, message) {
+            out.push(form_toast(title, text, Level::Success));
         }
         if keys.field_errors.is_some() {
             out.warn("fieldErrors: ignored on a successful submission".into());
@@ -482,16 +482,34 @@ fn decode_form_result(keys: &Keys, out: &mut Decoded) {
             level: Some(Level::Error),
         }),
         (_, title, message) => {
-            if let Some(text) = message.or(title) {
-                out.push(Action::Toast {
-                    message: text,
-                    duration: None,
-                    level: Some(Level::Error),
-                    duplicate: false,
-                    close: false,
-                });
+            if let Some((title, text)) = title_and_text(title, message) {
+                out.push(form_toast(title, text, Level::Error));
             }
         }
+    }
+}
+
+/// The seed's examples give both a `title` and a `message`: both are kept,
+/// the title as a heading above the message. A title alone is the text.
+fn title_and_text(
+    title: Option<String>,
+    message: Option<String>,
+) -> Option<(Option<String>, String)> {
+    match (title, message) {
+        (title, Some(message)) => Some((title, message)),
+        (Some(title), None) => Some((None, title)),
+        (None, None) => None,
+    }
+}
+
+fn form_toast(title: Option<String>, message: String, level: Level) -> Action {
+    Action::Toast {
+        message,
+        duration: None,
+        level: Some(level),
+        duplicate: false,
+        close: false,
+        title,
     }
 }
 
@@ -509,13 +527,17 @@ fn decode_form_field_errors(errors: &Value, out: &mut Decoded) -> usize {
     fields.sort_by(|a, b| a.0.cmp(b.0));
     let mut count = 0;
     for (field, detail) in fields {
-        let message = match detail {
-            Value::String(text) => Some(text.clone()),
-            Value::Object(detail) => detail
-                .get("message")
-                .or_else(|| detail.get("title"))
-                .and_then(Value::as_str)
-                .map(String::from),
+        let text = |key: &str, detail: &Map<String, Value>| {
+            detail.get(key).and_then(Value::as_str).map(String::from)
+        };
+        let (title, message) = match detail {
+            Value::String(message) => (None, Some(message.clone())),
+            Value::Object(detail) => {
+                match title_and_text(text("title", detail), text("message", detail)) {
+                    Some((title, message)) => (title, Some(message)),
+                    None => (None, None),
+                }
+            }
             other => {
                 out.warn(format!(
                     "fieldErrors.{}: expected an object or a string, got {}",
@@ -529,6 +551,7 @@ fn decode_form_field_errors(errors: &Value, out: &mut Decoded) -> usize {
             field: field.clone(),
             message,
             display: Display::Tooltip,
+            title,
         });
         count += 1;
     }
@@ -624,6 +647,7 @@ fn decode_field_errors(fields: &Map<String, Value>, out: &mut Decoded) {
             field: field.clone(),
             message,
             display,
+            title: None,
         });
     }
 }
@@ -661,11 +685,17 @@ fn field_error_spec(
 }
 
 fn parse_display(key: Key, value: &Value, out: &mut Decoded) -> Display {
-    match value.as_str() {
-        Some("tooltip") => Display::Tooltip,
-        Some("popup") => Display::Popup,
-        Some("toast") => Display::Toast,
-        _ => {
+    let text = value.as_str().unwrap_or_default();
+    let known = [
+        ("tooltip", Display::Tooltip),
+        ("popup", Display::Popup),
+        ("toast", Display::Toast),
+    ]
+    .into_iter()
+    .find_map(|(name, display)| name.eq_ignore_ascii_case(text).then_some(display));
+    match known {
+        Some(display) => display,
+        None => {
             out.warn(format!(
                 "{key}: expected tooltip, popup or toast, got {}, using tooltip",
                 describe(value)
@@ -700,8 +730,9 @@ fn decode_toast(key: Key, value: &Value, out: &mut Decoded) {
             level: None,
             duplicate: false,
             close: false,
+            title: None,
         }),
-        Value::Object(spec) => toast_from_spec(key, spec),
+        Value::Object(spec) => toast_from_spec(key, spec, out),
         other => Err(format!(
             "{key}: expected a string or an object, got {}",
             describe(other)
@@ -713,7 +744,13 @@ fn decode_toast(key: Key, value: &Value, out: &mut Decoded) {
     }
 }
 
-fn toast_from_spec(key: Key, spec: &Map<String, Value>) -> Result<Action, String> {
+/// A toast's spec; a bad `type` is a warning, not a reason to drop the
+/// message (the user still needs to read it).
+fn toast_from_spec(
+    key: Key,
+    spec: &Map<String, Value>,
+    out: &mut Decoded,
+) -> Result<Action, String> {
     let mut message = None;
     let mut duration = None;
     let mut level = None;
@@ -722,8 +759,11 @@ fn toast_from_spec(key: Key, spec: &Map<String, Value>) -> Result<Action, String
     for (name, value) in spec {
         match name.as_str() {
             "message" => message = Some(sub(key, "message", value.as_str(), "a string", value)?),
-            "duration" => duration = Some(sub(key, "duration", as_millis(value), MILLIS, value)?),
-            "type" => level = Some(sub(key, "type", as_level(value), LEVELS, value)?),
+            "duration" => {
+                let millis = sub(key, "duration", as_millis(value), MILLIS, value)?;
+                duration = Some(millis.min(LONGEST_TIMER_MS));
+            }
+            "type" => level = level_or_warn(key, value, out),
             "duplicate" => duplicate = sub(key, "duplicate", value.as_bool(), "a boolean", value)?,
             "close" => close = sub(key, "close", value.as_bool(), "a boolean", value)?,
             other => return Err(format!("{key}: unknown key {}", clip(other))),
@@ -735,6 +775,7 @@ fn toast_from_spec(key: Key, spec: &Map<String, Value>) -> Result<Action, String
         level,
         duplicate,
         close,
+        title: None,
     })
 }
 
@@ -745,7 +786,7 @@ fn decode_popup(value: &Value, out: &mut Decoded) {
             message: message.clone(),
             level: None,
         }),
-        Value::Object(spec) => popup_from_spec(Key::new("popup"), spec),
+        Value::Object(spec) => popup_from_spec(Key::new("popup"), spec, out),
         other => Err(format!(
             "popup: expected a string or an object, got {}",
             describe(other)
@@ -757,7 +798,11 @@ fn decode_popup(value: &Value, out: &mut Decoded) {
     }
 }
 
-fn popup_from_spec(key: Key, spec: &Map<String, Value>) -> Result<Action, String> {
+fn popup_from_spec(
+    key: Key,
+    spec: &Map<String, Value>,
+    out: &mut Decoded,
+) -> Result<Action, String> {
     let mut title = None;
     let mut message = None;
     let mut level = None;
@@ -765,7 +810,7 @@ fn popup_from_spec(key: Key, spec: &Map<String, Value>) -> Result<Action, String
         match name.as_str() {
             "title" => title = Some(sub(key, "title", value.as_str(), "a string", value)?),
             "message" => message = Some(sub(key, "message", value.as_str(), "a string", value)?),
-            "type" => level = Some(sub(key, "type", as_level(value), LEVELS, value)?),
+            "type" => level = level_or_warn(key, value, out),
             other => return Err(format!("{key}: unknown key {}", clip(other))),
         }
     }
@@ -777,6 +822,9 @@ fn popup_from_spec(key: Key, spec: &Map<String, Value>) -> Result<Action, String
 }
 
 const MILLIS: &str = "a non-negative number of milliseconds";
+/// The longest delay a browser timer keeps (2³¹ − 1 ms, about 24.8 days): a
+/// longer one fires at once, so a toast meant to stay would vanish.
+const LONGEST_TIMER_MS: u64 = i32::MAX as u64;
 const LEVELS: &str = "info, success, warning or error";
 const PARAM: &str = "a string or a number";
 
@@ -811,14 +859,31 @@ fn as_millis(value: &Value) -> Option<u64> {
         .map(|millis| millis.round() as u64)
 }
 
+/// Letter case does not matter, here as for `display`: `"Warning"` is
+/// what the handler meant.
 fn as_level(value: &Value) -> Option<Level> {
-    match value.as_str()? {
-        "info" => Some(Level::Info),
-        "success" => Some(Level::Success),
-        "warning" => Some(Level::Warning),
-        "error" => Some(Level::Error),
-        _ => None,
+    let text = value.as_str()?;
+    [
+        ("info", Level::Info),
+        ("success", Level::Success),
+        ("warning", Level::Warning),
+        ("error", Level::Error),
+    ]
+    .into_iter()
+    .find_map(|(name, level)| name.eq_ignore_ascii_case(text).then_some(level))
+}
+
+/// The `type` of a toast or popup; an unknown one is shown as info, with a
+/// warning.
+fn level_or_warn(key: Key, value: &Value, out: &mut Decoded) -> Option<Level> {
+    let level = as_level(value);
+    if level.is_none() {
+        out.warn(format!(
+            "{key}.type: expected {LEVELS}, got {}; shown as info",
+            describe(value)
+        ));
     }
+    level
 }
 
 // --- clipboard, app, share, download ---------------------------------------
@@ -925,6 +990,16 @@ fn check_url(url: &str) -> Result<(), &'static str> {
     }
     if url.starts_with(char::is_whitespace) || url.ends_with(char::is_whitespace) {
         return Err("leading or trailing whitespace in url");
+    }
+    // `//host/path` is not relative: it is an absolute URL on another host
+    // that takes the page's scheme. Browsers read `\\host` and `/\host` the
+    // same way. It must say its scheme, like any other absolute URL.
+    let mut start = url.chars();
+    if matches!(
+        (start.next(), start.next()),
+        (Some('/' | '\\'), Some('/' | '\\'))
+    ) {
+        return Err("scheme-relative url (//host): write its scheme, such as https://host/");
     }
     let path_start = url.find(['/', '?', '#']).unwrap_or(url.len());
     let Some(colon) = url[..path_start].find(':') else {
@@ -1200,6 +1275,7 @@ mod tests {
             level: None,
             duplicate: false,
             close: false,
+            title: None,
         }
     }
 
@@ -1216,6 +1292,7 @@ mod tests {
             level,
             duplicate,
             close,
+            title: None,
         }
     }
 
@@ -1247,6 +1324,7 @@ mod tests {
             field: field.to_string(),
             message: message.map(String::from),
             display,
+            title: None,
         }
     }
 
@@ -1413,6 +1491,21 @@ mod tests {
             )
             .warns(&["url"]),
             row("url vbscript", json(json!({"url": "vbscript:msgbox"}))).warns(&["url"]),
+            row(
+                "url scheme-relative",
+                json(json!({"url": "//evil.example/x"})),
+            )
+            .warns(&["url"]),
+            row(
+                "url scheme-relative backslashes",
+                json(json!({"url": "\\\\evil.example/x"})),
+            )
+            .warns(&["url"]),
+            row(
+                "url scheme-relative mixed slashes",
+                json(json!({"url": "/\\evil.example"})),
+            )
+            .warns(&["url"]),
             row("url file", json(json!({"url": "file:///etc/passwd"}))).warns(&["url"]),
             row("url ftp", json(json!({"url": "ftp://x.y"}))).warns(&["url"]),
             row("url leading space", json(json!({"url": " javascript:x"}))).warns(&["url"]),
@@ -1537,7 +1630,32 @@ mod tests {
                 "toast huge duration saturates",
                 t(json!({"message": "m", "duration": 1e300})),
             )
-            .gives(vec![toast_with("m", Some(u64::MAX), None, false, false)]),
+            .gives(vec![toast_with(
+                "m",
+                Some(LONGEST_TIMER_MS),
+                None,
+                false,
+                false,
+            )]),
+            row(
+                "toast duration beyond a browser timer is clamped",
+                t(json!({"message": "m", "duration": 2_147_483_648_u64})),
+            )
+            .gives(vec![toast_with(
+                "m",
+                Some(2_147_483_647),
+                None,
+                false,
+                false,
+            )]),
+            row(
+                "toast type in any letter case",
+                t(json!([{"message": "a", "type": "Warning"}, {"message": "b", "type": "ERROR"}])),
+            )
+            .gives(vec![
+                toast_with("a", None, Some(Warning), false, false),
+                toast_with("b", None, Some(Error), false, false),
+            ]),
             row(
                 "toast type info",
                 t(json!({"message": "m", "type": "info"})),
@@ -1590,7 +1708,7 @@ mod tests {
                 "toast array skips bad entries",
                 t(json!([5, "a", {"message": "b", "type": "loud"}, ["c"], null, {"message": "d"}])),
             )
-            .gives(vec![toast("a"), toast("d")])
+            .gives(vec![toast("a"), toast("b"), toast("d")])
             .warns(&["toast[0]", "toast[2].type", "toast[3]", "toast[4]"]),
             row("toast empty array", t(json!([]))),
             row("toast number", t(json!(5))).warns(&["toast"]),
@@ -1600,6 +1718,7 @@ mod tests {
                 "toast unknown type",
                 t(json!({"message": "m", "type": "fatal"})),
             )
+            .gives(vec![toast("m")])
             .warns(&["toast.type"]),
             row(
                 "toast negative duration",
@@ -1662,7 +1781,13 @@ mod tests {
                 "popup unknown type",
                 json(json!({"popup": {"message": "m", "type": "x"}})),
             )
+            .gives(vec![popup(None, "m", None)])
             .warns(&["popup.type"]),
+            row(
+                "popup type in any letter case",
+                json(json!({"popup": {"message": "m", "type": "Success"}})),
+            )
+            .gives(vec![popup(None, "m", Some(Level::Success))]),
             row(
                 "popup number title",
                 json(json!({"popup": {"title": 1, "message": "m"}})),
@@ -1707,6 +1832,11 @@ mod tests {
                 json(json!({"error": "m", "display": "toast"})),
             )
             .error(vec![error(Some("m"), Toast, None)]),
+            row(
+                "error display in any letter case",
+                json(json!({"error": "m", "display": "Popup"})),
+            )
+            .error(vec![error(Some("m"), Popup, None)]),
             row(
                 "error unknown display",
                 json(json!({"error": "m", "display": "banner"})),
@@ -2114,6 +2244,7 @@ mod tests {
             level: Some(level),
             duplicate: false,
             close: false,
+            title: None,
         }
     }
 
@@ -2122,6 +2253,39 @@ mod tests {
             field: field.into(),
             message: message.map(String::from),
             display: Display::Tooltip,
+            title: None,
+        }
+    }
+
+    fn titled(action: Action, heading: &str) -> Action {
+        match action {
+            Action::Toast {
+                message,
+                duration,
+                level,
+                duplicate,
+                close,
+                ..
+            } => Action::Toast {
+                message,
+                duration,
+                level,
+                duplicate,
+                close,
+                title: Some(heading.into()),
+            },
+            Action::FieldError {
+                field,
+                message,
+                display,
+                ..
+            } => Action::FieldError {
+                field,
+                message,
+                display,
+                title: Some(heading.into()),
+            },
+            other => other,
         }
     }
 
@@ -2129,7 +2293,7 @@ mod tests {
     fn form_submission_results() {
         check(vec![
             row("form_success_message", json(json!({"success": true, "title": "Form Submitted", "message": "Thank you!"})))
-                .gives(vec![leveled_toast("Thank you!", Level::Success)]),
+                .gives(vec![titled(leveled_toast("Thank you!", Level::Success), "Form Submitted")]),
             row("form_success_title_only", json(json!({"success": true, "title": "Saved"})))
                 .gives(vec![leveled_toast("Saved", Level::Success)]),
             row("form_success_bare", json(json!({"success": true}))),
@@ -2139,8 +2303,8 @@ mod tests {
             })))
             .error(vec![
                 field_error("age", Some("Too young")),
-                field_error("email", Some("Please enter your email.")),
-                leveled_toast("Email address is required.", Level::Error),
+                titled(field_error("email", Some("Please enter your email.")), "Required"),
+                titled(leveled_toast("Email address is required.", Level::Error), "Missing Required Field"),
             ]),
             row("form_failure_popup", json(json!({"success": false, "title": "Refused", "message": "Closed today"})))
                 .error(vec![Action::Popup { title: Some("Refused".into()), message: "Closed today".into(), level: Some(Level::Error) }]),

@@ -88,14 +88,17 @@ pub struct KeystrokeMatcher {
     /// `keydown` or `keyup` (single-key mode).
     #[serde(default = "default_key_event")]
     pub event: String,
+    /// Modifiers: `Some(true)` must be held, `Some(false)` must not be,
+    /// `None` (not named) does not matter unless `exact` is set. Shift is
+    /// already in `key` ("A" is a Shift+a), so requiring it to be named
+    /// would make `key = "A"` never fire.
+    pub alt: Option<bool>,
+    pub ctrl: Option<bool>,
+    pub shift: Option<bool>,
+    pub meta: Option<bool>,
+    /// Modifiers not named must not be held.
     #[serde(default)]
-    pub alt: bool,
-    #[serde(default)]
-    pub ctrl: bool,
-    #[serde(default)]
-    pub shift: bool,
-    #[serde(default)]
-    pub meta: bool,
+    pub exact: bool,
     /// Listen in the capture phase, before the page's own handlers.
     #[serde(default)]
     pub capture: bool,

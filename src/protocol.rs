@@ -165,6 +165,9 @@ pub enum Push<'a> {
     DevNotice { message: &'a str },
     /// The session ended; the client should stop reconnecting with it.
     SessionEnded { reason: &'a str },
+    /// An authentication challenge ended without this browser's answer
+    /// (timed out, or answered in another tab): close its dialog.
+    ChallengeClosed { id: &'a str },
     /// Sent on connect: what the browser must detect.
     Config {
         keystrokes: &'a [crate::project::KeystrokeMatcher],

@@ -29,15 +29,24 @@ async fn extra_replies(socket: &mut Socket, wait: Duration) -> Vec<Value> {
     extra
 }
 
+/// Lets the handler waiting in `slowCount` finish.
+async fn open_gate(client: &common::Client) {
+    let (_, reply) = client
+        .post(&json!({"type":"command","seq":99,"id":"gate","name":"openGate"}))
+        .await;
+    assert_eq!(toast_of(&reply), "gate open", "{reply}");
+}
+
 #[tokio::test]
 async fn a_command_resent_after_a_dropped_socket_runs_once() {
     let server = Server::start(&common::test_projects());
     let client = server.client("reliable").await;
     let mut socket = client.socket_tab("t", "home").await;
-    // Sent, then the connection dies before the (300 ms) answer can arrive.
+    // Sent, then the connection dies while the handler waits for the gate.
     send(&mut socket, &counted("t-1", 1, "slowCount")).await;
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    server.wait_for_log("GATE waiting");
     drop(socket);
+    open_gate(&client).await;
     server.wait_for_log(r#"name="slowCount" param="" [OK]"#);
     let mut socket = client.socket_tab("t", "home").await;
     send(&mut socket, &counted("t-1", 1, "slowCount")).await;
@@ -69,11 +78,12 @@ async fn a_repeat_that_arrives_while_the_first_run_is_going_waits_for_it() {
     let client = server.client("reliable").await;
     let mut socket = client.socket_tab("t", "home").await;
     send(&mut socket, &counted("t-7", 1, "slowCount")).await;
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    server.wait_for_log("GATE waiting");
     drop(socket);
-    // The 300 ms handler is still running when the client comes back.
+    // The handler is still running (held at the gate) when the client comes back.
     let mut socket = client.socket_tab("t", "home").await;
     send(&mut socket, &counted("t-7", 1, "slowCount")).await;
+    open_gate(&client).await;
     assert_eq!(toast_of(&receive(&mut socket).await), "count=1");
     send(
         &mut socket,
@@ -141,9 +151,10 @@ async fn a_repeated_submission_gets_the_stored_result() {
     assert_eq!(failed["status"], "error");
     assert_eq!(
         failed["actions"][0],
-        json!({"type":"field_error","field":"email","message":"Enter a real e-mail","display":"tooltip"})
+        json!({"type":"field_error","field":"email","message":"Enter a real e-mail","display":"tooltip","title":"Invalid"})
     );
     assert_eq!(failed["actions"][1]["level"], "error");
+    assert_eq!(failed["actions"][1]["title"], "Check the form");
     send(
         &mut socket,
         &json!({"type":"command","seq":4,"name":"audit"}),
@@ -289,4 +300,99 @@ async fn sigkill_under_a_stream_of_submissions_loses_nothing_and_runs_nothing_tw
         acked_before_kill.len()
     );
     restarted.wait_for_log("[REPEAT]");
+}
+
+/// Issue 13: a run that throws undoes the `!` variables it set before
+/// throwing, in memory and in the store, so a user who taps again does not
+/// apply half an action twice.
+#[tokio::test]
+async fn a_failed_run_rolls_back_its_persistent_variables() {
+    let mut server = Server::start(&common::test_projects());
+    let mut client = server.client("reliable").await;
+    assert_eq!(client.command("lightOn", "").await["status"], "ok");
+    let failed = client.command("halfThenThrow", "").await;
+    assert_eq!(failed["status"], "failed", "{failed}");
+    server.wait_for_log("the second half failed");
+    assert_eq!(
+        toast_of(&client.command("light", "").await),
+        "light=on dimmed="
+    );
+    server.kill9();
+    let restarted = server.restart();
+    client.base = restarted.url("/reliable");
+    assert_eq!(
+        toast_of(&client.command("light", "").await),
+        "light=on dimmed=",
+        "nothing of the failed run reached the store"
+    );
+}
+
+/// Issue 13: `varUpdate` is atomic: concurrent read-modify-writes of one
+/// variable from many sessions lose none.
+#[tokio::test]
+async fn var_update_loses_no_concurrent_increment() {
+    const CLIENTS: usize = 4;
+    const EACH: usize = 10;
+    let server = Server::start(&common::test_projects());
+    let mut tasks = Vec::new();
+    for _ in 0..CLIENTS {
+        let client = server.client("reliable").await;
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..EACH {
+                assert_eq!(client.command("bumpAtomic", "").await["status"], "ok");
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let client = server.client("reliable").await;
+    assert_eq!(
+        toast_of(&client.command("peek", "").await),
+        format!("count={}", CLIENTS * EACH)
+    );
+}
+
+/// Issue 13: a submission whose handler fails is not recorded, and its
+/// effects are undone: the browser's retry (`retry = true`) runs it again,
+/// once, also across a SIGKILL of the server in between.
+#[tokio::test]
+async fn a_failed_submission_runs_again_on_retry_even_after_a_crash() {
+    let mut server = Server::start(&common::test_projects());
+    let mut client = server.client("reliable").await;
+    let (_, failed) = client.post(&submission("f-1", 1, false, "flaky")).await;
+    assert_eq!(failed["status"], "failed", "{failed}");
+    server.wait_for_log("the first delivery fails");
+    server.kill9();
+    let restarted = server.restart();
+    client.base = restarted.url("/reliable");
+    let (_, retried) = client.post(&submission("f-1", 2, true, "flaky")).await;
+    assert_eq!(retried["status"], "ok", "{retried}");
+    assert!(
+        toast_of(&retried).starts_with("stored f-1 (retry=true"),
+        "{retried}"
+    );
+    // Delivered again (its acknowledgement lost): the stored result.
+    let (_, again) = client.post(&submission("f-1", 3, true, "flaky")).await;
+    assert_eq!(toast_of(&again), toast_of(&retried));
+    assert_eq!(
+        toast_of(&client.command("audit", "").await),
+        "submissions=1 distinct=1 repeated=0",
+        "the failed run left nothing behind"
+    );
+}
+
+/// The same without a crash: a throwing handler, then the retry.
+#[tokio::test]
+async fn a_failed_submission_runs_again_on_retry() {
+    let server = Server::start(&common::test_projects());
+    let client = server.client("reliable").await;
+    let (_, failed) = client.post(&submission("f-2", 1, false, "flaky")).await;
+    assert_eq!(failed["status"], "failed", "{failed}");
+    let (_, retried) = client.post(&submission("f-2", 2, true, "flaky")).await;
+    assert_eq!(retried["status"], "ok", "{retried}");
+    assert_eq!(
+        toast_of(&client.command("audit", "").await),
+        "submissions=1 distinct=1 repeated=0"
+    );
 }

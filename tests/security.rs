@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use common::accounts::{
     PASSWORD, bare, command, cookie_value, log_in, passwd, secure_server, session_cookie,
-    session_of,
+    session_of, users_file,
 };
 use common::{Server, receive_push};
 use serde_json::{Value, json};
@@ -180,6 +180,98 @@ async fn acl_first_match_wins_and_default_deny_never_reaches_the_handler() {
             "the handler must not run for {name} {param}"
         );
     }
+}
+
+/// Issue 13 (the Perspective seed's "the user losing authorization"): when
+/// the users file loses a user, or a user loses the role the project needs,
+/// their sessions end with `sessionShutdown(…, AuthorizationLost)` instead of
+/// living on and getting 403s.
+#[tokio::test]
+async fn sessions_end_when_their_user_is_removed_or_loses_the_role() {
+    let users = users_file();
+    let server = Server::start_with(
+        &common::test_projects(),
+        &["--users", users.to_str().unwrap()],
+    );
+    let ann = session_of(&server, "ann").await;
+    let otto = session_of(&server, "otto").await;
+    let (_, reply) = command(&server, &otto, "status", "").await;
+    assert_eq!(reply["status"], "ok", "{reply}");
+
+    // Otto is now only a guest: the secure project needs operator.
+    passwd(&users, "otto", "guest");
+    server.wait_for_log(&format!("EVENT sessionShutdown {otto} AuthorizationLost"));
+    assert_session_gone(&server, &otto).await;
+
+    // Ann is removed from the file altogether.
+    let text = std::fs::read_to_string(&users).unwrap();
+    let kept: Vec<&str> = text
+        .split("[[users]]")
+        .filter(|entry| !entry.contains(r#"id = "ann""#))
+        .collect();
+    std::fs::write(&users, kept.join("[[users]]")).unwrap();
+    server.wait_for_log(&format!("EVENT sessionShutdown {ann} AuthorizationLost"));
+    assert_session_gone(&server, &ann).await;
+}
+
+/// The session ends just after its `sessionShutdown` ran: its cookie then
+/// gets 401 (unknown session), never 403 (a live session refused).
+async fn assert_session_gone(server: &Server, session: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let (status, reply) = command(server, session, "status", "").await;
+        if status == 401 {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the session still answers {status}: {reply}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Issue 13: the `[[acl]]` applies to form submissions, as a command named
+/// after the form whose param is its data as JSON.
+#[tokio::test]
+async fn acl_applies_to_form_submissions() {
+    let server = secure_server();
+    let operator = session_of(&server, "otto").await;
+    let submit = |name: &'static str, id: &'static str| {
+        bare()
+            .post(server.url("/secure/api/command"))
+            .header("cookie", format!("sb_session={operator}"))
+            .json(&json!({"type":"form","seq":1,"id":id,"name":name,"data":{"text":"hello"}}))
+            .send()
+    };
+    let reply: Value = submit("feedback", "f-1")
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(reply["status"], "ok", "{reply}");
+    assert_eq!(reply["actions"][0]["message"], "stored feedback");
+    server.wait_for_log("FORM feedback hello");
+
+    let reply: Value = submit("payroll", "f-2")
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(reply["status"], "error", "{reply}");
+    assert_eq!(
+        reply["actions"][0]["message"],
+        "You are not allowed to do that."
+    );
+    server.wait_for_log(
+        r#"ACL DENIED user="otto" address=127.0.0.1 name="payroll" param="{\"text\":\"hello\"}""#,
+    );
+    assert!(
+        !server.log().contains("FORM payroll"),
+        "formSubmission must not run for a refused form"
+    );
 }
 
 /// Opens a challenge through the handler and returns its id.

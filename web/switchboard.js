@@ -34,7 +34,7 @@ const CONFIG = Object.freeze({
   RECONNECT_JITTER: 0.3,
   /** How long a toast stays when the answer gives no duration. */
   TOAST_DURATION_MS: 4000,
-  /** Most toasts on screen at once; the oldest goes first. */
+  /** Most toasts on screen at once; more wait until one leaves. */
   TOAST_LIMIT: 5,
   /** How long an error tooltip stays if the user does nothing. */
   TOOLTIP_DURATION_MS: 4000,
@@ -77,6 +77,12 @@ const CONFIG = Object.freeze({
   /** First retry delay of a queued form submission; doubles up to the next. */
   SUBMIT_RETRY_BASE_MS: 1000,
   SUBMIT_RETRY_MAX_MS: 30_000,
+  /**
+   * A submission whose handler failed (status `failed`: nothing of that run
+   * was kept) is delivered again, as a retry, up to this many runs in all;
+   * then the user sees the failure and it leaves the queue.
+   */
+  SUBMIT_MAX_FAILED_RUNS: 5,
 
   ..._pageTexts(),
   ...window.SwitchboardConfig,
@@ -454,6 +460,8 @@ function _command(name, param, { element = null, object = element?.id || null, c
   _setBusy(element, 1);
   const done = _request(frame).then(async (reply) => {
     _setBusy(element, -1);
+    // The value sent, not the field's current one: the user may have typed on.
+    if ((reply.status === 'ok' || reply.status === 'unhandled') && element?.matches(_FIELD)) _validValues.set(element, frame.param);
     await _applyReply(reply, { element, container });
     return reply;
   });
@@ -484,7 +492,15 @@ function _reportClosed(page) {
 let _replyQueue = Promise.resolve();
 
 function _applyReply(reply, origin) {
-  const run = _replyQueue.then(() => _runReply(reply, origin));
+  return _enqueue(() => _runReply(reply, origin));
+}
+
+/**
+ * Runs `task` after everything already queued. A task (an action) must
+ * never await `_enqueue`/`_applyReply` itself: it would wait behind itself.
+ */
+function _enqueue(task) {
+  const run = _replyQueue.then(task);
   _replyQueue = run.catch(() => {});
   return run;
 }
@@ -554,15 +570,32 @@ function _errorAction({ message, display, object }, origin) {
 
 function _rollbackAction({ object, value }) {
   const element = document.getElementById(object);
-  if (value == null || !element) return;
-  if (element.type === 'checkbox') element.checked = value === 'true';
-  else if ('value' in element) element.value = value;
+  // The server knows the last accepted or pushed value; before either, the
+  // page still knows what it showed (the template's value).
+  const valid = value ?? (element && _validValues.get(element));
+  if (valid == null || !element) return;
+  if (element.type === 'checkbox') element.checked = valid === 'true';
+  else if ('value' in element) element.value = valid;
+  _validValues.set(element, valid);
 }
 
-function _fieldErrorAction({ field, message, display }) {
+/**
+ * field → the last value the page showed as valid: rendered by the
+ * template, pushed (`value` of uiSet/uiSessionSet), or sent and accepted.
+ * What rollback restores when the server has nothing newer. Anything else
+ * that sets a field's value for the user to see (a live point value) calls
+ * `_rememberValid` too.
+ */
+const _validValues = new WeakMap();
+
+function _rememberValid(field) {
+  if (field?.matches?.(_FIELD)) _validValues.set(field, _valueOf(field));
+}
+
+function _fieldErrorAction({ field, message, display, title = null }) {
   const text = message ?? CONFIG.TEXT_INVALID;
   const element = document.getElementById(field);
-  if (element) _markField(element, text);
+  if (element) _markField(element, text, title);
   // The mark under the field is the tooltip form; popup and toast come on
   // top of it, and a field that is not on screen still gets its message out.
   if (display !== 'tooltip') _showError(display, text, element);
@@ -748,42 +781,86 @@ function _showPopup({ title = null, message, level = null }) {
 // ================================================================ toasts
 
 const _TOAST_POSITIONS = ['top-right', 'top-left', 'top-center', 'bottom-right', 'bottom-left', 'bottom-center'];
-const _toasts = []; // { element, message, timer }, oldest first
+/** The longest delay setTimeout keeps (2³¹ − 1 ms); a longer one fires at once. */
+const _LONGEST_TIMER_MS = 2 ** 31 - 1;
+const _toasts = []; // on screen: { element, message, timer }, oldest first
+const _waitingToasts = []; // beyond TOAST_LIMIT: shown as on-screen ones leave, in order
 
-/** Shows a toast, or refreshes the one with the same message unless `duplicate`. */
-function _showToast({ message, duration = null, level = null, duplicate = false }) {
+/**
+ * Shows a toast, or refreshes the one with the same message unless
+ * `duplicate`. When TOAST_LIMIT toasts are on screen it waits for a free
+ * place: an answer with more toasts than fit loses none of them.
+ */
+function _showToast(spec) {
+  const { message, duplicate = false } = spec;
   const existing = duplicate ? null : _toasts.find((toast) => toast.message === message);
-  const toast = existing ?? _createToast(message);
+  if (existing) {
+    _fillToast(existing, spec);
+    return existing;
+  }
+  const waiting = duplicate ? null : _waitingToasts.find((toast) => toast.message === message);
+  if (waiting) {
+    waiting.spec = spec;
+    return waiting;
+  }
+  if (_toasts.length >= CONFIG.TOAST_LIMIT) {
+    const queued = { message, spec, element: null };
+    _waitingToasts.push(queued);
+    return queued;
+  }
+  const toast = _createToast(message);
+  _fillToast(toast, spec);
+  return toast;
+}
+
+/** Level, title and lifetime; a refresh starts the lifetime again. */
+function _fillToast(toast, { duration = null, level = null, title = null }) {
   toast.element.dataset.sbLevel = level ?? 'info';
+  toast.title.textContent = title ?? '';
+  toast.title.hidden = !title;
   clearTimeout(toast.timer);
   // A duration of 0 keeps the toast until it is closed.
-  const lifetime = duration ?? CONFIG.TOAST_DURATION_MS;
+  const lifetime = Math.min(duration ?? CONFIG.TOAST_DURATION_MS, _LONGEST_TIMER_MS);
   toast.timer = lifetime > 0 ? setTimeout(() => _removeToast(toast), lifetime) : 0;
-  return toast;
 }
 
 function _createToast(message) {
   const element = _el('div', { class: 'sb-toast', role: 'status' });
   const close = _el('button', { type: 'button', class: 'sb-toast-close', 'aria-label': CONFIG.TEXT_CLOSE }, '×');
-  element.append(_el('p', { class: 'sb-toast-message' }, message), close);
-  const toast = { element, message, timer: 0 };
+  const text = _el('div', { class: 'sb-toast-text' });
+  const title = _el('p', { class: 'sb-toast-title' });
+  text.append(title, _el('p', { class: 'sb-toast-message' }, message));
+  element.append(text, close);
+  const toast = { element, message, title, timer: 0 };
   close.addEventListener('click', () => _removeToast(toast));
   _toastStack().append(element);
   _toasts.push(toast);
-  while (_toasts.length > CONFIG.TOAST_LIMIT) _removeToast(_toasts[0]);
   return toast;
 }
 
 function _removeToast(toast) {
+  const waiting = _waitingToasts.indexOf(toast);
+  if (waiting >= 0) {
+    _waitingToasts.splice(waiting, 1);
+    return;
+  }
   const index = _toasts.indexOf(toast);
   if (index < 0) return;
   _toasts.splice(index, 1);
   clearTimeout(toast.timer);
   toast.element.remove();
+  _showWaitingToasts();
+}
+
+function _showWaitingToasts() {
+  while (_waitingToasts.length > 0 && _toasts.length < CONFIG.TOAST_LIMIT) {
+    const { message, spec } = _waitingToasts.shift();
+    _fillToast(_createToast(message), spec);
+  }
 }
 
 function _closeToasts(message) {
-  for (const toast of _toasts.filter((t) => t.message === message)) _removeToast(toast);
+  for (const toast of [..._waitingToasts, ..._toasts].filter((t) => t.message === message)) _removeToast(toast);
 }
 
 function _toastStack() {
@@ -838,9 +915,12 @@ function _fieldErrorId(field) {
   return `${field.id}-sb-error`;
 }
 
-function _markField(field, message) {
+function _markField(field, message, title = null) {
   _clearFieldError(field);
-  const note = _el('p', { class: 'sb-field-error', id: _fieldErrorId(field), 'data-sb-for': field.id }, message);
+  const note = _el('p', { class: 'sb-field-error', id: _fieldErrorId(field), 'data-sb-for': field.id });
+  // Form results may give both (the seed's `{ title, message }`): both shown.
+  if (title) note.append(_el('span', { class: 'sb-field-error-title' }, title), ' ');
+  note.append(message);
   // A field wrapped in its <label> gets the message under the label.
   (field.closest('label') ?? field).after(note);
   field.classList.add('sb-invalid');
@@ -865,6 +945,14 @@ function _clearFieldErrors(container) {
 const _SAFE_SCHEMES = new Set(['http:', 'https:', 'mailto:', 'tel:']);
 
 function _openUrl({ url, target }) {
+  // `//host` is an absolute URL on another host, not a relative one (so are
+  // backslashed forms, and tabs or newlines inside, as browsers read them):
+  // the server refuses it, and so does this second lock.
+  const cleaned = url.replace(/[\t\n\r]/g, '').replace(/^[\x00-\x20]+/, '');
+  if (/^[/\\]{2}/.test(cleaned)) {
+    console.warn('Switchboard: refused to open a scheme-relative url');
+    return;
+  }
   const resolved = new URL(url, location.href);
   // The server already refuses other schemes; this is a second lock.
   if (!_SAFE_SCHEMES.has(resolved.protocol)) {
@@ -1229,6 +1317,7 @@ function _onFocusOut(event) {
  */
 function _enhance(root) {
   for (const button of root.querySelectorAll('button[data-sb-object="button"]:not([type])')) button.type = 'button';
+  for (const field of root.querySelectorAll(_FIELD)) _rememberValid(field);
   // Pushed values outlive page changes: objects shown again get them again.
   _applyUiValues(root);
 }
@@ -1249,6 +1338,8 @@ const _pushes = {
   dev_notice: ({ message }) => _showDevNotice(message),
   session_ended: () => _sessionEnded(),
   config: ({ keystrokes }) => _installKeystrokes(keystrokes ?? []),
+  // Queued: the dialog it closes may still be waiting in the queue.
+  challenge_closed: (frame) => _track(_enqueue(() => _challengeClosed(frame))),
 };
 
 function _onPush(frame) {
@@ -1284,6 +1375,7 @@ const _uiAttributes = {
     if (element.type === 'checkbox') element.checked = value === true || value === 'true';
     else if ('value' in element && element.matches(_FIELD)) element.value = value ?? '';
     else element.textContent = value ?? '';
+    _rememberValid(element);
   },
   visible: (element, value) => {
     element.hidden = value === false;
@@ -1391,7 +1483,9 @@ function _keyListener(matcher) {
       [matcher.shift, event.shiftKey],
       [matcher.meta, event.metaKey],
     ];
-    if (modifiers.some(([wanted, held]) => Boolean(wanted) !== held)) return;
+    // A modifier the matcher does not name does not matter, unless `exact`.
+    const mismatch = ([wanted, held]) => (wanted == null ? matcher.exact && held : wanted !== held);
+    if (modifiers.some(mismatch)) return;
     if (matcher.prevent_default) event.preventDefault();
     if (matcher.stop_propagation) event.stopPropagation();
     _sendKeystroke(matcher, event, null);
@@ -1442,44 +1536,59 @@ async function _deviceEvent(event, data, context) {
 
 // ================================================================ authentication challenges
 
-/** Asks for credentials in a modal; the server checks them and runs `authChallenge`. */
+/** Open challenge dialogs by id, so that the server can close one (timeout, answered elsewhere). */
+const _challenges = new Map();
+
+/**
+ * Asks for credentials in a modal; the server checks them and runs
+ * `authChallenge`. The action only opens the dialog and returns: it runs
+ * inside the reply queue, and the user's answer (whose reply goes through
+ * that same queue) may take minutes. Like every action, it must never wait
+ * on the queue it runs in.
+ */
 function _challengeAction({ id }) {
-  return new Promise((resolve) => {
-    let answered = false;
-    const answer = async (body) => {
-      if (answered) return;
-      answered = true;
-      const reply = await fetch(_api('challenge'), {
-        method: 'POST',
-        headers: { 'Content-Type': 'application/json' },
-        body: JSON.stringify({ id, ...body }),
-      })
-        .then((response) => response.json())
-        .catch(() => null);
-      if (reply?.actions) await _applyReply(reply, {});
-      resolve();
-    };
-    const modal = _openModal({ kind: 'challenge', onClose: () => answer({ cancel: true }) });
-    _addDialogHeader(modal, CONFIG.TEXT_CHALLENGE_TITLE);
-    const form = _el('form', { class: 'sb-dialog-body sb-challenge' });
-    const user = _el('input', { name: 'user', autocomplete: 'username', required: '' });
-    const password = _el('input', { name: 'password', type: 'password', autocomplete: 'current-password', required: '' });
-    for (const [label, input] of [[CONFIG.TEXT_CHALLENGE_USER, user], [CONFIG.TEXT_CHALLENGE_PASSWORD, password]]) {
-      const field = _el('label', { class: 'sb-field' });
-      field.append(_el('span', { class: 'sb-field-label' }, label), input);
-      form.append(field);
-    }
-    const submit = _el('button', { type: 'submit', class: 'sb-button sb-primary' }, CONFIG.TEXT_CHALLENGE_SUBMIT);
-    form.append(submit);
-    form.addEventListener('submit', (event) => {
-      event.preventDefault();
-      const body = { user: user.value, password: password.value };
-      answer(body);
-      _closeModal(modal);
-    });
-    modal.dialog.append(form);
-    user.focus();
+  const modal = _openModal({ kind: 'challenge', onClose: () => _answerChallenge(id, { cancel: true }) });
+  _challenges.set(id, modal);
+  _addDialogHeader(modal, CONFIG.TEXT_CHALLENGE_TITLE);
+  const form = _el('form', { class: 'sb-dialog-body sb-challenge' });
+  const user = _el('input', { name: 'user', autocomplete: 'username', required: '' });
+  const password = _el('input', { name: 'password', type: 'password', autocomplete: 'current-password', required: '' });
+  for (const [label, input] of [[CONFIG.TEXT_CHALLENGE_USER, user], [CONFIG.TEXT_CHALLENGE_PASSWORD, password]]) {
+    const field = _el('label', { class: 'sb-field' });
+    field.append(_el('span', { class: 'sb-field-label' }, label), input);
+    form.append(field);
+  }
+  const submit = _el('button', { type: 'submit', class: 'sb-button sb-primary' }, CONFIG.TEXT_CHALLENGE_SUBMIT);
+  form.append(submit);
+  form.addEventListener('submit', (event) => {
+    event.preventDefault();
+    _answerChallenge(id, { user: user.value, password: password.value });
+    _closeModal(modal);
   });
+  modal.dialog.append(form);
+  user.focus();
+}
+
+/** Sends the user's answer once (closing the dialog is a cancel unless it was answered). */
+function _answerChallenge(id, body) {
+  if (!_challenges.delete(id)) return;
+  const done = fetch(_api('challenge'), {
+    method: 'POST',
+    headers: { 'Content-Type': 'application/json' },
+    body: JSON.stringify({ id, ...body }),
+  })
+    .then(async (response) => (response.ok ? response.json() : { status: 'rejected', reason: await _reasonOf(response) }))
+    .catch((error) => ({ status: 'rejected', reason: error.message }))
+    .then((reply) => _applyReply(reply, {}));
+  _track(done);
+}
+
+/** The server ended the challenge (timed out, or answered in another tab): close its dialog, no answer. */
+function _challengeClosed({ id }) {
+  const modal = _challenges.get(id);
+  if (!modal) return;
+  _challenges.delete(id);
+  _closeModal(modal);
 }
 
 // ================================================================ reliable forms: offline queue (IndexedDB)
@@ -1554,7 +1663,7 @@ async function _deliverQueued() {
   _submissions.failures = 0;
 }
 
-/** One delivery attempt; false when the server could not be reached. */
+/** One delivery attempt; false when the server could not be reached or the run failed (try again later). */
 async function _deliverOne(entry) {
   const frame = {
     type: 'form',
@@ -1581,6 +1690,8 @@ async function _deliverOne(entry) {
     return false;
   }
   if (!reply?.status) return false;
+  // The server kept nothing of a failed run: run it again, as the seed's `retry`.
+  if (reply.status === 'failed' && entry.attempts < CONFIG.SUBMIT_MAX_FAILED_RUNS) return false;
   await _queueOperation('readwrite', (store) => store.delete(entry.id));
   await _updatePendingCount();
   const container = document.getElementById(entry.name);

@@ -14,7 +14,7 @@ use super::state::{PendingChallenge as Pending, Runtime};
 use crate::answer::Action;
 use crate::auth::User;
 use crate::project::Project;
-use crate::protocol::Reply;
+use crate::protocol::{Push, Reply};
 use crate::session::Session;
 
 /// What the browser answered.
@@ -76,6 +76,7 @@ impl Runtime {
             ) else {
                 return;
             };
+            session.push(&Push::ChallengeClosed { id: &id }.to_frame());
             let reply = runtime
                 .run_auth_challenge(
                     &project,
@@ -108,6 +109,8 @@ impl Runtime {
         let (_, pending) = self
             .challenges
             .remove_if(id, |_, p| p.session == session.id)?;
+        // Other tabs of the session show the same dialog: close theirs.
+        session.push(&Push::ChallengeClosed { id }.to_frame());
         let result = if pending.opened.elapsed() > pending.timeout {
             ChallengeResult::Timeout(minutes(pending.timeout))
         } else {

@@ -225,17 +225,20 @@ async fn execute(
         (runtime.clone(), project.clone(), session.clone());
     let job_command = command.clone();
     let job = move || {
-        let (mut ran, durable) = job_runtime.atomically(|| {
-            let (ran, record) = execute_here(
-                &job_runtime,
-                &job_project,
-                &job_session,
-                &job_command,
-                remember_value,
-                reply_key,
-            );
-            (ran, record.into_iter().collect())
-        });
+        let (mut ran, durable) = job_runtime.atomically(
+            || {
+                let (ran, record) = execute_here(
+                    &job_runtime,
+                    &job_project,
+                    &job_session,
+                    &job_command,
+                    remember_value,
+                    reply_key,
+                );
+                (ran, record.into_iter().collect())
+            },
+            |ran| ran.failure.is_some(),
+        );
         ran.durable = Some(durable);
         ran
     };
@@ -270,8 +273,13 @@ fn execute_here(
             Dynamic::from(command.name.clone()),
             Dynamic::from(command.param.clone()),
         ],
+        // The last accepted value, else what a push made the page show.
         rollback_value: remember_value
-            .then(|| session.last_valid_value(&object))
+            .then(|| {
+                session
+                    .last_valid_value(&object)
+                    .or_else(|| runtime.shown_value(session, &object))
+            })
             .flatten(),
         object: Some(object.clone()),
         log_name: Some(command.name.clone()),

@@ -158,7 +158,7 @@ async fn opened(
     let new_tab = session.with_state(|state| state.show_in_tab(tab, page).is_none());
     runtime.persist(session);
     if new_tab {
-        events::page_startup(runtime, project, session, page).await;
+        events::page_startup(runtime, project, session, page, tab).await;
     }
 }
 

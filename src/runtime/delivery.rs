@@ -8,13 +8,15 @@
 //! runs again from scratch when the client re-sends it, once.
 
 use std::cell::RefCell;
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use dashmap::mapref::entry::Entry;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tracing::error;
+
+use rhai::Dynamic;
 
 use super::state::Runtime;
 use crate::answer::{Action, Status};
@@ -34,7 +36,11 @@ thread_local! {
 #[derive(Default)]
 struct Batch {
     sessions: BTreeSet<String>,
+    /// `!` variables to write at commit.
     vars: BTreeSet<String>,
+    /// Every variable the run changed: its value before the run's first
+    /// change, and the version of the run's last write.
+    undo: HashMap<String, (Option<Dynamic>, u64)>,
 }
 
 /// What the store keeps of an answer.
@@ -105,11 +111,21 @@ impl Runtime {
     /// batch when it holds what must not be lost once the user was
     /// answered (`!` variables, an answer's record); nothing when it holds
     /// only the session's own state (rollback values, openers, properties),
-    /// which is written behind (see docs/reliability.md).
-    pub(super) fn atomically<R>(&self, work: impl FnOnce() -> (R, Vec<Write>)) -> (R, Commit) {
+    /// which is written behind (see docs/reliability.md). When `failed` says
+    /// the run failed, its variable changes are undone instead of written:
+    /// a user who taps again must not apply half an action twice.
+    pub(super) fn atomically<R>(
+        &self,
+        work: impl FnOnce() -> (R, Vec<Write>),
+        failed: impl FnOnce(&R) -> bool,
+    ) -> (R, Commit) {
         BATCH.set(Some(Batch::default()));
         let (result, extra) = work();
-        let batch = BATCH.take().unwrap_or_default();
+        let mut batch = BATCH.take().unwrap_or_default();
+        if failed(&result) {
+            self.undo_vars(std::mem::take(&mut batch.undo));
+            batch.vars.clear();
+        }
         let must_wait = !batch.vars.is_empty() || !extra.is_empty();
         let mut writes = self.batch_writes(batch);
         writes.extend(extra);
@@ -133,13 +149,45 @@ impl Runtime {
         })
     }
 
-    pub(super) fn defer_var(&self, key: &str) -> bool {
+    /// Called before a variable changes. In a batch, remembers its value
+    /// before the run's first change (for an undo) and, for a `persisted`
+    /// one, that it is written at commit. `false` when there is no batch on
+    /// this thread (write at once).
+    pub(super) fn defer_var(&self, key: &str, persisted: bool) -> bool {
+        let before = || self.vars.get(key).map(|value| value.clone());
         BATCH.with_borrow_mut(|batch| {
+            let Some(batch) = batch.as_mut() else {
+                return false;
+            };
+            if persisted {
+                batch.vars.insert(key.to_string());
+            }
             batch
-                .as_mut()
-                .map(|b| b.vars.insert(key.to_string()))
-                .is_some()
+                .undo
+                .entry(key.to_string())
+                .or_insert_with(|| (before(), 0));
+            true
         })
+    }
+
+    /// Records the version of the run's latest write of a variable.
+    pub(super) fn wrote_var(&self, key: &str, version: u64) {
+        BATCH.with_borrow_mut(|batch| {
+            if let Some((_, last)) = batch.as_mut().and_then(|b| b.undo.get_mut(key)) {
+                *last = version;
+            }
+        });
+    }
+
+    /// Puts back what a failed run changed, unless another run wrote the
+    /// variable since (its newer value stands).
+    fn undo_vars(&self, undo: HashMap<String, (Option<Dynamic>, u64)>) {
+        for (key, (before, version)) in undo {
+            let untouched = self.var_versions.get(&key).is_some_and(|v| *v == version);
+            if untouched {
+                self.write_var(&key, before.unwrap_or(Dynamic::UNIT));
+            }
+        }
     }
 
     /// The current values of everything the batch touched.

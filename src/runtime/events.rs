@@ -49,14 +49,63 @@ pub async fn session_startup(
     fire(runtime, project, session, call, OnFailure::Count).await;
 }
 
+/// `pageStartup(session, page)`: a new tab opened `page`; `tab` is its id.
 pub async fn page_startup(
     runtime: &Arc<Runtime>,
     project: &Arc<Project>,
     session: &Arc<Session>,
     page: &str,
+    tab: &str,
 ) {
-    let call = Call::new("pageStartup", vec![text(&session.id), text(page)]);
+    let page = PageInfo::new(project, page, tab);
+    let call = Call::new("pageStartup", vec![text(&session.id), Dynamic::from(page)]);
     fire(runtime, project, session, call, OnFailure::Count).await;
+}
+
+/// The page a callback is about: the seed passes page objects (`pageId`,
+/// `path`), older scripts compare a page name. This is both: `page.id`,
+/// `page.path`, `page.name` and `page.props.pageId`/`.path` read it, and it
+/// prints as and compares equal to its name (`page == "home"`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PageInfo {
+    /// The browser tab's id (the seed's `pageId`); `""` when unknown.
+    pub id: String,
+    /// The page's URL path, `/<project>/<page>`.
+    pub path: String,
+    pub name: String,
+}
+
+impl PageInfo {
+    pub fn new(project: &Project, name: &str, tab: &str) -> PageInfo {
+        PageInfo {
+            id: tab.to_string(),
+            path: format!("/{}/{name}", project.name),
+            name: name.to_string(),
+        }
+    }
+}
+
+/// Registers the `Page` type scripts get as `page`.
+pub fn register_page_type(engine: &mut rhai::Engine) {
+    engine.register_type_with_name::<PageInfo>("Page");
+    engine.register_get("id", |p: &mut PageInfo| p.id.clone());
+    engine.register_get("path", |p: &mut PageInfo| p.path.clone());
+    engine.register_get("name", |p: &mut PageInfo| p.name.clone());
+    engine.register_get("props", |p: &mut PageInfo| {
+        let mut props = Map::new();
+        props.insert("pageId".into(), text(&p.id));
+        props.insert("path".into(), text(&p.path));
+        props.insert("name".into(), text(&p.name));
+        props
+    });
+    engine.register_fn("to_string", |p: &mut PageInfo| p.name.clone());
+    engine.register_fn("to_debug", |p: &mut PageInfo| {
+        format!("Page(id={:?}, path={:?}, name={:?})", p.id, p.path, p.name)
+    });
+    engine.register_fn("==", |p: PageInfo, name: &str| p.name == name);
+    engine.register_fn("==", |name: &str, p: PageInfo| p.name == name);
+    engine.register_fn("!=", |p: PageInfo, name: &str| p.name != name);
+    engine.register_fn("!=", |name: &str, p: PageInfo| p.name != name);
 }
 
 /// `sessionShutdown(session, reason)`; a failure there is only logged.
@@ -70,6 +119,18 @@ pub async fn session_shutdown(
         "sessionShutdown",
         vec![text(&session.id), text(reason.as_str())],
     );
+    fire(runtime, project, session, call, OnFailure::LogOnly).await;
+}
+
+/// `serverStopping(session)`: a clean stop is about to pause the session
+/// (it comes back with `sessionRestored` `persisted`). Not
+/// `sessionShutdown`: the session does not end. A failure is only logged.
+pub async fn server_stopping(
+    runtime: &Arc<Runtime>,
+    project: &Arc<Project>,
+    session: &Arc<Session>,
+) {
+    let call = Call::new("serverStopping", vec![text(&session.id)]);
     fire(runtime, project, session, call, OnFailure::LogOnly).await;
 }
 
@@ -87,10 +148,22 @@ pub async fn session_restored(
         .map(Dynamic::from)
         .collect();
     info!(session = session.log_id(), kind, "session restored");
-    let call = Call::new(
-        "sessionRestored",
-        vec![text(&session.id), text(kind), Dynamic::from_array(pages)],
-    );
+    let mut args = vec![
+        text(&session.id),
+        text(kind),
+        Dynamic::from_array(pages.clone()),
+    ];
+    // The SCXML seed's event also has `states` and the previous `name` (the
+    // application's, here the project's): given to a 4-parameter handler.
+    if project.scripts.defines("sessionRestored", 4) {
+        let mut previous = Map::new();
+        previous.insert("sessionid".into(), text(&session.id));
+        previous.insert("type".into(), text(kind));
+        previous.insert("states".into(), Dynamic::from_array(pages));
+        previous.insert("name".into(), text(&project.name));
+        args.push(Dynamic::from_map(previous));
+    }
+    let call = Call::new("sessionRestored", args);
     fire(runtime, project, session, call, OnFailure::Count).await;
 }
 
@@ -152,7 +225,12 @@ pub async fn keystroke(
         .page
         .or_else(|| tab.and_then(|tab| session.with_state(|state| state.tabs.get(tab).cloned())))
         .unwrap_or_default();
-    let args = vec![text(&session.id), text(&page), Dynamic::from_map(event)];
+    let page = PageInfo::new(&project, &page, tab.unwrap_or_default());
+    let args = vec![
+        text(&session.id),
+        Dynamic::from(page),
+        Dynamic::from_map(event),
+    ];
     Ok(reply_from_event(
         runtime,
         &project,

@@ -49,6 +49,9 @@ pub enum EventTarget {
     /// The project as a whole: the callback runs once, with `""` as the
     /// session, and its answer reaches nobody.
     Project,
+    /// No one: Perspective's `"C"` (Vision clients), which Switchboard has
+    /// not. Accepted so that a script written for the seed runs.
+    Nobody,
 }
 
 impl EventTarget {
@@ -61,10 +64,34 @@ impl EventTarget {
             Some(("user", user)) => Ok(EventTarget::User(user.to_string())),
             None if scope == "project" || scope.is_empty() => Ok(EventTarget::AllSessions),
             None if scope == "once" => Ok(EventTarget::Project),
+            None if is_perspective_scope(scope) => Ok(perspective_target(scope)),
             _ => Err(format!(
-                "unknown message scope `{scope}`; use session:<id>, user:<id>, project or once"
+                "unknown message scope `{scope}`; use session:<id>, user:<id>, project, once, or the letters S, G, C"
             )),
         }
+    }
+}
+
+/// Perspective's `sendMessage` scope: any of the letters S, G and C, in any
+/// letter case.
+fn is_perspective_scope(scope: &str) -> bool {
+    !scope.is_empty()
+        && scope
+            .chars()
+            .all(|c| matches!(c.to_ascii_uppercase(), 'S' | 'G' | 'C'))
+}
+
+/// S (sessions): every session; G (the gateway's handler): the project
+/// once; C (Vision clients): nobody. With S, the sessions are the target
+/// (one target per event: a combination's G part is not run again).
+fn perspective_target(scope: &str) -> EventTarget {
+    let has = |letter: char| scope.chars().any(|c| c.eq_ignore_ascii_case(&letter));
+    if has('S') {
+        EventTarget::AllSessions
+    } else if has('G') {
+        EventTarget::Project
+    } else {
+        EventTarget::Nobody
     }
 }
 
@@ -177,6 +204,7 @@ impl Runtime {
                 .collect(),
             EventTarget::AllSessions => self.sessions.of_project(&project.name),
             EventTarget::Project => return Ok(None),
+            EventTarget::Nobody => Vec::new(),
         }))
     }
 }
@@ -198,6 +226,29 @@ fn call_for(kind: &EventKind, session: &str) -> Result<Call, EventError> {
                     payload,
                 ],
             ))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn perspective_scope_letters() {
+        for (scope, target) in [
+            ("S", EventTarget::AllSessions),
+            ("s", EventTarget::AllSessions),
+            ("SG", EventTarget::AllSessions),
+            ("CGS", EventTarget::AllSessions),
+            ("G", EventTarget::Project),
+            ("GC", EventTarget::Project),
+            ("C", EventTarget::Nobody),
+        ] {
+            assert_eq!(EventTarget::from_scope(scope), Ok(target), "{scope}");
+        }
+        for scope in ["X", "SX", "planet:mars"] {
+            assert!(EventTarget::from_scope(scope).is_err(), "{scope}");
         }
     }
 }

@@ -50,7 +50,9 @@ pub async fn submit(
 }
 
 /// Calls the handler under the project's form lock and commits its effects
-/// together with the result (a failure's too: see below).
+/// together with the result. A failed run commits nothing: its variable
+/// changes are undone and no result is recorded, so the browser's retry
+/// (`retry = true`) runs it again, from the state before it.
 async fn run_handler(
     runtime: &Arc<Runtime>,
     project: &Arc<Project>,
@@ -67,30 +69,36 @@ async fn run_handler(
         (runtime.clone(), project.clone(), session.clone());
     let job = move || {
         let _serialized = lock.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        let (mut ran, durable) = job_runtime.atomically(|| {
-            let call = Call::new("formSubmission", arguments(&job_session, form));
-            let ran =
-                handlers::run_blocking(Some(&job_runtime), &job_project, Some(&job_session), call);
-            let record = match &ran.decoded {
-                // A failed run is recorded too: its effects up to the failure
-                // are committed, so running it again on a retry could do
-                // them twice. At most once, like commands with an id.
-                Some(decoded) if decoded.status != Status::Unhandled => {
-                    let reply = Reply {
-                        seq: None,
-                        status: decoded.status,
-                        actions: decoded.actions.clone(),
-                    };
-                    vec![Write::Put(
-                        Table::Submissions,
-                        key,
-                        serde_json::to_vec(&StoredReply::new(&reply)).unwrap_or_default(),
-                    )]
-                }
-                _ => Vec::new(),
-            };
-            (ran, record)
-        });
+        let (mut ran, durable) = job_runtime.atomically(
+            || {
+                let call = Call::new("formSubmission", arguments(&job_session, form));
+                let ran = handlers::run_blocking(
+                    Some(&job_runtime),
+                    &job_project,
+                    Some(&job_session),
+                    call,
+                );
+                let record = match &ran.decoded {
+                    Some(decoded)
+                        if !matches!(decoded.status, Status::Unhandled | Status::Failed) =>
+                    {
+                        let reply = Reply {
+                            seq: None,
+                            status: decoded.status,
+                            actions: decoded.actions.clone(),
+                        };
+                        vec![Write::Put(
+                            Table::Submissions,
+                            key,
+                            serde_json::to_vec(&StoredReply::new(&reply)).unwrap_or_default(),
+                        )]
+                    }
+                    _ => Vec::new(),
+                };
+                (ran, record)
+            },
+            |ran| ran.failure.is_some(),
+        );
         ran.durable = Some(durable);
         ran
     };

@@ -4,10 +4,10 @@
 
 use std::sync::{Arc, Weak};
 
-use rhai::{Dynamic, Engine, EvalAltResult, Position};
+use rhai::{Dynamic, Engine, EvalAltResult, FnPtr, NativeCallContext, Position};
 
 use super::handlers;
-use super::state::{Runtime, ShutdownReason};
+use super::state::{Runtime, ShutdownReason, VarUpdateError};
 
 type Result<T> = std::result::Result<T, Box<EvalAltResult>>;
 
@@ -36,6 +36,7 @@ impl Runtime {
 pub fn register(engine: &mut Engine, runtime: Weak<Runtime>, project: &str) {
     let bind = || (runtime.clone(), project.to_string());
     super::challenge::register_result_type(engine);
+    super::events::register_page_type(engine);
 
     let (rt, p) = bind();
     engine.register_fn(
@@ -115,6 +116,21 @@ pub fn register(engine: &mut Engine, runtime: Weak<Runtime>, project: &str) {
     engine.register_fn("varSet", move |name: &str, value: Dynamic| -> Result<()> {
         upgrade(&rt)?.var_set(&p, name, value).map_err(script_error)
     });
+    let (rt, p) = bind();
+    engine.register_fn(
+        "varUpdate",
+        move |context: NativeCallContext, name: &str, update: FnPtr| -> Result<Dynamic> {
+            let runtime = upgrade(&rt)?;
+            runtime
+                .var_update(&p, name, |current| {
+                    update.call_within_context::<Dynamic>(&context, (current,))
+                })
+                .map_err(|error| match error {
+                    VarUpdateError::Update(error) => error,
+                    other => script_error(other.to_string()),
+                })
+        },
+    );
     let (rt, p) = bind();
     engine.register_fn(
         "sessionGet",

@@ -56,12 +56,20 @@ impl Runtime {
             store,
             ui: DashMap::new(),
             vars: DashMap::new(),
+            var_versions: DashMap::new(),
+            var_updates: std::sync::Mutex::new(()),
             in_flight: DashMap::new(),
             form_locks: DashMap::new(),
             challenges: DashMap::new(),
             shutdown: watch::channel(false).0,
             users: RwLock::new(users),
             users_path: users_path.to_path_buf(),
+            users_modified: std::sync::Mutex::new(
+                std::fs::metadata(users_path)
+                    .and_then(|meta| meta.modified())
+                    .ok(),
+            ),
+            unrunnable: DashMap::new(),
             throttle: Throttle::default(),
             projects_dir: projects_dir.to_path_buf(),
             dev_mode: std::sync::atomic::AtomicBool::new(false),
@@ -73,6 +81,9 @@ impl Runtime {
                 "project {} is not served, it has errors:\n{error}",
                 dir.display()
             );
+            if let Some(name) = dir.file_name().and_then(|n| n.to_str()) {
+                runtime.unrunnable.insert(name.to_string(), ());
+            }
         }
         for project in loaded.projects {
             runtime.load_vars(&project.name);
@@ -122,6 +133,9 @@ impl Runtime {
                     self.sessions.restore(record).mark_restored(kind);
                     restored += 1;
                 }
+                // Kept until the project loads: then they end, with its
+                // sessionShutdown (see `end_waiting_sessions`).
+                Ok(record) if self.unrunnable.contains_key(&record.project) => {}
                 Ok(_) | Err(_) => {
                     drop(
                         self.store
@@ -171,6 +185,7 @@ impl Runtime {
                 let runtime = self.clone();
                 let _ = script::run_off_async(move || runtime.prune_answers()).await;
             }
+            self.end_unauthorized_sessions().await;
             for session in self.sessions.all() {
                 // Connected sessions are the many; skip them before the
                 // project lookup.
@@ -190,14 +205,55 @@ impl Runtime {
         }
     }
 
-    /// Clean stop: every session gets `sessionShutdown(…, ServerStop)` but
-    /// stays stored (it comes back as `persisted`), browsers are told to close.
+    /// When the users file changed: ends the sessions whose user was
+    /// removed or lost the role their project needs, with `sessionShutdown`
+    /// (`AuthorizationLost`), instead of leaving them to get 403s.
+    async fn end_unauthorized_sessions(&self) {
+        if !self.reload_users_if_changed() {
+            return;
+        }
+        for session in self.sessions.all() {
+            let Some(project) = self.project(&session.project) else {
+                continue;
+            };
+            if !self.still_authorized(&project, &session) {
+                info!(session = session.log_id(), user = %session.userid, "the user lost access to the project");
+                self.end_session(&session, ShutdownReason::AuthorizationLost)
+                    .await;
+            }
+        }
+    }
+
+    /// A project that failed to load at start loads now: the sessions it
+    /// had end, with its `sessionShutdown` (`ProjectUnavailable`).
+    async fn end_waiting_sessions(&self, project: &str) {
+        if self.unrunnable.remove(project).is_none() {
+            return;
+        }
+        let Ok(records) = self.store.scan(Table::Sessions, "") else {
+            return;
+        };
+        for (_, bytes) in records {
+            if let Ok(record) = serde_json::from_slice::<SessionRecord>(&bytes)
+                && record.project == project
+                && self.sessions.by_id(&record.id).is_none()
+            {
+                let session = self.sessions.restore(record);
+                self.end_session(&session, ShutdownReason::ProjectUnavailable)
+                    .await;
+            }
+        }
+    }
+
+    /// Clean stop: every session gets `serverStopping(session)` and stays
+    /// stored (it comes back as `persisted`), browsers are told to close.
+    /// Not `sessionShutdown`: no session ends, and a script logging session
+    /// ends (the Perspective seed's example) must not record false ones.
     pub async fn stop(&self) {
         self.shutdown.send_replace(true);
         for session in self.sessions.all() {
             if let (Some(project), Some(runtime)) = (self.project(&session.project), self.arc()) {
-                events::session_shutdown(&runtime, &project, &session, ShutdownReason::ServerStop)
-                    .await;
+                events::server_stopping(&runtime, &project, &session).await;
             }
             self.persist(&session);
         }
@@ -236,6 +292,7 @@ impl Runtime {
                 let was_served = self.insert_project(project).is_some();
                 self.load_vars(&name);
                 info!(project = %name, "project {}", if was_served { "reloaded" } else { "loaded" });
+                self.end_waiting_sessions(&name).await;
                 let (Some(project), Some(runtime)) = (self.project(&name), self.arc()) else {
                     return;
                 };

@@ -12,7 +12,9 @@ use serde_json::Value;
 use super::external::{EventKind, EventTarget, ExternalEvent};
 use super::handlers;
 use super::state::Runtime;
-use super::ui::{ProjectUi, Seen, Values, check_attribute, seen, set, to_json, ui_frame};
+use super::ui::{
+    ProjectUi, Seen, Values, check_attribute, seen, set, supersede, to_json, ui_frame,
+};
 use crate::answer::{Answer, Origin};
 use crate::protocol::UiValue;
 use crate::session::{Frame, Session};
@@ -27,6 +29,11 @@ impl Runtime {
     }
 
     /// `uiSet(id, attr, value)`: for every session of the project.
+    ///
+    /// It is the newest word on that attribute, so it replaces what sessions
+    /// set for themselves: an earlier `uiSessionSet(session, …)` (often made
+    /// only to give rollback a value) must not hide project-wide values from
+    /// that session for ever.
     pub fn ui_set(
         &self,
         project: &str,
@@ -38,8 +45,26 @@ impl Runtime {
         let value = to_json(value)?;
         let mut ui = self.ui(project);
         set(&mut ui.global, id, attr, value);
-        self.push_if_changed(&ui, self.sessions.of_project(project), id, attr);
+        let sessions = self.sessions.of_project(project);
+        let superseded = superseded_in(&sessions, id, attr, true);
+        self.push_if_changed(&ui, sessions, id, attr);
+        drop(ui);
+        for session in superseded {
+            self.persist(&session);
+        }
         Ok(())
+    }
+
+    /// The value the page shows for an object's `value`, as pushed by
+    /// `uiSet`/`uiSessionSet`: what rollback restores when no command from
+    /// the object was accepted since.
+    pub(super) fn shown_value(&self, session: &Session, id: &str) -> Option<String> {
+        let ui = self.ui(&session.project);
+        match self.effective(&ui, session, id, "value") {
+            Value::Null => None,
+            Value::String(text) => Some(text),
+            other => Some(other.to_string()),
+        }
     }
 
     /// `uiSessionSet(target, id, attr, value)`: `target` is a session of the
@@ -56,7 +81,10 @@ impl Runtime {
         let value = to_json(value)?;
         let mut ui = self.ui(project);
         if let Some(session) = self.sessions.get(target, project) {
-            session.with_state(|state| set(&mut state.ui, id, attr, value));
+            session.with_state(|state| {
+                supersede(state, id, attr, false);
+                set(&mut state.ui, id, attr, value);
+            });
             self.persist(&session);
             self.push_if_changed(&ui, vec![session], id, attr);
             return Ok(());
@@ -67,13 +95,18 @@ impl Runtime {
             attr,
             value,
         );
-        let subscribed = self
+        let subscribed: Vec<Arc<Session>> = self
             .sessions
             .of_project(project)
             .into_iter()
             .filter(|s| s.with_state(|state| state.scopes.contains(target)))
             .collect();
+        let superseded = superseded_in(&subscribed, id, attr, false);
         self.push_if_changed(&ui, subscribed, id, attr);
+        drop(ui);
+        for session in superseded {
+            self.persist(&session);
+        }
         Ok(())
     }
 
@@ -198,4 +231,14 @@ impl Runtime {
         self.start_event(&project, event)
             .map_err(|error| error.to_string())
     }
+}
+
+/// Applies [`supersede`] to each session; returns those whose persisted
+/// state changed (to be written once the UI lock is released).
+fn superseded_in(sessions: &[Arc<Session>], id: &str, attr: &str, own: bool) -> Vec<Arc<Session>> {
+    sessions
+        .iter()
+        .filter(|session| session.with_state(|state| supersede(state, id, attr, own)))
+        .cloned()
+        .collect()
 }

@@ -30,6 +30,11 @@ pub struct Runtime {
     /// In-memory variables by `project\u{0}name`; names ending in `!` are
     /// also written to the store.
     pub(super) vars: DashMap<String, Dynamic>,
+    /// Which write each variable's value came from: a failed run undoes its
+    /// change only if nobody wrote the variable since.
+    pub(super) var_versions: DashMap<String, u64>,
+    /// `varUpdate` calls run one at a time, so that no two interleave.
+    pub(super) var_updates: std::sync::Mutex<()>,
     /// Commands and submissions being run, by answer key.
     pub(super) in_flight: InFlight,
     /// Form submissions of a project run one at a time, so that their
@@ -41,12 +46,32 @@ pub struct Runtime {
     /// The users file's contents, re-read at each login attempt.
     pub(super) users: RwLock<Users>,
     pub(super) users_path: PathBuf,
+    /// When the users file was last read (its modification time): the idle
+    /// sweep re-reads it when that changes.
+    pub(super) users_modified: std::sync::Mutex<Option<std::time::SystemTime>>,
+    /// Projects whose files exist but failed to load at start: their stored
+    /// sessions wait, to be ended once the project loads.
+    pub(super) unrunnable: DashMap<String, ()>,
     pub throttle: Throttle,
     pub(super) projects_dir: PathBuf,
     /// Dev mode (`--dev`): compile errors and silent mistakes are pushed to
     /// the browsers. Never on by default: the messages name files.
     pub(super) dev_mode: std::sync::atomic::AtomicBool,
     pub(super) myself: Weak<Runtime>,
+}
+
+/// Why `varUpdate` changed nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum VarUpdateError<E> {
+    /// The update function itself called `varUpdate`.
+    #[error("varUpdate cannot be called inside a varUpdate function")]
+    Nested,
+    /// The update function failed.
+    #[error("the varUpdate function failed")]
+    Update(E),
+    /// The new value cannot be stored.
+    #[error("{0}")]
+    Store(String),
 }
 
 /// Claims being run, by answer key: anyone repeating one waits for its answer.
@@ -68,7 +93,12 @@ pub enum ShutdownReason {
     Logout,
     Terminated,
     ProjectRemoved,
-    ServerStop,
+    /// The user was removed from the users file, or lost the role the
+    /// project needs (the Perspective seed's "the user losing authorization").
+    AuthorizationLost,
+    /// The project failed to load at start (the seed's "made unrunnable");
+    /// reported once it loads again, so that its `sessionShutdown` can run.
+    ProjectUnavailable,
 }
 
 impl ShutdownReason {
@@ -78,7 +108,8 @@ impl ShutdownReason {
             ShutdownReason::Logout => "Logout",
             ShutdownReason::Terminated => "Terminated",
             ShutdownReason::ProjectRemoved => "ProjectRemoved",
-            ShutdownReason::ServerStop => "ServerStop",
+            ShutdownReason::AuthorizationLost => "AuthorizationLost",
+            ShutdownReason::ProjectUnavailable => "ProjectUnavailable",
         }
     }
 }
@@ -166,6 +197,46 @@ impl Runtime {
             .to_vec()
     }
 
+    /// Whether the session's user still exists and may use the project
+    /// (anonymous sessions always may: `[access]` decides on each request).
+    pub fn still_authorized(&self, project: &Project, session: &Session) -> bool {
+        if session.userid.is_empty() {
+            return true;
+        }
+        let users = self.users.read().unwrap_or_else(|p| p.into_inner());
+        users.get(&session.userid).is_some()
+            && project
+                .settings
+                .access
+                .allows_project(&session.userid, users.roles_of(&session.userid))
+    }
+
+    /// Re-reads the users file if it changed since it was last read;
+    /// returns whether it did.
+    pub(super) fn reload_users_if_changed(&self) -> bool {
+        let modified = std::fs::metadata(&self.users_path)
+            .and_then(|meta| meta.modified())
+            .ok();
+        let mut last = self
+            .users_modified
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if *last == modified {
+            return false;
+        }
+        *last = modified;
+        match Users::load(&self.users_path) {
+            Ok(users) => {
+                *self.users.write().unwrap_or_else(|p| p.into_inner()) = users;
+                true
+            }
+            Err(error) => {
+                error!("users file not re-read, using the last good one: {error}");
+                false
+            }
+        }
+    }
+
     /// Checks a password against the users file, re-read so that
     /// `switchboard passwd` takes effect without a restart. Blocking: hashing
     /// is deliberately slow.
@@ -246,7 +317,13 @@ impl Runtime {
     /// Sets a variable; names ending in `!` are persisted (HSYCO's rule).
     pub fn var_set(&self, project: &str, name: &str, value: Dynamic) -> Result<(), String> {
         let key = Self::var_key(project, name);
-        if name.ends_with('!') && !self.defer_var(&key) {
+        if !value.is_unit() && name.ends_with('!') {
+            // Refused before anything changes, in a batch too.
+            rhai::serde::from_dynamic::<serde_json::Value>(&value)
+                .map_err(|e| format!("variable `{name}` cannot be stored: {e}"))?;
+        }
+        let deferred = self.defer_var(&key, name.ends_with('!'));
+        if name.ends_with('!') && !deferred {
             if value.is_unit() {
                 self.store
                     .delete(Table::Vars, &key)
@@ -260,12 +337,55 @@ impl Runtime {
                     .map_err(|e| e.to_string())?;
             }
         }
-        if value.is_unit() {
-            self.vars.remove(&key);
-        } else {
-            self.vars.insert(key, value);
+        let version = self.write_var(&key, value);
+        if deferred {
+            self.wrote_var(&key, version);
         }
         Ok(())
+    }
+
+    /// Changes a variable in memory (`()` removes it); returns the write's
+    /// version.
+    pub(super) fn write_var(&self, key: &str, value: Dynamic) -> u64 {
+        static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        let version = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if value.is_unit() {
+            self.vars.remove(key);
+        } else {
+            self.vars.insert(key.to_string(), value);
+        }
+        self.var_versions.insert(key.to_string(), version);
+        version
+    }
+
+    /// `varUpdate(name, f)`: sets the variable to `f(current value)` with no
+    /// other `varUpdate` in between, so that concurrent read-modify-writes
+    /// (a counter two panels bump at once) never lose one. Returns the new
+    /// value.
+    pub fn var_update<E>(
+        &self,
+        project: &str,
+        name: &str,
+        update: impl FnOnce(Dynamic) -> Result<Dynamic, E>,
+    ) -> Result<Dynamic, VarUpdateError<E>> {
+        thread_local! {
+            static UPDATING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+        }
+        // `f` calling varUpdate again would wait for itself.
+        if UPDATING.get() {
+            return Err(VarUpdateError::Nested);
+        }
+        let _one_at_a_time = self
+            .var_updates
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        UPDATING.set(true);
+        let next = update(self.var_get(project, name));
+        UPDATING.set(false);
+        let next = next.map_err(VarUpdateError::Update)?;
+        self.var_set(project, name, next.clone())
+            .map_err(VarUpdateError::Store)?;
+        Ok(next)
     }
 
     pub(super) fn ui(&self, project: &str) -> dashmap::mapref::one::RefMut<'_, String, ProjectUi> {

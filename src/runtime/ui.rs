@@ -10,7 +10,7 @@ use rhai::Dynamic;
 use serde_json::Value;
 
 use crate::protocol::{Push, UiValue};
-use crate::session::{Frame, Session};
+use crate::session::{Frame, Session, SessionState};
 
 /// The attributes a script may push. `text` and `label` set an object's
 /// text, `items` the entries of a list or select.
@@ -73,6 +73,19 @@ pub(super) fn ui_frame(id: &str, attr: &str, value: Value) -> Frame {
         }],
     }
     .to_frame()
+}
+
+/// A pushed value is newer than what the session remembered of the object:
+/// a pushed `value` replaces the last accepted one as what rollback restores,
+/// and (`own`) a project-wide value replaces the session's own. Returns
+/// whether the persisted state changed.
+pub(super) fn supersede(state: &mut SessionState, id: &str, attr: &str, own: bool) -> bool {
+    let mut changed = attr == "value" && state.last_valid.remove(id).is_some();
+    if own && get(&state.ui, id, attr).is_some() {
+        set(&mut state.ui, id, attr, Value::Null);
+        changed = true;
+    }
+    changed
 }
 
 /// Where the value a session sees for one object attribute comes from.

@@ -3,7 +3,7 @@
 
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { box, openPage, sleep, startServer, toast, until, useSuite } from './harness.js';
+import { box, openPage, startServer, toast, until, useSuite } from './harness.js';
 
 const suite = useSuite();
 
@@ -95,8 +95,10 @@ test('a tap made while the server is down is delivered once it is back', async (
   await server.stop();
   await until(async () => (await state(page)) === 'reconnecting', { message: 'reconnecting' });
 
+  // Its POST fails (nobody listens): the tap now waits in the outbox.
+  const refused = page.waitForEvent('requestfailed', (request) => request.url().endsWith('/api/command'));
   await page.click('#toast-hello');
-  await sleep(300);
+  await refused;
   assert.equal(await toast(page, 'Hello').count(), 0, 'nobody to answer yet');
   assert.equal(await page.locator('#toast-hello').getAttribute('aria-busy'), 'true', 'waiting, not dropped');
 

@@ -1,9 +1,15 @@
-// The fixture every browser test uses: the real switchboard binary on an
-// ephemeral port, serving tests/projects, and a headless Chromium driven by
-// playwright-core. Plus small helpers to see what the user sees and what the
-// runtime sent.
+// The one fixture every browser test uses: the real switchboard binary on an
+// ephemeral port, serving tests/projects (or the example projects/), and a
+// headless Chromium driven by playwright-core. Plus small helpers to see what
+// the user sees, what the runtime sent and what the server logged.
+//
+// Environment:
+//   SWITCHBOARD_BIN   the server binary (default: $CARGO_TARGET_DIR/debug/switchboard,
+//                     else target/debug/switchboard of this checkout)
+//   CHROMIUM_PATH     the Chromium executable (default: /usr/bin/chromium)
+//   SWITCHBOARD_LOG   the server's log filter (default: info; tests read the log)
 
-import { spawn } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { once } from 'node:events';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -15,11 +21,14 @@ import { chromium } from 'playwright-core';
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
 
-/** The server binary: $SWITCHBOARD_BIN, else the debug build of this checkout. */
-const SERVER_BIN = process.env.SWITCHBOARD_BIN
+const ROOT = path.resolve(HERE, '../..');
+export const SERVER_BIN = process.env.SWITCHBOARD_BIN
   ? path.resolve(process.env.SWITCHBOARD_BIN)
-  : path.resolve(HERE, '../../target/debug/switchboard');
-const PROJECTS = path.resolve(HERE, '../projects');
+  : path.join(process.env.CARGO_TARGET_DIR ? path.resolve(process.env.CARGO_TARGET_DIR) : path.join(ROOT, 'target'), 'debug/switchboard');
+/** The test projects (tests/projects): the default. */
+export const TEST_PROJECTS = path.join(ROOT, 'tests/projects');
+/** The example projects shipped with Switchboard (projects/: the demo). */
+export const EXAMPLE_PROJECTS = path.join(ROOT, 'projects');
 const CHROMIUM = process.env.CHROMIUM_PATH ?? '/usr/bin/chromium';
 const CHROMIUM_ARGS = [
   '--headless',
@@ -32,8 +41,8 @@ const CHROMIUM_ARGS = [
 ];
 const STARTUP_TIMEOUT_MS = 15_000;
 
-/** The project every test runs against (tests/projects/ui). */
-const PROJECT = 'ui';
+/** The project a page opens on unless a test names another. */
+const DEFAULT_PROJECT = 'ui';
 
 /** A scratch folder for a server's database, removed when the test process ends. */
 function scratchDir() {
@@ -45,15 +54,16 @@ function scratchDir() {
 /**
  * Starts the server and resolves once it listens. `bind` defaults to an
  * ephemeral port; pass the same address and `dir` again to restart it with
- * the same database (sessions survive a restart).
+ * the same database (sessions survive a restart). `projects` is the folder
+ * served (default TEST_PROJECTS); `args` are extra command-line flags.
  */
-export async function startServer({ bind = '127.0.0.1:0', dir = scratchDir() } = {}) {
+export async function startServer({ bind = '127.0.0.1:0', dir = scratchDir(), projects = TEST_PROJECTS, args = [] } = {}) {
   // Run in the scratch folder: the database and any other relative default
   // land there, never in the checkout.
-  const child = spawn(SERVER_BIN, ['--projects', PROJECTS, '--bind', bind, '--database', path.join(dir, 'db.redb')], {
+  const child = spawn(SERVER_BIN, ['--projects', projects, '--bind', bind, '--database', path.join(dir, 'db.redb'), ...args], {
     cwd: dir,
     stdio: ['ignore', 'pipe', 'pipe'],
-    env: { ...process.env, SWITCHBOARD_LOG: process.env.SWITCHBOARD_LOG ?? 'warn' },
+    env: { ...process.env, SWITCHBOARD_LOG: process.env.SWITCHBOARD_LOG ?? 'info' },
   });
   let log = '';
   child.stderr.setEncoding('utf8').on('data', (chunk) => {
@@ -64,7 +74,20 @@ export async function startServer({ bind = '127.0.0.1:0', dir = scratchDir() } =
     origin,
     bind: new URL(origin).host,
     dir,
-    stop: () => stopProcess(child),
+    pid: child.pid,
+    /** Everything the server logged so far. */
+    log: () => log,
+    /** Waits until the log contains `needle` (a string or a RegExp); fails with the log. */
+    async waitForLog(needle, { timeout = 10_000 } = {}) {
+      const found = () => (typeof needle === 'string' ? log.includes(needle) : needle.test(log));
+      await until(found, { timeout, message: String(needle) }).catch((error) => {
+        throw new Error(`${error.message}; the server log:\n${log}`);
+      });
+    },
+    /** Stops it the way a service manager does (SIGTERM) and waits. */
+    stop: () => stopProcess(child, 'SIGTERM'),
+    /** Kills it with no chance to clean up (SIGKILL), as a crash would. */
+    kill: () => stopProcess(child, 'SIGKILL'),
   };
 }
 
@@ -94,11 +117,41 @@ function listeningOrigin(child, log) {
   });
 }
 
-async function stopProcess(child) {
+async function stopProcess(child, signal) {
   if (child.exitCode !== null || child.signalCode !== null) return;
   const exited = once(child, 'exit');
-  child.kill('SIGTERM');
+  child.kill(signal);
   await exited;
+}
+
+/** The password `usersFile` gives every user. */
+export const PASSWORD = 'correct horse battery';
+
+/**
+ * A users file made with `switchboard passwd`, as an operator would:
+ * `usersFile([['ann', 'supervisor,operator']])`. Pass it to the server
+ * with `args: ['--users', file]`.
+ */
+export function usersFile(users) {
+  const file = path.join(scratchDir(), 'users.toml');
+  for (const [user, roles] of users) {
+    const result = spawnSync(SERVER_BIN, ['passwd', user, '--roles', roles, '--users', file], { input: `${PASSWORD}\n` });
+    if (result.status !== 0) throw new Error(`switchboard passwd ${user} failed: ${result.stderr}`);
+  }
+  return file;
+}
+
+/** Signs `user` in through the login form, for openPage's `setup`. */
+export function logIn(suite, project, user) {
+  return async (context) => {
+    const origin = suite.server.origin;
+    const response = await context.request.post(`${origin}/${project}/login`, {
+      form: { user, password: PASSWORD, next: `/${project}/` },
+      headers: { Origin: origin },
+      maxRedirects: 0,
+    });
+    assert.equal(response.status(), 303, `login of ${user}: ${await response.text()}`);
+  };
 }
 
 export function launchBrowser() {
@@ -108,11 +161,12 @@ export function launchBrowser() {
 /**
  * One server and one browser for the whole test file. Call at the top level
  * of the file; the returned object is filled in before the first test.
+ * `options` go to startServer (e.g. `{ projects: EXAMPLE_PROJECTS }`).
  */
-export function useSuite() {
+export function useSuite(options = {}) {
   const suite = { server: null, browser: null };
   before(async () => {
-    suite.server = await startServer();
+    suite.server = await startServer(options);
     suite.browser = await launchBrowser();
   });
   after(async () => {
@@ -127,7 +181,7 @@ export function useSuite() {
  * waiting until the runtime is connected. Closed when the test ends, which
  * also fails the test if the page threw an uncaught error.
  *
- * Options: path (page after /ui/), viewport, hasTouch, isMobile,
+ * Options: project (default ui), path (page after /<project>/), viewport, hasTouch, isMobile,
  * permissions (granted for the server's origin), initScript (runs before
  * the page's own scripts), setup(context) before the page opens, origin
  * (another server).
@@ -153,7 +207,7 @@ export async function openPage(suite, t, options = {}) {
     await context.close();
     assert.deepEqual(errors.map(String), [], 'uncaught errors in the page');
   });
-  await page.goto(`${origin}/${PROJECT}/${options.path ?? ''}`);
+  await page.goto(`${origin}/${options.project ?? DEFAULT_PROJECT}/${options.path ?? ''}`);
   await page.waitForFunction(() => window.Switchboard?.connected);
   return { context, page, frames };
 }
@@ -181,6 +235,12 @@ export function idle(page) {
   return page.evaluate(() => window.Switchboard.whenIdle());
 }
 
+/** Clicks and waits until the command's reply has had its effect. */
+export async function tap(page, selector) {
+  await page.click(selector);
+  await idle(page);
+}
+
 export function toast(page, text) {
   return page.locator('.sb-toast', { hasText: text });
 }
@@ -205,4 +265,56 @@ export async function box(locator) {
   const found = await locator.boundingBox();
   assert.ok(found, 'the element has no box on screen');
   return found;
+}
+
+/**
+ * Routes a context's WebSockets through the test, so that a test can hold
+ * the replies to one command until it releases them: a handler that is
+ * "still running" for exactly as long as the test wants, however busy the
+ * machine. Pass `gate.install` as openPage's `setup`; pushes (frames with a
+ * `type`) and other replies pass straight through.
+ *
+ *   const gate = replyGate();
+ *   const { page } = await openPage(suite, t, { setup: gate.install });
+ *   gate.hold('save');   // replies to `save` wait…
+ *   gate.release();      // …until now
+ */
+export function replyGate() {
+  const names = new Map(); // seq → command name, of the frames the page sent
+  const held = [];
+  let holding = null;
+  const gate = {
+    /** Every command frame the page sent through the gate, in order. */
+    sent: [],
+    install: (context) =>
+      context.routeWebSocket(/\/api\/ws/, (page) => {
+        const server = page.connectToServer();
+        page.onMessage((message) => {
+          const frame = JSON.parse(message);
+          if (frame.type === 'command') {
+            gate.sent.push(frame);
+            names.set(frame.seq, frame.name);
+          }
+          server.send(message);
+        });
+        server.onMessage((message) => {
+          const frame = JSON.parse(message);
+          if (!frame.type && holding !== null && names.get(frame.seq) === holding) held.push(() => page.send(message));
+          else page.send(message);
+        });
+      }),
+    hold(name) {
+      holding = name;
+    },
+    /** Delivers what was held and stops holding. */
+    release() {
+      holding = null;
+      for (const deliver of held.splice(0)) deliver();
+    },
+    /** How many replies wait. */
+    get held() {
+      return held.length;
+    },
+  };
+  return gate;
 }

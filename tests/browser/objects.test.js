@@ -3,45 +3,30 @@
 
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { box, idle, openPage, sleep, toast, useSuite } from './harness.js';
+import { box, idle, openPage, toast, useSuite } from './harness.js';
 
 const suite = useSuite();
 
 const params = (frames, name) => frames.commands(name).map((frame) => frame.param);
 
 /**
- * Presses the mouse on `selector`, waits `holdMs`, optionally moves away,
- * releases. Resolves with how long the button was really held, in ms.
+ * Presses the mouse on `selector`, lets `holdMs` pass on the page's clock
+ * (installed by the caller: the test decides when time passes, not the
+ * machine's load), optionally moving away first, and releases.
  */
 async function hold(page, selector, holdMs, { releaseAt = null } = {}) {
   const where = await box(page.locator(selector));
   await page.mouse.move(where.x + where.width / 2, where.y + where.height / 2);
   await page.mouse.down();
-  const pressed = Date.now();
   if (releaseAt) await page.mouse.move(...releaseAt, { steps: 5 });
-  await sleep(holdMs);
+  await page.clock.runFor(holdMs);
   await page.mouse.up();
-  const held = Date.now() - pressed;
   await idle(page);
-  return held;
-}
-
-/**
- * down, a `repeat` per full second held, stop. The hold is measured here,
- * around the browser's own timing, so half a second of slack is allowed.
- */
-function assertHeld(sent, heldMs) {
-  assert.equal(sent[0], 'down');
-  assert.equal(sent.at(-1), 'stop');
-  const repeats = sent.slice(1, -1);
-  assert.ok(repeats.every((param) => param === 'repeat'), sent.join());
-  const fewest = Math.floor((heldMs - 500) / 1000);
-  const most = Math.ceil(heldMs / 1000);
-  assert.ok(fewest <= repeats.length && repeats.length <= most, `${repeats.length} repeats in ${heldMs} ms`);
 }
 
 test('repeat button: a short press sends down then up', async (t) => {
   const { page, frames } = await openPage(suite, t);
+  await page.clock.install();
   await hold(page, '#volume', 300);
   assert.deepEqual(params(frames, 'volume'), ['down', 'up']);
   assert.equal(frames.commands('volume')[0].object, 'volume');
@@ -51,23 +36,26 @@ test('repeat button: a short press sends down then up', async (t) => {
 
 test('repeat button: held, it sends repeat every second, then stop', async (t) => {
   const { page, frames } = await openPage(suite, t);
-  const held = await hold(page, '#volume', 2600);
-  assertHeld(params(frames, 'volume'), held);
+  await page.clock.install();
+  await hold(page, '#volume', 2600);
+  assert.deepEqual(params(frames, 'volume'), ['down', 'repeat', 'repeat', 'stop']);
   await toast(page, 'volume stop').waitFor();
   assert.ok((await toast(page, 'volume repeat').count()) >= 1);
 });
 
 test('repeat button: releasing outside the button still ends the press', async (t) => {
   const { page, frames } = await openPage(suite, t);
-  const held = await hold(page, '#volume', 1500, { releaseAt: [5, 790] });
-  assertHeld(params(frames, 'volume'), held);
+  await page.clock.install();
+  await hold(page, '#volume', 1500, { releaseAt: [5, 790] });
+  assert.deepEqual(params(frames, 'volume'), ['down', 'repeat', 'stop']);
 });
 
 test('repeat button: Space held and released', async (t) => {
   const { page, frames } = await openPage(suite, t);
+  await page.clock.install();
   await page.focus('#volume');
   await page.keyboard.down(' ');
-  await sleep(300);
+  await page.clock.runFor(300);
   await page.keyboard.up(' ');
   await idle(page);
   assert.deepEqual(params(frames, 'volume'), ['down', 'up']);
@@ -77,10 +65,9 @@ test('fields outside a submitting container send on commit, not on every keystro
   const { page, frames } = await openPage(suite, t, { path: 'form' });
   await page.click('#nickname');
   await page.keyboard.type('Bob');
-  await sleep(100);
-  assert.equal(frames.commands('nickname').length, 0, 'typing alone sends nothing');
   await page.keyboard.press('Tab');
   await idle(page);
+  // One frame, with the whole text: typing alone sent nothing.
   assert.deepEqual(params(frames, 'nickname'), ['Bob']);
   assert.equal(frames.commands('nickname')[0].object, 'nickname');
   assert.equal(frames.commands('nickname')[0].page, 'form');
@@ -92,10 +79,9 @@ test('fields outside a submitting container send on commit, not on every keystro
   await page.mouse.move(slider.x + slider.width / 2, y);
   await page.mouse.down();
   await page.mouse.move(slider.x + 4, y, { steps: 8 });
-  await sleep(100);
-  assert.equal(frames.commands('dimmer').length, 0, 'dragging alone sends nothing');
   await page.mouse.up();
   await idle(page);
+  // One frame, with the final value: dragging alone sent nothing.
   assert.deepEqual(params(frames, 'dimmer'), ['0']);
   await toast(page, 'set to 0').waitFor();
 
@@ -229,4 +215,46 @@ test('rollback puts the last valid value back into fields, sliders and checkboxe
   await page.locator('#lamp').click(); // off: refused
   await idle(page);
   assert.equal(await page.isChecked('#lamp'), true);
+});
+
+test('rollback with no accepted value yet restores what the page showed: rendered, then pushed', async (t) => {
+  const { page } = await openPage(suite, t, { path: 'form' });
+  const commit = async (value) => {
+    await page.fill('#limit', value);
+    await page.click('#form-title');
+    await idle(page);
+  };
+  // Fresh panel: the first value sent is refused; the template's 20 comes back.
+  await commit('50');
+  assert.equal(await page.locator('.sb-tooltip').textContent(), '50 is above the limit of 28');
+  assert.equal(await page.inputValue('#limit'), '20', 'the rendered value');
+
+  // The session's own value (uiSessionSet) is what the page shows now.
+  await page.evaluate(() => window.Switchboard.send('limit_mine', '21'));
+  await page.waitForFunction(() => document.getElementById('limit').value === '21');
+  await commit('51');
+  assert.equal(await page.inputValue('#limit'), '21', 'the uiSessionSet value');
+
+  // A later project-wide uiSet reaches this session too (no freeze)…
+  await page.evaluate(() => window.Switchboard.send('limit_all', '23'));
+  await page.waitForFunction(() => document.getElementById('limit').value === '23');
+  await commit('52');
+  assert.equal(await page.inputValue('#limit'), '23', 'the uiSet value');
+
+  // …and an accepted value is the valid one until the next push.
+  await commit('25');
+  await commit('53');
+  assert.equal(await page.inputValue('#limit'), '25', 'the accepted value');
+  await page.evaluate(() => window.Switchboard.send('limit_all', '24'));
+  await page.waitForFunction(() => document.getElementById('limit').value === '24');
+  await commit('54');
+  assert.equal(await page.inputValue('#limit'), '24', 'the newer uiSet value');
+
+  // A new session sees the project-wide value and rolls back to it.
+  const other = await openPage(suite, t, { path: 'form' });
+  await other.page.waitForFunction(() => document.getElementById('limit').value === '24');
+  await other.page.fill('#limit', '55');
+  await other.page.click('#form-title');
+  await idle(other.page);
+  assert.equal(await other.page.inputValue('#limit'), '24');
 });

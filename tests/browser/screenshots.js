@@ -1,16 +1,16 @@
-// Takes the README's screenshots of the demo: `node screenshots.mjs`
+// Takes the README's screenshots of the demo: `node screenshots.js`
 // (after `cargo build`). Writes docs/screenshots/*.png.
 import { mkdir } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
-import { launchBrowser, openPage, startServer, tap } from './server.mjs';
+import { EXAMPLE_PROJECTS, launchBrowser, startServer, tap } from './harness.js';
 
 const OUT = join(resolve(import.meta.dirname, '../..'), 'docs/screenshots');
 await mkdir(OUT, { recursive: true });
-const server = await startServer();
+const server = await startServer({ projects: EXAMPLE_PROJECTS });
 const browser = await launchBrowser();
 try {
   const context = await browser.newContext({ viewport: { width: 1200, height: 760 } });
-  const page = await openPage(context, `${server.url}/demo/`);
+  const page = await openDemo(context, `${server.origin}/demo/`);
   await page.waitForFunction(() => /CES?T/.test(document.getElementById('clock').textContent));
   await tap(page, '#lobbyOn');
   await page.screenshot({ path: join(OUT, 'demo-home.png') });
@@ -30,10 +30,17 @@ try {
   await tap(page, '#maintenanceSubmit');
   await page.screenshot({ path: join(OUT, 'demo-form-errors.png') });
   const phone = await browser.newContext({ viewport: { width: 390, height: 844 }, isMobile: true, hasTouch: true });
-  const small = await openPage(phone, `${server.url}/demo/lighting`);
+  const small = await openDemo(phone, `${server.origin}/demo/lighting`);
   await small.screenshot({ path: join(OUT, 'demo-phone.png') });
   console.log(`screenshots written to ${OUT}`);
 } finally {
   await browser.close();
-  server.stop();
+  await server.stop();
+}
+
+async function openDemo(context, url) {
+  const page = await context.newPage();
+  await page.goto(url);
+  await page.waitForFunction(() => window.Switchboard?.connected);
+  return page;
 }

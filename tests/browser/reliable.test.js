@@ -1,28 +1,15 @@
 // Reliable forms offline: submissions wait in IndexedDB while the device is
 // offline and reach formSubmission exactly once when it is back.
-import { after, before, test } from 'node:test';
+import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { join, resolve } from 'node:path';
-import { launchBrowser, openPage, startServer, tap } from './server.mjs';
+import { openPage, tap, useSuite } from './harness.js';
 
-let server;
-let browser;
-
-before(async () => {
-  server = await startServer({ projects: join(resolve(import.meta.dirname, '..'), 'projects') });
-  browser = await launchBrowser();
-});
-
-after(async () => {
-  await browser?.close();
-  server?.stop();
-});
+const suite = useSuite();
 
 const pending = (page) => page.evaluate(() => window.Switchboard.pendingSubmissions);
 
-test('two submissions made offline are delivered once each when back online', async () => {
-  const context = await browser.newContext();
-  const page = await openPage(context, `${server.url}/reliable/visit`);
+test('two submissions made offline are delivered once each when back online', async (t) => {
+  const { context, page } = await openPage(suite, t, { project: 'reliable', path: 'visit' });
   await context.setOffline(true);
   for (const [id, email] of [['visit-a', 'a@example.com'], ['visit-b', 'b@example.com']]) {
     await page.fill('#id', id);
@@ -44,18 +31,27 @@ test('two submissions made offline are delivered once each when back online', as
   // Each ran exactly once.
   const reply = await page.evaluate(() => window.Switchboard.send('audit'));
   assert.equal(reply.actions[0].message, 'submissions=2 distinct=2 repeated=0');
-  const runs = server.log().match(/form="visit" id="[0-9a-f]+" retry=(true|false) \[OK\]/g) ?? [];
-  assert.equal(runs.length, 2, server.log());
-  await context.close();
+  const runs = suite.server.log().match(/form="visit" id="[0-9a-f]+" retry=(true|false) \[OK\]/g) ?? [];
+  assert.equal(runs.length, 2, suite.server.log());
 });
 
-test('a submission made online is delivered at once, not as a retry', async () => {
-  const context = await browser.newContext();
-  const page = await openPage(context, `${server.url}/reliable/visit`);
+test('a submission made online is delivered at once, not as a retry', async (t) => {
+  const { page } = await openPage(suite, t, { project: 'reliable', path: 'visit' });
   await page.fill('#id', 'visit-c');
   await page.fill('#email', 'c@example.com');
   await tap(page, '#visitSubmit');
   await page.locator('.sb-toast', { hasText: 'stored visit-c (retry=false' }).waitFor();
   assert.equal(await pending(page), 0);
-  await context.close();
+});
+
+test('a submission whose handler fails is delivered again as a retry, and runs once', async (t) => {
+  const { page } = await openPage(suite, t, { project: 'reliable', path: 'visit' });
+  await page.fill('#id', 'visit-f');
+  await page.fill('#email', 'flaky'); // the handler throws unless retry is true
+  await page.click('#visitSubmit');
+  await page.locator('.sb-toast', { hasText: 'stored visit-f (retry=true' }).waitFor({ timeout: 20_000 });
+  assert.equal(await pending(page), 0);
+  assert.equal(await page.locator('.sb-toast', { hasText: 'Sorry, that did not work' }).count(), 0, 'the failure was retried, not shown');
+  await suite.server.waitForLog(/form="visit" id="[0-9a-f]+" retry=false \[FAILED\]/);
+  await suite.server.waitForLog(/form="visit" id="[0-9a-f]+" retry=true \[OK\]/);
 });

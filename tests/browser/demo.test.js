@@ -1,27 +1,15 @@
 // The demo panel in a real headless Chromium: every object of the demo,
 // asserting what the user sees.
-import { after, before, describe, test } from 'node:test';
+import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFile } from 'node:fs/promises';
-import { launchBrowser, openPage, startServer, tap } from './server.mjs';
+import { EXAMPLE_PROJECTS, openPage, tap, useSuite } from './harness.js';
 
-let server;
-let browser;
+const suite = useSuite({ projects: EXAMPLE_PROJECTS });
 
-before(async () => {
-  server = await startServer();
-  browser = await launchBrowser();
-});
-
-after(async () => {
-  await browser?.close();
-  server?.stop();
-});
-
-async function demo(path = '/demo/', options = {}) {
-  const context = await browser.newContext(options);
-  const page = await openPage(context, `${server.url}${path}`);
-  return { context, page };
+/** A fresh session on a page of the demo project; closed when the test ends. */
+function demo(t, path = '', options = {}) {
+  return openPage(suite, t, { project: 'demo', path, ...options });
 }
 
 async function lastToast(page) {
@@ -31,18 +19,16 @@ async function lastToast(page) {
 }
 
 describe('demo panel', () => {
-  test('a light button shows a success toast', async () => {
-    const { context, page } = await demo();
+  test('a light button shows a success toast', async (t) => {
+    const { page } = await demo(t);
     await tap(page, '#lobbyOn');
     const toast = await lastToast(page);
     assert.match(toast.text, /Light lobby on/);
     assert.equal(toast.level, 'success');
-    assert.deepEqual(page.errors, []);
-    await context.close();
   });
 
-  test('about opens a popup; Escape closes it and gives focus back', async () => {
-    const { context, page } = await demo();
+  test('about opens a popup; Escape closes it and gives focus back', async (t) => {
+    const { page } = await demo(t);
     await page.focus('#about');
     await page.keyboard.press('Enter');
     await page.evaluate(() => window.Switchboard.whenIdle());
@@ -53,11 +39,10 @@ describe('demo panel', () => {
     await page.keyboard.press('Escape');
     assert.equal(await page.locator('.sb-modal').count(), 0);
     assert.equal(await page.evaluate(() => document.activeElement?.id), 'about');
-    await context.close();
   });
 
-  test('a setpoint above the limit shows a tooltip under the field and rolls back', async () => {
-    const { context, page } = await demo();
+  test('a setpoint above the limit shows a tooltip under the field and rolls back', async (t) => {
+    const { page } = await demo(t);
     await page.fill('#setpoint', '22');
     await page.locator('#setpoint').dispatchEvent('change');
     await page.evaluate(() => window.Switchboard.whenIdle());
@@ -72,11 +57,10 @@ describe('demo panel', () => {
     assert.ok(tip.y >= field.y + field.height - 2, `tooltip (${tip.y}) under the field (${field.y + field.height})`);
     assert.ok(Math.abs(tip.x - field.x) < field.width, 'anchored to the field horizontally');
     assert.equal(await page.inputValue('#setpoint'), '22', 'rolled back to the last valid value');
-    await context.close();
   });
 
-  test('the maintenance form marks each field and clears marks on edit and success', async () => {
-    const { context, page } = await demo('/demo/maintenance');
+  test('the maintenance form marks each field and clears marks on edit and success', async (t) => {
+    const { page } = await demo(t, 'maintenance');
     await tap(page, '#maintenanceSubmit');
     for (const field of ['room', 'description', 'email']) {
       assert.equal(await page.getAttribute(`#${field}`, 'aria-invalid'), 'true', `${field} is marked`);
@@ -91,11 +75,10 @@ describe('demo panel', () => {
     assert.match(toast.text, /Request sent/);
     assert.equal(toast.level, 'success');
     assert.equal(await page.locator('[aria-invalid=true]').count(), 0, 'success clears every mark');
-    await context.close();
   });
 
-  test('links navigate without a reload and back returns', async () => {
-    const { context, page } = await demo();
+  test('links navigate without a reload and back returns', async (t) => {
+    const { page } = await demo(t);
     await page.evaluate(() => {
       window.__sameDocument = true;
     });
@@ -111,11 +94,10 @@ describe('demo panel', () => {
     await page.locator('#hvacMode').waitFor();
     await tap(page, '#backButton');
     await page.locator('#lobbyOn').waitFor();
-    await context.close();
   });
 
-  test('closing the alarm popup opened by a command calls its /close', async () => {
-    const { context, page } = await demo();
+  test('closing the alarm popup opened by a command calls its /close', async (t) => {
+    const { page } = await demo(t);
     await tap(page, '#alarmButton');
     const popup = page.locator('[data-sb-popup=alarm]');
     await popup.waitFor();
@@ -125,109 +107,99 @@ describe('demo panel', () => {
     assert.equal(await popup.count(), 0);
     const toast = await lastToast(page);
     assert.match(toast.text, /Alarm acknowledged/);
-    await server.waitForLog('name="alarm" param="door4/close" [OK]');
-    await context.close();
+    await suite.server.waitForLog('name="alarm" param="door4/close" [OK]');
   });
 
-  test('the energy report downloads with its name and bytes', async () => {
-    const { context, page } = await demo();
+  test('the energy report downloads with its name and bytes', async (t) => {
+    const { page } = await demo(t);
     const [download] = await Promise.all([page.waitForEvent('download'), page.click('#report')]);
     assert.equal(download.suggestedFilename(), 'energy-2026-11.csv');
     const text = await readFile(await download.path(), 'utf8');
     assert.ok(text.startsWith('month,room,kwh\n2026-11,Lobby,185\n'), text);
-    await context.close();
   });
 
-  test('copy Wi-Fi password puts it on the clipboard', async () => {
-    const { context, page } = await demo('/demo/', { permissions: ['clipboard-read', 'clipboard-write'] });
+  test('copy Wi-Fi password puts it on the clipboard', async (t) => {
+    const { page } = await demo(t, '', { permissions: ['clipboard-read', 'clipboard-write'] });
     await tap(page, '#wifi');
     assert.equal(await page.evaluate(() => navigator.clipboard.readText()), 'HarbourGuest-2026');
-    await context.close();
   });
 
-  test('share without the Web Share API copies the link and says so', async () => {
-    const { context, page } = await demo('/demo/', { permissions: ['clipboard-read', 'clipboard-write'] });
+  test('share without the Web Share API copies the link and says so', async (t) => {
+    const { page } = await demo(t, '', { permissions: ['clipboard-read', 'clipboard-write'] });
     await page.evaluate(() => {
       delete Navigator.prototype.share;
     });
     await tap(page, '#shareLink');
     assert.equal(await page.evaluate(() => navigator.clipboard.readText()), 'https://example.com/harbour-house');
     assert.match((await lastToast(page)).text, /copied/i);
-    await context.close();
   });
 
-  test('the building website opens in a new page', async () => {
-    const { context, page } = await demo();
+  test('the building website opens in a new page', async (t) => {
+    const { context, page } = await demo(t);
     // The machine has no internet: the site is answered locally.
     await context.route('https://example.com/**', (route) => route.fulfill({ contentType: 'text/html', body: '<h1>Example</h1>' }));
     const [opened] = await Promise.all([context.waitForEvent('page'), page.click('#website')]);
     await opened.waitForLoadState();
     assert.equal(await opened.locator('h1').textContent(), 'Example');
     assert.equal(opened.url(), 'https://example.com/');
-    await context.close();
   });
 
-  test('scanning without a camera API says the device cannot', async () => {
-    const context = await browser.newContext();
-    await context.addInitScript(() => {
-      delete window.BarcodeDetector;
+  test('scanning without a camera API says the device cannot', async (t) => {
+    const { page } = await demo(t, '', {
+      initScript: () => {
+        delete window.BarcodeDetector;
+      },
     });
-    const page = await openPage(context, `${server.url}/demo/`);
     await tap(page, '#scanAsset');
     const toast = await lastToast(page);
     assert.match(toast.text, /can't scan codes/);
     assert.equal(toast.level, 'warning');
-    await context.close();
   });
 
-  test('repeat buttons send down, repeat and stop when held; down and up when tapped', async () => {
-    const { context, page } = await demo('/demo/lighting');
+  test('repeat buttons send down, repeat and stop when held; down and up when tapped', async (t) => {
+    const { page } = await demo(t, 'lighting');
+    await page.clock.install(); // the test decides how long the press lasts
     const box = await page.locator('#dimUp').boundingBox();
     await page.mouse.move(box.x + box.width / 2, box.y + box.height / 2);
     await page.mouse.down();
-    await page.waitForTimeout(1300);
+    await page.clock.runFor(1300);
     await page.mouse.up();
     await page.evaluate(() => window.Switchboard.whenIdle());
-    for (const param of ['down', 'repeat', 'stop']) await server.waitForLog(`name="dimUp" param="${param}" [OK]`);
+    for (const param of ['down', 'repeat', 'stop']) await suite.server.waitForLog(`name="dimUp" param="${param}" [OK]`);
     await page.mouse.down();
     await page.mouse.up();
     await page.evaluate(() => window.Switchboard.whenIdle());
-    await server.waitForLog('name="dimUp" param="up" [OK]');
+    await suite.server.waitForLog('name="dimUp" param="up" [OK]');
     assert.match((await lastToast(page)).text, /One step brighter/);
-    await context.close();
   });
 
-  test('the clock and occupancy are pushed to every panel', async () => {
-    const { context, page } = await demo();
+  test('the clock and occupancy are pushed to every panel', async (t) => {
+    const { page } = await demo(t);
     const first = await page.locator('#clock').textContent();
     await page.waitForFunction((before) => document.getElementById('clock').textContent !== before, first, { timeout: 5000 });
     assert.match(await page.locator('#clock').textContent(), /^\d\d:\d\d:\d\d CES?T$/);
     assert.match(await page.locator('#occupancy').textContent(), /panels? online/);
     assert.equal(await page.getAttribute('.sb-connection', 'data-state'), 'connected');
-    await context.close();
   });
 
-  test('an operator broadcast reaches the other panels', async () => {
-    const { context: operatorContext, page: operator } = await demo('/demo/operator');
-    const { context: panelContext, page: panel } = await demo('/demo/');
+  test('an operator broadcast reaches the other panels', async (t) => {
+    const { page: operator } = await demo(t, 'operator');
+    const { page: panel } = await demo(t, '');
     await operator.fill('#broadcastText', 'Lobby closes at 18:00');
     await tap(operator, '#broadcastSend');
     await operator.locator('.sb-toast', { hasText: /Sent to \d+ panel/ }).waitFor();
     await panel.locator('.sb-toast', { hasText: 'Operator: Lobby closes at 18:00' }).waitFor();
-    await operatorContext.close();
-    await panelContext.close();
   });
 
-  test('a barcode scanner typing an asset tag is recognised', async () => {
-    const { context, page } = await demo('/demo/operator');
+  test('a barcode scanner typing an asset tag is recognised', async (t) => {
+    const { page } = await demo(t, 'operator');
     await page.locator('body').click({ position: { x: 5, y: 5 } });
     await page.keyboard.type('123456789012@', { delay: 5 });
     await page.locator('.sb-toast', { hasText: 'Asset 123456789012 checked in' }).waitFor();
-    await context.close();
   });
 
-  test('on a phone-sized screen nothing overflows and buttons work', async () => {
-    const { context, page } = await demo('/demo/', { viewport: { width: 390, height: 844 }, hasTouch: true, isMobile: true });
+  test('on a phone-sized screen nothing overflows and buttons work', async (t) => {
+    const { page } = await demo(t, '', { viewport: { width: 390, height: 844 }, hasTouch: true, isMobile: true });
     const overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
     assert.ok(overflow <= 0, `horizontal overflow of ${overflow}px`);
     await page.tap('#lobbyOff');
@@ -235,6 +207,5 @@ describe('demo panel', () => {
     assert.match((await lastToast(page)).text, /Light lobby off/);
     const box = await page.locator('#lobbyOff').boundingBox();
     assert.ok(box.height >= 40, `touch target of ${box.height}px`);
-    await context.close();
   });
 });
