@@ -200,7 +200,7 @@ async fn dev_mode_shows_mistakes_of_session_events() {
             ("pages/home.html", HOME_PAGE),
             (
                 "events/10-main.rhai",
-                "fn pageStartup(session, page) {\n    sessionSet(session, \"page\", page)\n}\n",
+                "fn pageStartup(session, page) {\n    sessionSet(session, \"page\", page.name)\n}\n",
             ),
         ],
     );

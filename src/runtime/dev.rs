@@ -28,7 +28,11 @@ pub(super) fn describe_call(callback: &str, args: &[Dynamic]) -> String {
         .iter()
         .skip(skip)
         .map(|arg| {
-            let text = format!("{arg:?}");
+            // A page object shows as its name, as scripts compare it.
+            let text = match arg.clone().try_cast::<super::events::PageInfo>() {
+                Some(page) => format!("{:?}", page.name),
+                None => format!("{arg:?}"),
+            };
             if text.chars().count() > MAX_ARGUMENT_CHARS {
                 let cut: String = text.chars().take(MAX_ARGUMENT_CHARS).collect();
                 format!("{cut}…")
