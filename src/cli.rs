@@ -89,6 +89,17 @@ pub struct Args {
     #[arg(long, env = "SWITCHBOARD_DEV")]
     pub dev: bool,
 
+    /// Cluster mode: share sessions and `!` variables with the other nodes
+    /// through this NATS server's JetStream (`nats://host:4222`) instead of
+    /// the database file. See docs/cluster.md.
+    #[arg(long, env = "SWITCHBOARD_CLUSTER")]
+    pub cluster: Option<String>,
+
+    /// This node's name in `/healthz` and on its NATS connection (default:
+    /// the host name and the process id).
+    #[arg(long, env = "SWITCHBOARD_NODE")]
+    pub node: Option<String>,
+
     #[command(subcommand)]
     pub command: Option<Subcommands>,
 }
@@ -247,6 +258,11 @@ fn serve(args: Args) -> ExitCode {
         tls: args.tls_cert.zip(args.tls_key),
         shutdown_timeout_secs: args.shutdown_timeout,
         dev: args.dev,
+        cluster: args.cluster.filter(|url| !url.is_empty()),
+        node: args
+            .node
+            .filter(|node| !node.is_empty())
+            .unwrap_or_else(default_node_name),
     };
     match server::run(config) {
         Ok(()) => ExitCode::SUCCESS,
@@ -255,6 +271,16 @@ fn serve(args: Args) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `host-pid`: unique among the nodes of one machine, readable in logs.
+fn default_node_name() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|name| name.trim().to_string())
+        .ok()
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "switchboard".into());
+    format!("{host}-{}", std::process::id())
 }
 
 /// Log lines go to stderr in batches, written by a background thread

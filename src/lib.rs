@@ -11,6 +11,7 @@ pub mod acl;
 pub mod answer;
 pub mod auth;
 pub mod cli;
+pub mod cluster;
 pub mod i18n;
 pub mod logwriter;
 pub mod metrics;

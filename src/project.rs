@@ -570,10 +570,13 @@ pub fn load_all(root: &Path, register: RegisterHost) -> Result<Loaded, LoadError
 
 /// Project names become URL path segments; names starting with `_` are
 /// reserved for the runtime's own routes (`/_sb/...`).
+/// Top-level paths the server itself answers: no project can be named so.
+const SERVER_ROUTES: [&str; 2] = ["metrics", "healthz"];
+
 pub fn is_valid_project_name(dir: &Path) -> bool {
     dir.file_name()
         .and_then(|n| n.to_str())
-        .is_some_and(|n| is_valid_name(n) && !n.starts_with('_') && n != "metrics")
+        .is_some_and(|n| is_valid_name(n) && !n.starts_with('_') && !SERVER_ROUTES.contains(&n))
 }
 
 /// Names a page cannot have: routes of the runtime, and the words `page:`
@@ -1139,6 +1142,14 @@ fn compile_scripts(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn server_routes_are_not_project_names() {
+        for name in ["metrics", "healthz", "_private", "a b"] {
+            assert!(!is_valid_project_name(Path::new(name)), "{name}");
+        }
+        assert!(is_valid_project_name(Path::new("/srv/projects/lobby-2")));
+    }
 
     #[test]
     fn builtin_templates_compile() {

@@ -43,6 +43,11 @@ pub struct ServerConfig {
     pub shutdown_timeout_secs: u64,
     /// Dev mode: errors and mistakes are shown in the browsers.
     pub dev: bool,
+    /// `--cluster`: the NATS server whose JetStream buckets this node
+    /// shares with the others; `None`: the embedded database.
+    pub cluster: Option<String>,
+    /// This node's name (`/healthz`, the NATS connection's name).
+    pub node: String,
 }
 
 /// Why the server could not start.
@@ -71,7 +76,17 @@ pub fn run(config: ServerConfig) -> Result<(), StartupError> {
 }
 
 async fn serve(config: ServerConfig) -> Result<(), StartupError> {
-    let runtime = Runtime::start(&config.projects_dir, &config.database, &config.users)?;
+    let store = match &config.cluster {
+        Some(url) => runtime::StoreChoice::Cluster {
+            url,
+            node: &config.node,
+        },
+        None => runtime::StoreChoice::Embedded(&config.database),
+    };
+    let runtime = Runtime::start(&config.projects_dir, store, &config.users)?;
+    if let Some(url) = &config.cluster {
+        info!(node = %config.node, "cluster mode: sessions and variables shared through NATS at {url}");
+    }
     runtime.set_dev_mode(config.dev);
     if config.dev {
         info!("dev mode: errors are shown in the browsers");
@@ -89,6 +104,7 @@ async fn serve(config: ServerConfig) -> Result<(), StartupError> {
         metrics_token: config.metrics_token.clone(),
         new_sessions: transport::SessionBudget::per_minute(config.new_sessions_per_minute)
             .map(std::sync::Arc::new),
+        node: config.node.clone(),
     });
     let tls = config.tls.is_some();
     let upgrades = transport::Upgrades::new(runtime.clone(), web_config.clone());

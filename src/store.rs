@@ -1,5 +1,8 @@
-//! The embedded database behind persistence: sessions, persisted variables,
-//! and the server's own bookkeeping, in one crash-safe redb file.
+//! Persistence behind one small interface, [`Store`]: sessions, persisted
+//! variables, answers kept for repeats and the server's own bookkeeping.
+//! Chosen once at start: the embedded database (one crash-safe redb file,
+//! the default, [`Embedded`]) or, in cluster mode, the NATS JetStream
+//! buckets every node shares (`crate::cluster`).
 //!
 //! Values are opaque bytes (JSON chosen by the callers); this module knows
 //! tables and keys, not what sessions or variables mean.
@@ -18,6 +21,8 @@ use std::sync::{Arc, Condvar, Mutex, mpsc};
 use redb::{Database, ReadableDatabase, TableDefinition};
 use tokio::sync::oneshot;
 use tracing::error;
+
+use crate::cluster::{Change, ClusterError, SharedKv};
 
 /// The tables, one per kind of record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,6 +47,17 @@ impl Table {
             Table::Meta => TableDefinition::new("meta"),
             Table::Replies => TableDefinition::new("replies"),
             Table::Submissions => TableDefinition::new("submissions"),
+        }
+    }
+
+    /// The table's NATS key-value bucket in cluster mode.
+    fn bucket(self) -> &'static str {
+        match self {
+            Table::Sessions => "switchboard_sessions",
+            Table::Vars => "switchboard_vars",
+            Table::Meta => "switchboard_meta",
+            Table::Replies => "switchboard_replies",
+            Table::Submissions => "switchboard_submissions",
         }
     }
 
@@ -73,13 +89,131 @@ pub enum StoreError {
     /// A read or write failed.
     #[error("database error: {0}")]
     Io(String),
+    /// The shared store (cluster mode) could not be reached or used.
+    #[error(transparent)]
+    Cluster(#[from] ClusterError),
 }
 
 fn io(error: impl std::fmt::Display) -> StoreError {
     StoreError::Io(error.to_string())
 }
 
-pub struct Store {
+/// The store a node runs on, chosen once at start.
+pub enum Store {
+    /// This node's own database file (the default).
+    Embedded(Embedded),
+    /// The buckets every node of a cluster shares (`--cluster`); boxed:
+    /// the NATS client is many times the size of the embedded handles.
+    Shared(Box<SharedKv>),
+}
+
+/// What `/healthz` tells about the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Health {
+    /// `embedded` or `nats`.
+    pub kind: &'static str,
+    /// Whether NATS is reachable now (`None` for the embedded store).
+    pub connected: Option<bool>,
+}
+
+impl Store {
+    /// Opens (or creates) the embedded database file.
+    pub fn open(path: &Path) -> Result<Store, StoreError> {
+        Embedded::open(path).map(Store::Embedded)
+    }
+
+    /// Connects to the cluster's NATS at `url` as node `node`.
+    pub fn connect_shared(url: &str, node: &str) -> Result<Store, StoreError> {
+        let buckets = Table::ALL.map(Table::bucket);
+        Ok(Store::Shared(Box::new(SharedKv::connect(
+            url, node, &buckets,
+        )?)))
+    }
+
+    /// Whether other nodes read and write this store too.
+    pub fn is_shared(&self) -> bool {
+        matches!(self, Store::Shared(_))
+    }
+
+    pub fn health(&self) -> Health {
+        match self {
+            Store::Embedded(_) => Health {
+                kind: "embedded",
+                connected: None,
+            },
+            Store::Shared(shared) => Health {
+                kind: "nats",
+                connected: Some(shared.is_connected()),
+            },
+        }
+    }
+
+    /// Applies every change and waits until it is durable (blocking: call
+    /// it off the async threads, or where a wait is meant).
+    pub fn write(&self, writes: &[Write]) -> Result<(), StoreError> {
+        match self {
+            Store::Embedded(embedded) => embedded.write(writes),
+            Store::Shared(shared) => Ok(shared.write_and_wait(changes(writes.to_vec()))?),
+        }
+    }
+
+    /// Queues the changes without waiting; see [`Commit`].
+    pub fn write_soon(&self, writes: Vec<Write>) -> Commit {
+        match self {
+            Store::Embedded(embedded) => embedded.write_soon(writes),
+            Store::Shared(_) if writes.is_empty() => Commit::done(),
+            Store::Shared(shared) => {
+                let (sender, receiver) = oneshot::channel();
+                shared.write(changes(writes), Some(sender));
+                Commit(Some(receiver))
+            }
+        }
+    }
+
+    pub fn put(&self, table: Table, key: &str, value: &[u8]) -> Result<(), StoreError> {
+        self.write(&[Write::Put(table, key.to_string(), value.to_vec())])
+    }
+
+    pub fn delete(&self, table: Table, key: &str) -> Result<(), StoreError> {
+        self.write(&[Write::Delete(table, key.to_string())])
+    }
+
+    /// Reads a stored record (a batch still queued is not seen).
+    pub fn get(&self, table: Table, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        match self {
+            Store::Embedded(embedded) => embedded.get(table, key),
+            Store::Shared(shared) => Ok(shared.get(table.bucket(), key)?),
+        }
+    }
+
+    /// Every record whose key starts with `prefix`, in key order.
+    pub fn scan(&self, table: Table, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        match self {
+            Store::Embedded(embedded) => embedded.scan(table, prefix),
+            Store::Shared(shared) => Ok(shared.scan(table.bucket(), prefix)?),
+        }
+    }
+}
+
+fn changes(writes: Vec<Write>) -> Vec<Change> {
+    writes
+        .into_iter()
+        .map(|write| match write {
+            Write::Put(table, key, value) => Change::Put {
+                bucket: table.bucket(),
+                key,
+                value,
+            },
+            Write::Delete(table, key) => Change::Delete {
+                bucket: table.bucket(),
+                key,
+            },
+        })
+        .collect()
+}
+
+/// The embedded database: one redb file, group-committed.
+pub struct Embedded {
     db: Arc<Database>,
     queue: Arc<Queue>,
     writer: Option<std::thread::JoinHandle<()>>,
@@ -142,9 +276,9 @@ impl Commit {
     }
 }
 
-impl Store {
+impl Embedded {
     /// Opens (or creates) the database file, creating its folder if needed.
-    pub fn open(path: &Path) -> Result<Store, StoreError> {
+    pub fn open(path: &Path) -> Result<Embedded, StoreError> {
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent).map_err(io)?;
         }
@@ -153,7 +287,7 @@ impl Store {
             path: path.to_path_buf(),
             source: Box::new(source),
         })?;
-        let mut store = Store {
+        let mut store = Embedded {
             db: Arc::new(db),
             queue: Arc::default(),
             writer: None,
@@ -263,7 +397,7 @@ fn create_private(path: &Path) -> std::io::Result<()> {
     }
 }
 
-impl Drop for Store {
+impl Drop for Embedded {
     /// Lets the writer commit what is queued, then stop; the database is
     /// closed when this returns.
     fn drop(&mut self) {
@@ -353,11 +487,11 @@ fn commit_group(db: &Database, batches: &[(Vec<Write>, Option<Waiter>)]) -> Resu
 mod tests {
     use super::*;
 
-    fn temp_store(name: &str) -> (Store, PathBuf) {
+    fn temp_store(name: &str) -> (Embedded, PathBuf) {
         let dir = std::env::temp_dir().join(format!("sb-store-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let path = dir.join("db.redb");
-        (Store::open(&path).unwrap(), dir)
+        (Embedded::open(&path).unwrap(), dir)
     }
 
     #[test]
@@ -399,7 +533,7 @@ mod tests {
         }
         drop(store.write_soon(vec![Write::Delete(Table::Vars, "gone".into())]));
         drop(store);
-        let store = Store::open(&dir.join("db.redb")).unwrap();
+        let store = Embedded::open(&dir.join("db.redb")).unwrap();
         assert_eq!(
             store.get(Table::Vars, "k").unwrap(),
             Some(b"49".to_vec()),
@@ -464,7 +598,7 @@ mod tests {
             ])
             .unwrap();
         drop(store);
-        let store = Store::open(&dir.join("db.redb")).unwrap();
+        let store = Embedded::open(&dir.join("db.redb")).unwrap();
         assert_eq!(store.get(Table::Meta, "k").unwrap(), Some(b"v".to_vec()));
         assert_eq!(store.scan(Table::Sessions, "").unwrap().len(), 1);
         std::fs::remove_dir_all(dir).unwrap();

@@ -111,9 +111,11 @@ impl Runtime {
     /// batch when it holds what must not be lost once the user was
     /// answered (`!` variables, an answer's record); nothing when it holds
     /// only the session's own state (rollback values, openers, properties),
-    /// which is written behind (see docs/reliability.md). When `failed` says
-    /// the run failed, its variable changes are undone instead of written:
-    /// a user who taps again must not apply half an action twice.
+    /// which is written behind (see docs/reliability.md). In cluster mode
+    /// the session's state is waited for too: the next request may land on
+    /// another node, which reads it from the shared store. When `failed`
+    /// says the run failed, its variable changes are undone instead of
+    /// written: a user who taps again must not apply half an action twice.
     pub(super) fn atomically<R>(
         &self,
         work: impl FnOnce() -> (R, Vec<Write>),
@@ -126,7 +128,9 @@ impl Runtime {
             self.undo_vars(std::mem::take(&mut batch.undo));
             batch.vars.clear();
         }
-        let must_wait = !batch.vars.is_empty() || !extra.is_empty();
+        let must_wait = !batch.vars.is_empty()
+            || !extra.is_empty()
+            || (self.store.is_shared() && !batch.sessions.is_empty());
         let mut writes = self.batch_writes(batch);
         writes.extend(extra);
         let commit = self.store.write_soon(writes);
@@ -147,6 +151,13 @@ impl Runtime {
                 .map(|b| b.sessions.insert(id.to_string()))
                 .is_some()
         })
+    }
+
+    /// Whether the running batch on this thread changed the persisted
+    /// variable (its value is then the in-memory one until the batch is
+    /// written).
+    pub(super) fn var_is_deferred(&self, key: &str) -> bool {
+        BATCH.with_borrow(|batch| batch.as_ref().is_some_and(|b| b.vars.contains(key)))
     }
 
     /// Called before a variable changes. In a batch, remembers its value

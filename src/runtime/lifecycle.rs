@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use dashmap::DashMap;
 use tokio::sync::watch;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use super::state::{Runtime, ShutdownReason};
 use super::{events, handlers, schedule};
@@ -30,17 +30,33 @@ const IDLE_SWEEP_INTERVAL: Duration = Duration::from_millis(500);
 /// Expired answers are deleted every this many sweeps (about a minute).
 const PRUNE_EVERY_SWEEPS: u64 = 120;
 
+/// Where the runtime keeps what it persists, chosen once at start.
+#[derive(Debug, Clone, Copy)]
+pub enum StoreChoice<'a> {
+    /// This node's own database file (the default).
+    Embedded(&'a Path),
+    /// The NATS JetStream buckets of a cluster (`--cluster`), as node `node`.
+    Cluster { url: &'a str, node: &'a str },
+}
+
 impl Runtime {
     /// Opens the store, loads the projects under `projects_dir` and the
     /// sessions of the last run. Broken projects are logged and skipped.
     pub fn start(
         projects_dir: &Path,
-        database: &Path,
+        store: StoreChoice<'_>,
         users_path: &Path,
     ) -> Result<Arc<Runtime>, StartupError> {
         let users = Users::load(users_path)?;
-        let store = Store::open(database)?;
-        for (what, path) in [("users file", users_path), ("database", database)] {
+        let mut private = vec![("users file", users_path)];
+        let store = match store {
+            StoreChoice::Embedded(database) => {
+                private.push(("database", database));
+                Store::open(database)?
+            }
+            StoreChoice::Cluster { url, node } => Store::connect_shared(url, node)?,
+        };
+        for (what, path) in private {
             if let Some(mode) = crate::auth::readable_by_others(path) {
                 warn!(
                     "the {what} {} is readable by other users (mode {mode:o}); it holds secrets: chmod 600 it",
@@ -48,8 +64,16 @@ impl Runtime {
                 );
             }
         }
-        let crashed = store.get(Table::Meta, RUNNING_KEY)?.is_some();
-        store.put(Table::Meta, RUNNING_KEY, b"1")?;
+        // A node of a cluster neither restores every shared session at
+        // start (they come back one by one when asked for: `session`) nor
+        // keeps a crash marker in buckets other nodes share.
+        let crashed = if store.is_shared() {
+            None
+        } else {
+            let crashed = store.get(Table::Meta, RUNNING_KEY)?.is_some();
+            store.put(Table::Meta, RUNNING_KEY, b"1")?;
+            Some(crashed)
+        };
         let runtime = Arc::new_cyclic(|myself| Runtime {
             projects: RwLock::default(),
             sessions: Sessions::default(),
@@ -91,7 +115,9 @@ impl Runtime {
             project_startup(&project);
             runtime.insert_project(project);
         }
-        runtime.restore_sessions(if crashed { "failure" } else { "persisted" });
+        if let Some(crashed) = crashed {
+            runtime.restore_sessions(if crashed { "failure" } else { "persisted" });
+        }
         Ok(runtime)
     }
 
@@ -116,6 +142,57 @@ impl Runtime {
             );
         }
         session
+    }
+
+    /// The live session `id` of `project` for a request. In cluster mode
+    /// the shared record is the truth unless one of this node's sockets
+    /// holds the session: a session another node created or changed is
+    /// read (again) from the store, one that ended elsewhere is forgotten.
+    /// NATS unreachable: the node serves what it has.
+    pub fn session(&self, id: &str, project: &str) -> Option<Arc<Session>> {
+        let local = self.sessions.get(id, project);
+        if !self.store.is_shared() || local.as_ref().is_some_and(|s| s.is_connected()) {
+            return local;
+        }
+        let bytes = match self.store.get(Table::Sessions, id) {
+            Ok(bytes) => bytes,
+            // The lost connection was logged once; this is every request.
+            Err(error) => {
+                debug!("shared session store unreachable, serving this node's copy: {error}");
+                return local;
+            }
+        };
+        let record = bytes.and_then(|b| serde_json::from_slice::<SessionRecord>(&b).ok());
+        match (record, local) {
+            (Some(record), _) if record.project != project => None,
+            (Some(record), Some(session)) => {
+                session.with_state(|state| *state = record.state);
+                Some(session)
+            }
+            (Some(record), None) if self.project(&record.project).is_some() => {
+                let session = self.sessions.restore(record);
+                info!(
+                    project,
+                    session = session.log_id(),
+                    "session resumed from the shared store"
+                );
+                Some(session)
+            }
+            (Some(_), None) => None,
+            (None, local) => {
+                if let Some(session) = local {
+                    self.forget_session(&session, "it ended on another node");
+                }
+                None
+            }
+        }
+    }
+
+    /// Drops this node's copy of a session without ending it (no event,
+    /// nothing deleted): in cluster mode the shared record decides.
+    fn forget_session(&self, session: &Arc<Session>, why: &str) {
+        self.sessions.remove(&session.id);
+        info!(project = %session.project, session = session.log_id(), "session forgotten by this node: {why}");
     }
 
     fn restore_sessions(&self, kind: &'static str) {
@@ -196,7 +273,9 @@ impl Runtime {
                     continue;
                 };
                 let timeout = Duration::from_secs(project.settings.idle_timeout_secs);
-                if session.idle_for() >= timeout {
+                if session.idle_for() >= timeout && self.store.is_shared() {
+                    self.forget_session(&session, "idle here, kept in the shared store");
+                } else if session.idle_for() >= timeout {
                     handlers::session_terminating(&self, &project, &session, "IdleTimeout").await;
                     self.end_session(&session, ShutdownReason::IdleTimeout)
                         .await;
@@ -257,7 +336,9 @@ impl Runtime {
             }
             self.persist(&session);
         }
-        if let Err(error) = self.store.delete(Table::Meta, RUNNING_KEY) {
+        if !self.store.is_shared()
+            && let Err(error) = self.store.delete(Table::Meta, RUNNING_KEY)
+        {
             error!("could not record the clean stop: {error}");
         }
     }

@@ -71,7 +71,7 @@ pub use connection::{Connection, Incoming, Outgoing};
 pub use downloads::{Download, DownloadBody, DownloadError, run_download};
 pub use external::{EventError, EventKind, EventOutcome, EventTarget, ExternalEvent};
 pub use handlers::FAILED_MESSAGE;
-pub use lifecycle::StartupError;
+pub use lifecycle::{StartupError, StoreChoice};
 pub use state::{Caller, Runtime, ShutdownReason};
 pub use ui::ProjectUi;
 

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use dashmap::DashMap;
 use rhai::Dynamic;
 use tokio::sync::watch;
-use tracing::error;
+use tracing::{debug, error};
 
 use super::ui::ProjectUi;
 use crate::auth::{Throttle, User, Users};
@@ -253,6 +253,16 @@ impl Runtime {
             .cloned()
     }
 
+    /// The kind of store and whether it is reachable, for `/healthz`.
+    pub fn store_health(&self) -> crate::store::Health {
+        self.store.health()
+    }
+
+    /// Whether the server has begun to stop.
+    pub fn is_stopping(&self) -> bool {
+        *self.shutdown.borrow()
+    }
+
     /// Receives `true` when the server stops.
     pub fn shutdown_signal(&self) -> watch::Receiver<bool> {
         self.shutdown.subscribe()
@@ -271,6 +281,16 @@ impl Runtime {
         }
         let record = session.record();
         match serde_json::to_vec(&record) {
+            // In cluster mode the write is waited for: the session's next
+            // request may go to another node.
+            Ok(bytes) if self.store.is_shared() => {
+                if let Err(error) = self.store.put(Table::Sessions, &session.id, &bytes) {
+                    error!(
+                        session = session.log_id(),
+                        "could not write the session to the shared store: {error}"
+                    );
+                }
+            }
             Ok(bytes) => {
                 drop(self.store.write_soon(vec![Write::Put(
                     Table::Sessions,
@@ -308,10 +328,33 @@ impl Runtime {
     }
 
     pub fn var_get(&self, project: &str, name: &str) -> Dynamic {
+        let key = Self::var_key(project, name);
+        if name.ends_with('!') && self.store.is_shared() && !self.var_is_deferred(&key) {
+            self.refresh_shared_var(&key);
+        }
         self.vars
-            .get(&Self::var_key(project, name))
+            .get(&key)
             .map(|v| v.clone())
             .unwrap_or(Dynamic::UNIT)
+    }
+
+    /// Reads a persisted variable from the shared store into memory (another
+    /// node may have set it). NATS unreachable: the last value seen stays.
+    fn refresh_shared_var(&self, key: &str) {
+        match self.store.get(Table::Vars, key) {
+            Ok(Some(bytes)) => {
+                if let Ok(value) = serde_json::from_slice::<serde_json::Value>(&bytes)
+                    && let Ok(value) = rhai::serde::to_dynamic(value)
+                {
+                    self.write_var(key, value);
+                }
+            }
+            Ok(None) => {
+                self.write_var(key, Dynamic::UNIT);
+            }
+            // The lost connection was logged once; this is every read.
+            Err(error) => debug!("variable read from memory, the shared store failed: {error}"),
+        }
     }
 
     /// Sets a variable; names ending in `!` are persisted (HSYCO's rule).

@@ -46,10 +46,13 @@ pub struct WebConfig {
     pub metrics_token: Option<String>,
     /// Anonymous sessions each client address may start; `None`: no limit.
     pub new_sessions: Option<Arc<SessionBudget>>,
+    /// This node's name, as `/healthz` tells it.
+    pub node: String,
 }
 
 /// What a request is checked against when the app was given no settings.
 static NO_WEB_CONFIG: WebConfig = WebConfig {
+    node: String::new(),
     allowed_origins: Vec::new(),
     secure_cookies: false,
     allowed_hosts: AllowedHosts::any(),
@@ -242,6 +245,7 @@ pub fn routes(config: &mut web::ServiceConfig) {
         .route("/_sb/{file}", web::get().to(asset))
         .route("/metrics", web::get().to(metrics))
         .route("/favicon.ico", web::get().to(favicon))
+        .route("/healthz", web::get().to(healthz))
         .route("/{project}", web::get().to(project_root_redirect))
         .route("/{project}/", web::get().to(start_page))
         .route("/{project}/api/session", web::post().to(create_session))
@@ -301,6 +305,29 @@ async fn metrics(req: HttpRequest, state: State) -> Result<HttpResponse, Request
     Ok(HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
         .body(METRICS.render(state.sessions.len())))
+}
+
+/// For load balancers: 200 while this node can serve, 503 when it cannot
+/// (stopping, or in cluster mode without its NATS connection). Tells no
+/// more than the node's name and the kind of store.
+async fn healthz(req: HttpRequest, state: State) -> HttpResponse {
+    let health = state.store_health();
+    let stopping = state.is_stopping();
+    let ok = !stopping && health.connected != Some(false);
+    let body = serde_json::json!({
+        "ok": ok,
+        "node": web_config(&req).node,
+        "store": health.kind,
+        "nats": health.connected.map(|up| if up { "connected" } else { "disconnected" }),
+        "stopping": stopping,
+    });
+    let mut response = if ok {
+        HttpResponse::Ok()
+    } else {
+        HttpResponse::ServiceUnavailable()
+    };
+    response.insert_header((header::CACHE_CONTROL, "no-store"));
+    response.json(body)
 }
 
 async fn asset(file: web::Path<String>) -> HttpResponse {
@@ -472,7 +499,7 @@ fn session_of(req: &HttpRequest, state: &Runtime, project: &str) -> Option<Arc<S
 /// [`session_of`] for a request known by its headers alone.
 fn session_in(headers: &HeaderMap, state: &Runtime, project: &str) -> Option<Arc<Session>> {
     let id = cookie_value(headers, SESSION_COOKIE)?;
-    let session = state.sessions.get(&id, project)?;
+    let session = state.session(&id, project)?;
     session.touch();
     Some(session)
 }

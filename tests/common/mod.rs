@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod accounts;
+pub mod nats;
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
