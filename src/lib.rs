@@ -15,6 +15,7 @@ pub mod cluster;
 pub mod i18n;
 pub mod logwriter;
 pub mod metrics;
+pub mod points;
 pub mod project;
 pub mod protocol;
 pub mod reload;

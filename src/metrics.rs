@@ -23,6 +23,7 @@ pub struct Metrics {
     limit_stops_timeout: AtomicU64,
     store_commits: AtomicU64,
     store_batches: AtomicU64,
+    store_commit_micros: AtomicU64,
     password_checks: AtomicU64,
 }
 
@@ -59,6 +60,7 @@ impl Metrics {
             limit_stops_timeout: AtomicU64::new(0),
             store_commits: AtomicU64::new(0),
             store_batches: AtomicU64::new(0),
+            store_commit_micros: AtomicU64::new(0),
             password_checks: AtomicU64::new(0),
         }
     }
@@ -99,11 +101,14 @@ impl Metrics {
     }
 
     /// One durable transaction of the store's writer, holding `batches`
-    /// queued write sets (group commit).
-    pub fn group_commit(&self, batches: usize) {
+    /// queued write sets (group commit), that took `took` from its start to
+    /// the end of its `fdatasync`.
+    pub fn group_commit(&self, batches: usize, took: Duration) {
         self.store_commits.fetch_add(1, Relaxed);
         self.store_batches
             .fetch_add(u64::try_from(batches).unwrap_or(u64::MAX), Relaxed);
+        self.store_commit_micros
+            .fetch_add(u64::try_from(took.as_micros()).unwrap_or(u64::MAX), Relaxed);
     }
 
     /// A password was hashed and compared (a login or a challenge answer).
@@ -168,6 +173,11 @@ impl Metrics {
         );
         let _ = writeln!(
             out,
+            "# HELP switchboard_store_commit_seconds_total Time the store's writer spent in durable transactions (writing and fdatasync).\n# TYPE switchboard_store_commit_seconds_total counter\nswitchboard_store_commit_seconds_total {}",
+            self.store_commit_micros.load(Relaxed) as f64 / 1e6
+        );
+        let _ = writeln!(
+            out,
             "# HELP switchboard_password_checks_total Passwords hashed and compared (logins, challenge answers).\n# TYPE switchboard_password_checks_total counter\nswitchboard_password_checks_total {}",
             self.password_checks.load(Relaxed)
         );
@@ -217,5 +227,22 @@ mod tests {
         assert!(text.contains("switchboard_sessions 7"));
         assert!(text.contains("switchboard_script_limit_stops_total{limit=\"time\"} 1"));
         assert!(text.contains("switchboard_password_checks_total 1"));
+    }
+
+    #[test]
+    fn group_commits_count_batches_and_time() {
+        let metrics = Metrics::new();
+        metrics.group_commit(30, Duration::from_micros(2500));
+        metrics.group_commit(2, Duration::from_micros(500));
+        let text = metrics.render(0);
+        assert!(text.contains("switchboard_store_commits_total 2"), "{text}");
+        assert!(
+            text.contains("switchboard_store_batches_total 32"),
+            "{text}"
+        );
+        assert!(
+            text.contains("switchboard_store_commit_seconds_total 0.003\n"),
+            "{text}"
+        );
     }
 }

@@ -72,6 +72,10 @@ pub struct Settings {
     /// The language of texts when neither the viewer nor their browser
     /// asks for one the project has.
     pub i18n_default: String,
+    /// Device networks points read and write (`[[connections]]`).
+    pub connections: Vec<toml::Spanned<crate::points::config::ConnectionConfig>>,
+    /// The project's live values (`[[points]]`).
+    pub points: Vec<toml::Spanned<crate::points::config::PointConfig>>,
 }
 
 /// A `[[keystrokes]]` entry: a single key, or a regex over the last typed
@@ -169,6 +173,25 @@ pub struct Timer {
     pub cron: Option<String>,
 }
 
+impl Settings {
+    /// The `[[connections]]` and `[[points]]` entries, without their
+    /// positions in the file.
+    pub fn devices(
+        &self,
+    ) -> (
+        Vec<crate::points::config::ConnectionConfig>,
+        Vec<crate::points::config::PointConfig>,
+    ) {
+        (
+            self.connections
+                .iter()
+                .map(|c| c.get_ref().clone())
+                .collect(),
+            self.points.iter().map(|p| p.get_ref().clone()).collect(),
+        )
+    }
+}
+
 impl Default for Settings {
     fn default() -> Self {
         Settings {
@@ -192,6 +215,8 @@ impl Default for Settings {
             timers: Vec::new(),
             timezone: String::new(),
             i18n_default: "en".into(),
+            connections: Vec::new(),
+            points: Vec::new(),
         }
     }
 }
@@ -500,6 +525,11 @@ fn page_context(
     context.insert("ui", &serde_json::json!({}));
     context.insert("lang", &settings.i18n_default);
     context.insert("sb_texts", "{}");
+    let (connections, points) = settings.devices();
+    context.insert(
+        "points",
+        &crate::points::config::declared_context(&connections, &points),
+    );
     context
 }
 
@@ -521,7 +551,13 @@ fn check_pages_render(
         let rendered = templates
             .render_block(&page.template, "content", &context)
             .and_then(|_| templates.render(&page.template, &context));
-        let Err(error) = rendered else { continue };
+        let error = match rendered {
+            Ok(html) => {
+                check_bindings(settings, page, &html, diagnostics);
+                continue;
+            }
+            Err(error) => error,
+        };
         if matches!(error.kind(), tera::ErrorKind::Msg(m) if m.starts_with("Block `content` not found"))
         {
             diagnostics.push(Diagnostic {
@@ -538,6 +574,32 @@ fn check_pages_render(
             }
             diagnostics.push(diagnostic);
         }
+    }
+}
+
+/// A page binding a point `project.toml` does not declare would show a
+/// dash forever: a load error, at the name's first place in the page's
+/// file (when it is written there and not in a shared template).
+fn check_bindings(
+    settings: &Settings,
+    page: &PageFile,
+    html: &str,
+    diagnostics: &mut Vec<Diagnostic>,
+) {
+    let source = fs::read_to_string(&page.path).unwrap_or_default();
+    for name in crate::points::binding::bound_points(html) {
+        if settings.points.iter().any(|p| p.get_ref().name == name) {
+            continue;
+        }
+        let (line, column) = source
+            .find(&format!("\"{name}\""))
+            .map_or((0, 0), |at| line_and_column(&source, at + 1));
+        diagnostics.push(Diagnostic {
+            file: page.path.clone(),
+            line,
+            column,
+            message: format!("binds the point `{name}`, which project.toml does not declare"),
+        });
     }
 }
 
@@ -633,7 +695,7 @@ fn load_settings(
                 .map(|s| line_and_column(&text, s.start))
                 .unwrap_or((0, 0));
             diagnostics.push(Diagnostic {
-                file: path,
+                file: path.clone(),
                 line,
                 column,
                 message: error.message().to_string(),
@@ -644,7 +706,28 @@ fn load_settings(
     if settings.title.is_empty() {
         settings.title = name.to_string();
     }
+    check_points(&path, &text, &settings, diagnostics);
     Ok(settings)
+}
+
+/// Checks `[[connections]]` and `[[points]]`, each problem at its entry's
+/// line.
+fn check_points(path: &Path, text: &str, settings: &Settings, diagnostics: &mut Vec<Diagnostic>) {
+    use crate::points::config::{Entry, validate};
+    let (connections, points) = settings.devices();
+    for (entry, message) in validate(&connections, &points) {
+        let span = match entry {
+            Entry::Connection(index) => settings.connections[index].span(),
+            Entry::Point(index) => settings.points[index].span(),
+        };
+        let (line, column) = line_and_column(text, span.start);
+        diagnostics.push(Diagnostic {
+            file: path.to_path_buf(),
+            line,
+            column,
+            message,
+        });
+    }
 }
 
 /// 1-based line and column of a byte offset.

@@ -152,6 +152,10 @@ async fn serve(config: ServerConfig) -> Result<(), StartupError> {
                     async move { signal.notified().await }
                 })
                 .keep_alive(KeepAlive::default())
+                // Replies and pushes are small writes; with Nagle's algorithm
+                // one that follows an unacknowledged one waits for the
+                // browser's delayed ACK (milliseconds per click).
+                .tcp_nodelay(true)
                 .client_request_timeout(Duration::from_secs(5))
                 .client_disconnect_timeout(Duration::from_secs(1))
                 .h1_allow_half_closed(true)

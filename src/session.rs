@@ -321,24 +321,36 @@ impl Session {
     /// for the next one. A browser too slow to take it misses it rather
     /// than slowing everyone else down.
     pub fn push(&self, frame: &Frame) {
+        self.try_push(frame);
+    }
+
+    /// [`Session::push`], telling whether every connected browser took the
+    /// frame: `false` when one's queue was full, for a caller that can send
+    /// the current state again later (live point values).
+    pub fn try_push(&self, frame: &Frame) -> bool {
         crate::metrics::METRICS.push();
         let mut live = lock(&self.live);
         if live.ended {
-            return;
+            return true;
         }
         if live.connections.is_empty() {
             if live.pending.len() == MAX_PENDING_PUSHES {
                 live.pending.pop_front();
             }
             live.pending.push_back(frame.clone());
-            return;
+            return true;
         }
-        live.connections.retain(|c| {
-            !matches!(
-                c.frames.try_send(frame.clone()),
-                Err(mpsc::error::TrySendError::Closed(_))
-            )
-        });
+        let mut delivered = true;
+        live.connections
+            .retain(|c| match c.frames.try_send(frame.clone()) {
+                Ok(()) => true,
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    delivered = false;
+                    true
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => false,
+            });
+        delivered
     }
 
     /// Counts a handler run stopped by a limit; returns the count so far.

@@ -37,6 +37,8 @@ pub enum Table {
     Replies,
     /// `project\u{0}submission id` → the result of a form submission.
     Submissions,
+    /// `project\u{0}point` → the point's last known value.
+    Points,
 }
 
 impl Table {
@@ -47,6 +49,7 @@ impl Table {
             Table::Meta => TableDefinition::new("meta"),
             Table::Replies => TableDefinition::new("replies"),
             Table::Submissions => TableDefinition::new("submissions"),
+            Table::Points => TableDefinition::new("points"),
         }
     }
 
@@ -58,15 +61,17 @@ impl Table {
             Table::Meta => "switchboard_meta",
             Table::Replies => "switchboard_replies",
             Table::Submissions => "switchboard_submissions",
+            Table::Points => "switchboard_points",
         }
     }
 
-    const ALL: [Table; 5] = [
+    const ALL: [Table; 6] = [
         Table::Sessions,
         Table::Vars,
         Table::Meta,
         Table::Replies,
         Table::Submissions,
+        Table::Points,
     ];
 }
 
@@ -433,6 +438,7 @@ fn commit_forever(db: &Database, queue: &Queue) {
             }
             std::mem::take(&mut pending.batches)
         };
+        let started = std::time::Instant::now();
         let outcome = commit_group(db, &batches).map_err(|e| e.to_string());
         if let Err(message) = &outcome {
             error!(
@@ -440,7 +446,7 @@ fn commit_forever(db: &Database, queue: &Queue) {
                 batches.len()
             );
         }
-        crate::metrics::METRICS.group_commit(batches.len());
+        crate::metrics::METRICS.group_commit(batches.len(), started.elapsed());
         queue
             .commits
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);

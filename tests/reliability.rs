@@ -97,6 +97,37 @@ async fn a_repeat_that_arrives_while_the_first_run_is_going_waits_for_it() {
     assert_eq!(reply["seq"], 3, "a repeat is answered with its own seq");
 }
 
+/// An HTTP client that gives up while its command runs (the request is
+/// dropped with its connection): the re-send gets the one run's answer,
+/// neither a second run nor a wait for a claim nobody releases.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_whose_http_client_gave_up_is_answered_when_resent() {
+    let server = Server::start(&common::test_projects());
+    let client = server.client("reliable").await;
+    let request = client
+        .http
+        .post(format!("{}/api/command", client.base))
+        .header("content-type", "application/json")
+        .body(counted("h-1", 1, "slowCount").to_string())
+        .send();
+    let impatient = tokio::spawn(request);
+    server.wait_for_log("GATE waiting");
+    impatient.abort();
+    assert!(impatient.await.is_err(), "the first request was dropped");
+    open_gate(&client).await;
+    let resent = tokio::time::timeout(
+        Duration::from_secs(10),
+        client.post(&counted("h-1", 2, "slowCount")),
+    )
+    .await
+    .expect("the re-send is answered");
+    assert_eq!(toast_of(&resent.1), "count=1", "{}", resent.1);
+    let (_, peek) = client
+        .post(&json!({"type":"command","seq":3,"name":"peek"}))
+        .await;
+    assert_eq!(toast_of(&peek), "count=1", "the handler ran once");
+}
+
 #[tokio::test]
 async fn answered_commands_stay_answered_after_a_crash() {
     let mut server = Server::start(&common::test_projects());

@@ -1720,6 +1720,86 @@ async function _updatePendingCount() {
   pending.textContent = _format(CONFIG.TEXT_PENDING, { count: _submissions.count });
 }
 
+// ================================================================ points: objects bound to live values (data-sb-point)
+
+// A bound object (docs/points.md) carries `data-sb-point="<name>"` and shows
+// the point's value: a label its text, a field its value, a button with
+// `data-sb-toggle` its state (`aria-pressed`; a tap writes the opposite
+// through the command `point:<name>`). `data-sb-quality` mirrors the
+// quality, so the stylesheet can grey stale values. The server renders the
+// current value; `points` pushes keep it current.
+
+const _POINT = '[data-sb-point]';
+
+/** name → the last pushed item, for objects that appear after it arrived. */
+const _pointItems = new Map();
+
+_pushes.points = ({ set }) => {
+  for (const item of set) _showPoint(item);
+};
+
+function _showPoint(item) {
+  _pointItems.set(item.name, item);
+  for (const element of document.querySelectorAll(`[data-sb-point="${CSS.escape(item.name)}"]`)) {
+    _applyPoint(element, item);
+  }
+}
+
+function _applyPoint(element, { value, quality, text, seq }) {
+  // A page rendered after this change already shows something newer.
+  if (Number(element.dataset.sbSeq ?? -1) > seq) return;
+  element.dataset.sbSeq = String(seq);
+  element.dataset.sbQuality = quality;
+  if (element.hasAttribute('data-sb-toggle')) {
+    element.setAttribute('aria-pressed', String(value === true));
+    element.dataset.sbParam = String(value !== true);
+  } else if (element.matches(_FIELD)) {
+    // Never overwrite what the user is typing or dragging.
+    if (element.type === 'checkbox') element.checked = value === true;
+    else if (element !== document.activeElement) element.value = value == null ? '' : String(value);
+  } else {
+    element.textContent = _pointText(element, value, text);
+  }
+}
+
+/** A label's text: `data-sb-on` / `data-sb-off` override On/Off for bools. */
+function _pointText(element, value, text) {
+  if (value === true && element.dataset.sbOn) return element.dataset.sbOn;
+  if (value === false && element.dataset.sbOff) return element.dataset.sbOff;
+  return text;
+}
+
+/** A committed change of a bound field writes the point instead of sending the field's id. */
+function _onPointChange(event) {
+  const field = event.target;
+  if (!field.matches?.(`${_FIELD}${_POINT}`)) return;
+  event.stopPropagation();
+  _clearFieldError(field);
+  _command(`point:${field.dataset.sbPoint}`, _valueOf(field), { element: field });
+}
+
+/** Objects swapped in (pages, popups) get the pushes that arrived while their HTML was on its way. */
+function _watchBoundObjects() {
+  new MutationObserver((mutations) => {
+    for (const mutation of mutations) {
+      for (const node of mutation.addedNodes) {
+        if (node.nodeType !== Node.ELEMENT_NODE) continue;
+        const bound = node.matches(_POINT) ? [node] : [];
+        for (const element of [...bound, ...node.querySelectorAll(_POINT)]) {
+          const item = _pointItems.get(element.dataset.sbPoint);
+          if (item) _applyPoint(element, item);
+        }
+      }
+    }
+  }).observe(document.body, { childList: true, subtree: true });
+}
+
+if (document.body?.dataset.sbProject) {
+  // Capture: runs before the generic field handler, which would send the field's id.
+  document.addEventListener('change', _onPointChange, true);
+  _watchBoundObjects();
+}
+
 // ================================================================ public API and start-up
 
 const Switchboard = Object.freeze({

@@ -72,6 +72,13 @@ impl HttpConnection {
         })
     }
 
+    /// Sends a GET and reads the whole response.
+    pub async fn get(&mut self, path: &str) -> Result<Response, Error> {
+        let request = format!("GET {path} HTTP/1.1\r\nhost: {}\r\n\r\n", self.host);
+        self.stream.write_all(request.as_bytes()).await?;
+        self.read_response().await
+    }
+
     /// Sends a POST and reads the whole response.
     pub async fn post(
         &mut self,
@@ -189,12 +196,52 @@ pub async fn connect(target: &Target, session: &str) -> Result<Socket, Error> {
     Ok(socket)
 }
 
-/// A command frame.
-pub fn command_frame(seq: u64, name: &str, param: &str) -> String {
-    // Names and params the suite sends are plain ASCII without quotes or
-    // backslashes, so no escaping is needed.
-    debug_assert!(!name.contains(['"', '\\']) && !param.contains(['"', '\\']));
-    format!(r#"{{"type":"command","seq":{seq},"name":"{name}","param":"{param}"}}"#)
+/// One command as the load client sends it.
+#[derive(Debug, Clone, Copy)]
+pub struct Command<'a> {
+    pub seq: u64,
+    /// The command's id, as the browser runtime gives every command
+    /// (`<tab>-<seq>`): the server runs it exactly once and keeps its answer.
+    pub id: Option<&'a str>,
+    pub name: &'a str,
+    pub param: &'a str,
+}
+
+impl<'a> Command<'a> {
+    /// A command without an id.
+    pub fn plain(seq: u64, name: &'a str, param: &'a str) -> Command<'a> {
+        Command {
+            seq,
+            id: None,
+            name,
+            param,
+        }
+    }
+
+    /// The command's frame.
+    pub fn frame(&self) -> String {
+        let Command {
+            seq,
+            id,
+            name,
+            param,
+        } = *self;
+        // Ids, names and params the suite sends are plain ASCII without
+        // quotes or backslashes, so no escaping is needed.
+        debug_assert!(
+            [name, param, id.unwrap_or_default()]
+                .iter()
+                .all(|text| !text.contains(['"', '\\']))
+        );
+        match id {
+            Some(id) => format!(
+                r#"{{"type":"command","seq":{seq},"id":"{id}","name":"{name}","param":"{param}"}}"#
+            ),
+            None => {
+                format!(r#"{{"type":"command","seq":{seq},"name":"{name}","param":"{param}"}}"#)
+            }
+        }
+    }
 }
 
 /// What the load client reads of a message: pushes have a `type`, replies
@@ -230,15 +277,11 @@ fn outcome_of(status: Option<&str>) -> Outcome {
 /// come within `timeout`.
 pub async fn ws_command(
     socket: &mut Socket,
-    seq: u64,
-    name: &str,
-    param: &str,
+    command: Command<'_>,
     timeout: Duration,
 ) -> Result<Outcome, Error> {
-    socket
-        .send(Message::text(command_frame(seq, name, param)))
-        .await?;
-    ws_reply(socket, seq, timeout).await
+    socket.send(Message::text(command.frame())).await?;
+    ws_reply(socket, command.seq, timeout).await
 }
 
 /// Waits for the reply with `seq`, skipping pushes.
@@ -271,18 +314,51 @@ pub async fn http_command(
     connection: &mut HttpConnection,
     path: &str,
     session: &str,
-    seq: u64,
-    name: &str,
-    param: &str,
+    command: Command<'_>,
 ) -> Result<Outcome, Error> {
     let response = connection
-        .post(path, Some(session), &command_frame(seq, name, param))
+        .post(path, Some(session), &command.frame())
         .await?;
     if response.status != 200 {
         return Ok(Outcome::NotOk);
     }
     let incoming: Incoming = serde_json::from_slice(&response.body)?;
     Ok(outcome_of(incoming.status))
+}
+
+/// The store's group-commit counters from the server's `/metrics`
+/// (`switchboard_store_commits_total`, `switchboard_store_batches_total`
+/// and, when the server has it, the time spent committing); `None` when
+/// the server has no such page (the baselines).
+pub async fn store_counters(addr: SocketAddr) -> Option<StoreCounters> {
+    let mut connection = HttpConnection::open(addr).await.ok()?;
+    let response = connection.get("/metrics").await.ok()?;
+    if response.status != 200 {
+        return None;
+    }
+    let text = String::from_utf8_lossy(&response.body);
+    let counter = |name: &str| {
+        text.lines().find_map(|line| {
+            line.strip_prefix(name)?
+                .strip_prefix(' ')?
+                .trim()
+                .parse()
+                .ok()
+        })
+    };
+    Some(StoreCounters {
+        commits: counter("switchboard_store_commits_total")?,
+        batches: counter("switchboard_store_batches_total")?,
+        commit_seconds: counter("switchboard_store_commit_seconds_total"),
+    })
+}
+
+/// See [`store_counters`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StoreCounters {
+    pub commits: f64,
+    pub batches: f64,
+    pub commit_seconds: Option<f64>,
 }
 
 #[cfg(test)]
@@ -292,8 +368,18 @@ mod tests {
     #[test]
     fn frames_and_replies() {
         assert_eq!(
-            command_frame(3, "ping", ""),
+            Command::plain(3, "ping", "").frame(),
             r#"{"type":"command","seq":3,"name":"ping","param":""}"#
+        );
+        let browser = Command {
+            seq: 4,
+            id: Some("ab12-4"),
+            name: "ping",
+            param: "7",
+        };
+        assert_eq!(
+            browser.frame(),
+            r#"{"type":"command","seq":4,"id":"ab12-4","name":"ping","param":"7"}"#
         );
         let reply: Incoming =
             serde_json::from_str(r#"{"seq":3,"status":"ok","actions":[{"type":"toast"}]}"#)

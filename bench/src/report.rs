@@ -141,27 +141,241 @@ fn throughput_row(
                 met: Some(ratio >= 0.5 && errors_of(sb) == 0.0),
             }
         }
-        _ => Row {
-            figure,
-            target,
-            measured: "–".into(),
-            compared: "–".into(),
-            met: None,
-        },
+        _ => unmeasured(figure, target),
     }
 }
 
-fn target_rows(records: &[Record], soak: &[Record]) -> Vec<Row> {
-    let mut rows = vec![throughput_row(
+/// A row not measured in this run.
+fn unmeasured(figure: &'static str, target: &'static str) -> Row {
+    Row {
+        figure,
+        target,
+        measured: "–".into(),
+        compared: "–".into(),
+        met: None,
+    }
+}
+
+/// Switchboard's throughput on the path `id` against its own on the path
+/// `against` in the same run: met at `min_ratio` or more, without errors.
+fn same_run_ratio_row(
+    records: &[Record],
+    figure: &'static str,
+    target: &'static str,
+    (id, against): (&str, &str),
+    min_ratio: f64,
+) -> Row {
+    let (Some(sb), Some(base)) = (
+        find(records, id, "switchboard"),
+        find(records, against, "switchboard"),
+    ) else {
+        return unmeasured(figure, target);
+    };
+    let ratio = sb.get("throughput").unwrap_or(0.0) / base.get("throughput").unwrap_or(1.0);
+    Row {
+        figure,
+        target,
+        measured: format!(
+            "{} cmd/s (p50 {}, p99 {}){}",
+            thousands(sb.get("throughput").unwrap_or(0.0)),
+            us(sb, "p50_us"),
+            us(sb, "p99_us"),
+            group_commit(sb)
+        ),
+        compared: format!(
+            "plain path (`{against}`): {} cmd/s → **{ratio:.2}×**",
+            thousands(base.get("throughput").unwrap_or(0.0))
+        ),
+        met: Some(ratio >= min_ratio && errors_of(sb) == 0.0),
+    }
+}
+
+/// How the store's group commit went during a measurement, if the server
+/// said: `; 312 commits/s of 41.0 batches, 2.10 ms each`.
+fn group_commit(record: &Record) -> String {
+    match (
+        record.get("commits_per_s"),
+        record.get("batches_per_commit"),
+    ) {
+        (Some(commits), Some(batches)) if commits > 0.0 => format!(
+            "; {} durable commits/s of {batches:.1} batches{}",
+            thousands(commits),
+            record
+                .get("commit_ms")
+                .map_or(String::new(), |ms| format!(", {ms:.2} ms each"))
+        ),
+        _ => String::new(),
+    }
+}
+
+/// `fdatasync p50 2.31 ms, p99 13.0 ms`: the disk's figure of this run.
+fn disk(records: &[Record]) -> Option<String> {
+    let fsync = find(records, "fsync", "disk")?;
+    Some(format!(
+        "write + fdatasync of 4 KiB on the database's disk: p50 {}, p99 {}",
+        us(fsync, "p50_us"),
+        us(fsync, "p99_us")
+    ))
+}
+
+/// The targets of the path browsers take (issue 15): commands with an id
+/// and a new param, durable `!` variables, session creation, click → toast
+/// in a real browser, and point fan-out (measured by the points benchmark).
+fn browser_path_rows(records: &[Record], points: &[Record]) -> Vec<Row> {
+    let mut rows = vec![same_run_ratio_row(
         records,
-        "WebSocket command round trip, handler answering `#{ toast: \"ok\" }`, 64 sessions closed-loop",
-        "≥ 0.5 × bare echo throughput",
-        "ws64",
-        "baseline-ws",
+        "Commands as browsers send them (an `id`, a new param each time), 64 sessions closed-loop (`ws64`)",
+        "≥ 0.8 × the plain path's throughput, same run",
+        ("ws64", "ws64-plain"),
+        0.8,
     )];
+    const FIGURE_8: &str = "same, 8 sessions closed-loop (`ws8`)";
+    const TARGET_8: &str = "p99 ≤ 2 ms";
     rows.push(match find(records, "ws8", "switchboard") {
         Some(sb) => Row {
-            figure: "same, 8 sessions closed-loop",
+            figure: FIGURE_8,
+            target: TARGET_8,
+            measured: format!(
+                "p99 {} (p50 {}, p99.9 {}){}",
+                us(sb, "p99_us"),
+                us(sb, "p50_us"),
+                us(sb, "p999_us"),
+                group_commit(sb)
+            ),
+            compared: [
+                find(records, "ws8-plain", "switchboard")
+                    .map(|p| format!("plain path: p99 {}", us(p, "p99_us"))),
+                disk(records),
+            ]
+            .into_iter()
+            .flatten()
+            .collect::<Vec<_>>()
+            .join("; "),
+            met: Some(sb.get("p99_us").unwrap_or(f64::MAX) <= 2000.0 && errors_of(sb) == 0.0),
+        },
+        None => unmeasured(FIGURE_8, TARGET_8),
+    });
+    rows.push(same_run_ratio_row(
+        records,
+        "`varSet(\"x!\", param)` from the handler (durable before the reply), browser-shaped, 64 sessions (`ws64-var`)",
+        "≥ 0.8 × the plain path's throughput, same run",
+        ("ws64-var", "ws64-plain"),
+        0.8,
+    ));
+    rows.push(sessions_row(records));
+    rows.push(click_row(records));
+    rows.push(points_row(records, points));
+    rows
+}
+
+fn sessions_row(records: &[Record]) -> Row {
+    const FIGURE: &str = "session creation: `POST /<project>/api/session`, 16 keep-alive connections closed-loop (`sessions`)";
+    const TARGET: &str = "≥ 10 000 sessions/s and ≥ 0.3 × the bare server's rate";
+    let Some(sb) = find(records, "sessions", "switchboard") else {
+        return unmeasured(FIGURE, TARGET);
+    };
+    let rate = sb.get("throughput").unwrap_or(0.0);
+    let base = find(records, "sessions", "baseline-http");
+    let ratio = base.map(|b| rate / b.get("throughput").unwrap_or(1.0));
+    Row {
+        figure: FIGURE,
+        target: TARGET,
+        measured: format!(
+            "{} sessions/s (p50 {}, p99 {})",
+            thousands(rate),
+            us(sb, "p50_us"),
+            us(sb, "p99_us")
+        ),
+        compared: match (base, ratio) {
+            (Some(b), Some(ratio)) => format!(
+                "baseline-http: {} sessions/s → **{ratio:.2}×**",
+                thousands(b.get("throughput").unwrap_or(0.0))
+            ),
+            _ => "–".into(),
+        },
+        met: Some(rate >= 10_000.0 && ratio.is_some_and(|r| r >= 0.3) && errors_of(sb) == 0.0),
+    }
+}
+
+fn click_row(records: &[Record]) -> Row {
+    const FIGURE: &str =
+        "click → visible toast in headless Chromium on the demo (`bench/browser/click.mjs`)";
+    const TARGET: &str = "p50 ≤ 3 ms, p99 ≤ 15 ms";
+    let Some(click) = find(records, "click", "switchboard") else {
+        return unmeasured(FIGURE, TARGET);
+    };
+    Row {
+        figure: FIGURE,
+        target: TARGET,
+        measured: format!(
+            "p50 {}, p90 {}, p99 {} over {} clicks",
+            us(click, "p50_us"),
+            us(click, "p90_us"),
+            us(click, "p99_us"),
+            click.get("clicks").unwrap_or(0.0)
+        ),
+        compared: format!(
+            "max {}; the same frame on the page's own WebSocket, without a click: p50 {}, p99 {}",
+            us(click, "max_us"),
+            us(click, "socket_p50_us"),
+            us(click, "socket_p99_us")
+        ),
+        met: Some(
+            click.get("p50_us").unwrap_or(f64::MAX) <= 3000.0
+                && click.get("p99_us").unwrap_or(f64::MAX) <= 15_000.0
+                && click.get("clicks").unwrap_or(0.0) >= 100.0
+                && errors_of(click) == 0.0,
+        ),
+    }
+}
+
+/// The points benchmark's record (`bench/src/bin/points.rs`, id `points`),
+/// from this run's results or the file `bench/run` keeps it in.
+fn points_row(records: &[Record], points: &[Record]) -> Row {
+    const FIGURE: &str =
+        "point fan-out: device value published over MQTT → every panel showing it (`points`)";
+    const TARGET: &str = "p99 publish → socket ≤ 50 ms at 2 000 changes/s to 1 000 sessions";
+    let Some(record) = records
+        .iter()
+        .chain(points)
+        .rev()
+        .find(|r| r.id() == "points")
+    else {
+        return unmeasured(FIGURE, TARGET);
+    };
+    let ms = |key: &str| record.get(key).map_or("–".into(), |v| format!("{v:.1} ms"));
+    Row {
+        figure: FIGURE,
+        target: TARGET,
+        measured: format!(
+            "p99 {} (p50 {}) at {} changes/s to {} sessions, {} final values wrong",
+            ms("p99_ms"),
+            ms("p50_ms"),
+            thousands(record.get("publish_rate").unwrap_or(0.0)),
+            thousands(record.get("sessions").unwrap_or(0.0)),
+            record.get("final_values_wrong").unwrap_or(0.0)
+        ),
+        compared: format!("bare MQTT subscriber: p99 {}", ms("baseline_p99_ms")),
+        met: Some(
+            record.get("p99_ms").unwrap_or(f64::MAX) <= 50.0
+                && record.get("publish_rate").unwrap_or(0.0) >= 1_900.0
+                && record.get("sessions").unwrap_or(0.0) >= 1_000.0
+                && record.get("final_values_wrong").unwrap_or(1.0) == 0.0,
+        ),
+    }
+}
+
+fn target_rows(records: &[Record], soak: &[Record], points: &[Record]) -> Vec<Row> {
+    let mut rows = vec![throughput_row(
+        records,
+        "WebSocket command round trip, handler answering `#{ toast: \"ok\" }`, 64 sessions closed-loop, plain path: no `id`, same param (`ws64-plain`)",
+        "≥ 0.5 × bare echo throughput",
+        "ws64-plain",
+        "baseline-ws",
+    )];
+    rows.push(match find(records, "ws8-plain", "switchboard") {
+        Some(sb) => Row {
+            figure: "same, 8 sessions closed-loop (`ws8-plain`)",
             target: "p99 ≤ 1 ms",
             measured: format!(
                 "p99 {} (p50 {}, p99.9 {})",
@@ -169,26 +383,21 @@ fn target_rows(records: &[Record], soak: &[Record]) -> Vec<Row> {
                 us(sb, "p50_us"),
                 us(sb, "p999_us")
             ),
-            compared: find(records, "ws8", "baseline-ws").map_or("–".into(), |b| {
+            compared: find(records, "ws8-plain", "baseline-ws").map_or("–".into(), |b| {
                 format!("baseline-ws: p99 {}", us(b, "p99_us"))
             }),
             met: Some(sb.get("p99_us").unwrap_or(f64::MAX) <= 1000.0 && errors_of(sb) == 0.0),
         },
-        None => Row {
-            figure: "same, 8 sessions closed-loop",
-            target: "p99 ≤ 1 ms",
-            measured: "–".into(),
-            compared: "–".into(),
-            met: None,
-        },
+        None => unmeasured("same, 8 sessions closed-loop (`ws8-plain`)", "p99 ≤ 1 ms"),
     });
     rows.push(throughput_row(
         records,
-        "HTTP command endpoint, same handler, 64 connections closed-loop",
+        "HTTP command endpoint, same handler, 64 connections closed-loop, plain path (`http64-plain`)",
         "≥ 0.5 × bare JSON endpoint throughput",
-        "http64",
+        "http64-plain",
         "baseline-http",
     ));
+    rows.extend(browser_path_rows(records, points));
     let idle = find(records, "idle", "switchboard");
     rows.push(Row {
         figure: "idle sessions held (one WebSocket each)",
@@ -417,6 +626,34 @@ fn measurements_table(out: &mut String, records: &[Record]) {
             r.get("cpu_other").unwrap_or(0.0)
         );
     }
+    commits_table(out, records);
+    for r in records.iter().filter(|r| r.id() == "fsync") {
+        let _ = writeln!(
+            out,
+            "Disk (the database's folder): write + `fdatasync` of 4 KiB, one at a time, {} times in {:.0} s: p50 {}, p99 {}, max {}. A reply that waits for a durable commit waits at least this long.\n",
+            thousands(r.get("ops").unwrap_or(0.0)),
+            r.get("seconds").unwrap_or(0.0),
+            us(r, "p50_us"),
+            us(r, "p99_us"),
+            us(r, "max_us")
+        );
+    }
+    for r in records.iter().filter(|r| r.id() == "click") {
+        let _ = writeln!(
+            out,
+            "Click → toast in headless Chromium ({}): {} clicks after {} unmeasured, p50 {}, p90 {}, p99 {}, max {}; {} errors. The same frame over a WebSocket of the page's own, without a click: p50 {}, p99 {}.\n",
+            r.text("label").unwrap_or("demo"),
+            r.get("clicks").unwrap_or(0.0),
+            r.get("warmup_clicks").unwrap_or(0.0),
+            us(r, "p50_us"),
+            us(r, "p90_us"),
+            us(r, "p99_us"),
+            us(r, "max_us"),
+            errors_of(r),
+            us(r, "socket_p50_us"),
+            us(r, "socket_p99_us")
+        );
+    }
     let micro: Vec<&Record> = records.iter().filter(|r| r.id() == "micro").collect();
     if !micro.is_empty() {
         out.push_str("| Micro-benchmark (`cargo bench`) | median | mean |\n|---|---:|---:|\n");
@@ -433,8 +670,40 @@ fn measurements_table(out: &mut String, records: &[Record]) {
     }
 }
 
+/// The store's group commit during each measurement that says.
+fn commits_table(out: &mut String, records: &[Record]) {
+    let rows: Vec<&Record> = records
+        .iter()
+        .filter(|r| r.get("commits_per_s").is_some())
+        .collect();
+    if rows.is_empty() {
+        return;
+    }
+    out.push_str("| Group commit during | Commands | Durable commits/s | Batches per commit | Time per commit |\n|---|---|---:|---:|---:|\n");
+    for r in rows {
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} | {} |",
+            r.text("label").unwrap_or(r.id()),
+            r.text("shape").unwrap_or("–"),
+            thousands(r.get("commits_per_s").unwrap_or(0.0)),
+            r.get("batches_per_commit")
+                .map_or("–".into(), |v| format!("{v:.1}")),
+            r.get("commit_ms")
+                .map_or("–".into(), |v| format!("{v:.2} ms")),
+        );
+    }
+    out.push('\n');
+}
+
 /// The generated section.
-pub fn render(records: &[Record], soak: &[Record], date: &str, commit: &str) -> String {
+pub fn render(
+    records: &[Record],
+    soak: &[Record],
+    points: &[Record],
+    date: &str,
+    commit: &str,
+) -> String {
     // The run's own record (written by bench/run when it starts) says when
     // and on what it was measured; the arguments are for results without one.
     let run = records.iter().find(|r| r.id() == "run");
@@ -470,7 +739,7 @@ pub fn render(records: &[Record], soak: &[Record], date: &str, commit: &str) -> 
     out.push_str(
         "| Figure | Target | Switchboard | Compared with | Verdict |\n|---|---|---|---|---|\n",
     );
-    for row in target_rows(records, soak) {
+    for row in target_rows(records, soak, points) {
         let _ = writeln!(
             out,
             "| {} | {} | {} | {} | {} |",
@@ -481,6 +750,9 @@ pub fn render(records: &[Record], soak: &[Record], date: &str, commit: &str) -> 
             verdict(row.met)
         );
     }
+    out.push_str(
+        "\nRows named `…-plain` send commands without an `id` and with the same (empty) param every time, the path the first figures measured; the others send them as the browser runtime does: every command with an `id` (`<tab>-<seq>`, so it runs exactly once and its answer is recorded durably before the reply) and a new param (so the session's rollback memory changes each time).\n",
+    );
     out.push_str("\n### Every measurement of this run\n\n");
     measurements_table(&mut out, records);
     if !soak.is_empty() {
@@ -512,13 +784,15 @@ pub fn render(records: &[Record], soak: &[Record], date: &str, commit: &str) -> 
 pub fn write(
     results: &Path,
     soak: Option<&Path>,
+    points: Option<&Path>,
     out: &Path,
     date: &str,
     commit: &str,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let records = read_records(results);
     let soak_records = soak.map(read_records).unwrap_or_default();
-    let section = render(&records, &soak_records, date, commit);
+    let points_records = points.map(read_records).unwrap_or_default();
+    let section = render(&records, &soak_records, &points_records, date, commit);
     let existing = std::fs::read_to_string(out).unwrap_or_default();
     let text = match (existing.find(BEGIN), existing.find(END)) {
         (Some(begin), Some(end)) if begin < end => format!(
@@ -530,13 +804,13 @@ pub fn write(
         _ => format!("# Performance\n\n{section}"),
     };
     std::fs::write(out, text)?;
-    println!("{}", summary(&records, &soak_records));
+    println!("{}", summary(&records, &soak_records, &points_records));
     Ok(())
 }
 
 /// The targets as plain lines, for the terminal.
-fn summary(records: &[Record], soak: &[Record]) -> String {
-    target_rows(records, soak)
+fn summary(records: &[Record], soak: &[Record], points: &[Record]) -> String {
+    target_rows(records, soak, points)
         .iter()
         .map(|row| {
             format!(
@@ -557,14 +831,67 @@ mod tests {
 
     #[test]
     fn ratios_and_verdicts() {
-        let mut sb = Record::new("ws64", "switchboard");
+        let mut sb = Record::new("ws64-plain", "switchboard");
         sb.set("throughput", 600.0).set("p99_us", 900.0);
-        let mut base = Record::new("ws64", "baseline-ws");
+        let mut base = Record::new("ws64-plain", "baseline-ws");
         base.set("throughput", 1000.0);
-        let text = render(&[sb, base], &[], "today", "abc");
+        let mut browser = Record::new("ws64", "switchboard");
+        browser
+            .set("throughput", 450.0)
+            .set("commits_per_s", 300.0)
+            .set("batches_per_commit", 1.5);
+        let text = render(&[sb, base, browser], &[], &[], "today", "abc");
         assert!(text.contains("→ **0.60×** | met |"), "{text}");
+        assert!(
+            text.contains("`ws64-plain`): 600 cmd/s → **0.75×** | **missed** |"),
+            "{text}"
+        );
+        assert!(
+            text.contains("300 durable commits/s of 1.5 batches"),
+            "{text}"
+        );
         assert!(text.contains("not measured"));
         assert!(text.starts_with(BEGIN) && text.trim_end().ends_with(END));
+    }
+
+    #[test]
+    fn the_points_row_waits_for_its_record() {
+        let row = |points: &[Record]| {
+            target_rows(&[], &[], points)
+                .into_iter()
+                .find(|row| row.figure.starts_with("point fan-out"))
+                .unwrap()
+        };
+        let missing = row(&[]);
+        assert_eq!((missing.measured.as_str(), missing.met), ("–", None));
+        let mut record = Record::new("points", "");
+        record
+            .set("p99_ms", 31.5)
+            .set("p50_ms", 4.0)
+            .set("publish_rate", 1990.0)
+            .set("sessions", 1000.0)
+            .set("final_values_wrong", 0.0);
+        let found = row(&[record]);
+        assert!(
+            found.measured.starts_with("p99 31.5 ms"),
+            "{}",
+            found.measured
+        );
+        assert_eq!(found.met, Some(true));
+    }
+
+    #[test]
+    fn session_creation_needs_both_the_rate_and_the_ratio() {
+        let rows = |sb: f64, base: f64| {
+            let mut s = Record::new("sessions", "switchboard");
+            s.set("throughput", sb);
+            let mut b = Record::new("sessions", "baseline-http");
+            b.set("throughput", base);
+            sessions_row(&[s, b]).met
+        };
+        assert_eq!(rows(12_000.0, 30_000.0), Some(true));
+        assert_eq!(rows(12_000.0, 50_000.0), Some(false));
+        assert_eq!(rows(9_000.0, 20_000.0), Some(false));
     }
 
     #[test]

@@ -12,7 +12,7 @@ use tracing::{info, warn};
 use super::delivery::{Claim, StoredReply, reply_key};
 use super::handlers::{self, Call, OnFailure, Ran};
 use super::state::{Caller, Runtime};
-use super::{events, forms, memory};
+use super::{events, forms, memory, points};
 use crate::acl;
 use crate::answer::{Action, Decoded, Display, Status};
 use crate::metrics::METRICS;
@@ -149,6 +149,7 @@ async fn page_closed(
     session: Arc<Session>,
     closed: PageClosed,
 ) -> Reply {
+    runtime.points.page_closed(&session, &closed.page);
     let opener = session.with_state(|state| state.openers.remove(&closed.page));
     let Some(opener) = opener else {
         return handlers::reply(closed.seq, nothing_to_do());
@@ -284,7 +285,11 @@ fn execute_here(
         object: Some(object.clone()),
         log_name: Some(command.name.clone()),
     };
-    let mut ran = handlers::run_blocking(Some(runtime), project, Some(session), call);
+    // A write from an object bound to a point takes the point's path.
+    let mut ran = match command.name.strip_prefix(points::POINT_COMMAND) {
+        Some(point) => points::write_from_page(runtime, project, session, point, call),
+        None => handlers::run_blocking(Some(runtime), project, Some(session), call),
+    };
     let decoded = ran.decoded.get_or_insert_with(handlers::unhandled);
     let changed = session
         .with_state(|state| memory::remember(state, &object, command, decoded, remember_value));

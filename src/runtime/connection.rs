@@ -146,6 +146,7 @@ async fn opened(
         events::session_restored(runtime, project, session, kind).await;
     }
     let (Some(tab), Some(page)) = (tab, page) else {
+        runtime.points.send_snapshot(session);
         return;
     };
     // The client's page if the user may see it, else the start page.
@@ -157,6 +158,7 @@ async fn opened(
     };
     let new_tab = session.with_state(|state| state.show_in_tab(tab, page).is_none());
     runtime.persist(session);
+    runtime.points.send_snapshot(session);
     if new_tab {
         events::page_startup(runtime, project, session, page, tab).await;
     }

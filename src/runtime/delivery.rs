@@ -28,6 +28,10 @@ use crate::store::{Commit, Table, Write};
 /// reconnect, short enough that the table stays small.
 const REPLY_RETENTION: Duration = Duration::from_secs(3600);
 
+/// How often a repeat looks for the record of a run that ended without
+/// releasing its claim.
+const DEAD_CLAIM_POLL: Duration = Duration::from_millis(10);
+
 thread_local! {
     // Store writes deferred until the running handler's transaction commits.
     static BATCH: RefCell<Option<Batch>> = const { RefCell::new(None) };
@@ -242,18 +246,18 @@ impl Runtime {
 
     /// Claims `key` for running, unless it was answered already or is
     /// running now (then waits for that run's answer).
+    ///
+    /// The claim is taken before the store is read, so one read serves
+    /// every command: a run releases its claim only after its record is
+    /// durable, so once the claim is ours, a record that is not in the
+    /// store is not coming.
     pub async fn claim(&self, table: Table, key: &str) -> Claim {
         loop {
-            if let Some(stored) = self.stored(table, key) {
-                return Claim::Answered(stored);
-            }
             let mut running = match self.in_flight.entry(key.to_string()) {
                 Entry::Occupied(entry) => entry.get().clone(),
                 Entry::Vacant(entry) => {
                     let (done, running) = watch::channel(None);
                     entry.insert(running);
-                    // The first run may have committed and left between the
-                    // look-up above and this claim.
                     if let Some(stored) = self.stored(table, key) {
                         self.in_flight.remove(key);
                         return Claim::Answered(stored);
@@ -266,7 +270,17 @@ impl Runtime {
             {
                 return Claim::Answered(StoredReply::new(&reply));
             }
-            // The run ended without an answer (its task died): try again.
+            // The run ended without handing over an answer: it found the
+            // record already there, or its task was dropped or panicked
+            // while its handler may still be finishing on a script thread.
+            // Look for the record, never run the handler a second time, and
+            // do not spin while the dead claim is still in place.
+            if let Some(stored) = self.stored(table, key) {
+                return Claim::Answered(stored);
+            }
+            if self.in_flight.contains_key(key) {
+                tokio::time::sleep(DEAD_CLAIM_POLL).await;
+            }
         }
     }
 

@@ -37,6 +37,12 @@ pub fn register(engine: &mut Engine, runtime: Weak<Runtime>, project: &str) {
     let bind = || (runtime.clone(), project.to_string());
     super::challenge::register_result_type(engine);
     super::events::register_page_type(engine);
+    // Bound to no runtime (`switchboard check`) the point functions are
+    // still registered, so that calls to them are known; they fail if run.
+    let points = runtime
+        .upgrade()
+        .map_or_else(Weak::new, |runtime| Arc::downgrade(&runtime.points));
+    crate::points::register_functions(engine, points, project);
 
     let (rt, p) = bind();
     engine.register_fn(

@@ -74,9 +74,12 @@ impl Runtime {
             store.put(Table::Meta, RUNNING_KEY, b"1")?;
             Some(crashed)
         };
+        let sessions = Arc::new(Sessions::default());
+        let store = Arc::new(store);
         let runtime = Arc::new_cyclic(|myself| Runtime {
             projects: RwLock::default(),
-            sessions: Sessions::default(),
+            points: Arc::new(crate::points::Points::new(sessions.clone(), store.clone())),
+            sessions,
             store,
             ui: DashMap::new(),
             vars: DashMap::new(),
@@ -124,6 +127,7 @@ impl Runtime {
     pub(super) fn insert_project(&self, project: Project) -> Option<Arc<Project>> {
         let project = Arc::new(project);
         schedule::start_timers(self.myself.clone(), &project);
+        super::points::start(&self.points, &project);
         self.projects
             .write()
             .unwrap_or_else(|p| p.into_inner())
@@ -330,6 +334,7 @@ impl Runtime {
     /// ends (the Perspective seed's example) must not record false ones.
     pub async fn stop(&self) {
         self.shutdown.send_replace(true);
+        self.points.persist_all();
         for session in self.sessions.all() {
             if let (Some(project), Some(runtime)) = (self.project(&session.project), self.arc()) {
                 events::server_stopping(&runtime, &project, &session).await;

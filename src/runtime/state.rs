@@ -24,8 +24,10 @@ use crate::store::{Store, Table, Write};
 
 pub struct Runtime {
     pub(super) projects: RwLock<HashMap<String, Arc<Project>>>,
-    pub sessions: crate::session::Sessions,
-    pub(super) store: Store,
+    pub sessions: Arc<crate::session::Sessions>,
+    pub(super) store: Arc<Store>,
+    /// Live values from devices, per project (`crate::points`).
+    pub points: Arc<crate::points::Points>,
     pub(super) ui: DashMap<String, ProjectUi>,
     /// In-memory variables by `project\u{0}name`; names ending in `!` are
     /// also written to the store.
@@ -144,6 +146,7 @@ impl Runtime {
     }
 
     pub(super) fn remove_project(&self, name: &str) -> Option<Arc<Project>> {
+        self.points.stop_project(name);
         self.projects
             .write()
             .unwrap_or_else(|p| p.into_inner())

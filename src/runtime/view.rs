@@ -27,8 +27,9 @@ impl Runtime {
     /// What templates see besides `page` and `project` when `session`
     /// views a page: `session` (its properties), `vars` (the project's
     /// variables), `ui` (the UI values the session sees, by object id and
-    /// attribute), so that a page renders its state without waiting for the
-    /// first push; `lang` and `sb_texts` (the browser runtime's texts).
+    /// attribute) and `points` (the project's live values), so that a page
+    /// renders its state without waiting for the first push; `lang` and
+    /// `sb_texts` (the browser runtime's texts).
     pub fn template_view(&self, project: &Project, session: &Session) -> Map<String, Value> {
         let mut ui = Map::new();
         for value in self.ui_snapshot(session) {
@@ -46,6 +47,7 @@ impl Runtime {
         );
         view.insert("vars".into(), self.vars_of(&session.project).into());
         view.insert("ui".into(), ui.into());
+        view.insert("points".into(), self.points.template_context(&project.name));
         let language = self.language_of(project, session);
         // Embedded in a `<script type="application/json">`: `<` escaped so
         // that no text can close the element.

@@ -304,7 +304,7 @@ async fn metrics(req: HttpRequest, state: State) -> Result<HttpResponse, Request
     }
     Ok(HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
-        .body(METRICS.render(state.sessions.len())))
+        .body(METRICS.render(state.sessions.len()) + state.points.render_metrics().as_str()))
 }
 
 /// For load balancers: 200 while this node can serve, 503 when it cannot
@@ -435,6 +435,9 @@ fn render_page(
         .render_page(page, &state.template_view(&project, &session))
         .ok_or(RequestError::PageNotFound)?;
     let html = rendered.map_err(|error| render_failed(&project, page, error))?;
+    state
+        .points
+        .bind_rendered(&session, page, project.pages.get(page).copied(), &html);
     let mut response = HttpResponse::Ok();
     response.content_type("text/html; charset=utf-8");
     if is_new {
@@ -458,6 +461,9 @@ async fn page_fragment(
         .render_block(&page, "content", &context)
         .ok_or(RequestError::PageNotFound)?;
     let html = rendered.map_err(|error| render_failed(&project, &page, error))?;
+    state
+        .points
+        .bind_rendered(&session, &page, project.pages.get(&page).copied(), &html);
     let title = match project.render_block(&page, "title", &context) {
         Some(Ok(title)) => title.trim().to_string(),
         _ => project.settings.title.clone(),

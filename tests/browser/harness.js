@@ -55,15 +55,16 @@ function scratchDir() {
  * Starts the server and resolves once it listens. `bind` defaults to an
  * ephemeral port; pass the same address and `dir` again to restart it with
  * the same database (sessions survive a restart). `projects` is the folder
- * served (default TEST_PROJECTS); `args` are extra command-line flags.
+ * served (default TEST_PROJECTS); `args` are extra command-line flags,
+ * `env` extra environment variables (a broker's URL).
  */
-export async function startServer({ bind = '127.0.0.1:0', dir = scratchDir(), projects = TEST_PROJECTS, args = [] } = {}) {
+export async function startServer({ bind = '127.0.0.1:0', dir = scratchDir(), projects = TEST_PROJECTS, args = [], env = {} } = {}) {
   // Run in the scratch folder: the database and any other relative default
   // land there, never in the checkout.
   const child = spawn(SERVER_BIN, ['--projects', projects, '--bind', bind, '--database', path.join(dir, 'db.redb'), ...args], {
     cwd: dir,
     stdio: ['ignore', 'pipe', 'pipe'],
-    env: { ...process.env, SWITCHBOARD_LOG: process.env.SWITCHBOARD_LOG ?? 'info' },
+    env: { ...process.env, SWITCHBOARD_LOG: process.env.SWITCHBOARD_LOG ?? 'info', ...env },
   });
   let log = '';
   child.stderr.setEncoding('utf8').on('data', (chunk) => {

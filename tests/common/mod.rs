@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod accounts;
+pub mod mosquitto;
 pub mod nats;
 
 use std::io::{BufRead, BufReader, Read};
@@ -80,7 +81,18 @@ impl Server {
     /// Starts on a given data folder: a restart test starts a second server
     /// on the first one's folder.
     pub fn start_in(projects: &Path, data: &Path, extra_args: &[&str]) -> Server {
+        Self::start_with_env(projects, data, extra_args, &[])
+    }
+
+    /// Starts with extra environment variables (a broker's URL, a password).
+    pub fn start_with_env(
+        projects: &Path,
+        data: &Path,
+        extra_args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_switchboard"))
+            .envs(env.iter().copied())
             .arg("--projects")
             .arg(projects)
             .args(["--bind", "127.0.0.1:0"])

@@ -4,7 +4,10 @@
 //!
 //! ```text
 //! load ws|http  --addr A [--sessions N] [--seconds S] [--warmup W] [--command ping]
-//!               [--vary-param] [--rate OPS_PER_S] [--pid PID --sample-every S]
+//!               [--plain | --no-id | --same-param] [--rate OPS_PER_S]
+//!               [--pid PID --sample-every S]
+//! load sessions --addr A [--connections C] [--seconds S] [--warmup W] [--pid PID]
+//! load fsync    --dir DIR [--seconds S]        (write + fdatasync latency there)
 //! load spin     --addr A [--sessions 8] [--seconds S] [--warmup W]
 //! load idle     --addr A --pid PID [--sessions K]
 //! load broadcast --addr A --pid PID [--sessions K] [--rounds R]
@@ -13,6 +16,13 @@
 //! load micro    --criterion DIR            (criterion estimates → records)
 //! load report   --results FILE [--soak FILE] --out FILE --date D --commit C
 //! ```
+//!
+//! Commands are sent the way the browser runtime sends them unless told
+//! otherwise: every command carries an `id` (`<tab>-<seq>`, unique per
+//! command, so the server runs it exactly once and keeps its answer) and a
+//! new param each time (a slider, a setpoint), so the session's rollback
+//! memory changes with every command. `--plain` sends neither (the path
+//! the first figures measured); `--no-id` and `--same-param` drop one.
 //!
 //! Common flags: `--project bench`, `--server NAME`, `--id ID` and
 //! `--label TEXT` (labels of the record); `--exec-at-start CMD` and
@@ -27,7 +37,9 @@ use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
 use hdrhistogram::Histogram;
-use switchboard_bench::client::{self, Error, HttpConnection, Outcome, Socket, Target};
+use switchboard_bench::client::{
+    self, Command, Error, HttpConnection, Outcome, Socket, StoreCounters, Target,
+};
 use switchboard_bench::stats::{self, Record};
 use switchboard_bench::{report, system};
 use tokio::sync::mpsc;
@@ -64,6 +76,10 @@ const MAX_SECONDS: f64 = 3600.0;
 /// HTTP connections used in parallel to create many sessions.
 const SESSION_CREATORS: usize = 16;
 
+/// Hard cap on the sessions one `load sessions` run creates (it is bounded
+/// in time too; this bounds the server's memory).
+const MAX_CREATED_SESSIONS: u64 = 400_000;
+
 /// WebSocket handshakes in flight at once when opening many sockets (well
 /// under the server's listen backlog).
 const CONNECTS_IN_FLIGHT: usize = 128;
@@ -78,7 +94,7 @@ impl Args {
         let mut raw = std::env::args().skip(1);
         let command = raw
             .next()
-            .ok_or("usage: load <ws|http|spin|idle|broadcast|micro|report> [--flag value]…")?;
+            .ok_or("usage: load <ws|http|sessions|fsync|spin|idle|broadcast|quiet|run|micro|report> [--flag value]…")?;
         let mut flags = HashMap::new();
         let rest: Vec<String> = raw.collect();
         let mut i = 0;
@@ -200,6 +216,8 @@ async fn run(args: &Args, open_files: u64) -> Result<Option<Record>, Error> {
     match args.command.as_str() {
         "ws" => closed_loop(args, Transport::WebSocket).await.map(Some),
         "http" => closed_loop(args, Transport::Http).await.map(Some),
+        "sessions" => session_creation(args).await.map(Some),
+        "fsync" => fsync(args).await.map(Some),
         "spin" => spin(args).await.map(Some),
         "idle" => idle(args, open_files).await.map(Some),
         "broadcast" => broadcast(args, open_files).await.map(Some),
@@ -232,6 +250,7 @@ async fn run(args: &Args, open_files: u64) -> Result<Option<Record>, Error> {
             report::write(
                 std::path::Path::new(&args.required("results")?),
                 args.flags.get("soak").map(std::path::Path::new),
+                args.flags.get("points").map(std::path::Path::new),
                 std::path::Path::new(&args.required("out")?),
                 &args.text("date", "?"),
                 &args.text("commit", "?"),
@@ -321,13 +340,48 @@ struct Tally {
     first_error: Option<String>,
 }
 
+/// How commands are sent: as the browser runtime does (both `true`) or not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Shape {
+    /// Every command carries a unique `id`.
+    with_id: bool,
+    /// Every command carries a new param.
+    vary_param: bool,
+}
+
+impl Shape {
+    const PLAIN: Shape = Shape {
+        with_id: false,
+        vary_param: false,
+    };
+
+    fn from_flags(args: &Args) -> Shape {
+        if args.flag("plain") {
+            return Shape::PLAIN;
+        }
+        Shape {
+            with_id: !args.flag("no-id"),
+            vary_param: !args.flag("same-param"),
+        }
+    }
+
+    fn describe(self) -> &'static str {
+        match (self.with_id, self.vary_param) {
+            (true, true) => "browser",
+            (false, false) => "plain",
+            (true, false) => "id, same param",
+            (false, true) => "no id, new param",
+        }
+    }
+}
+
 struct Plan {
     /// Latencies are recorded for commands sent from `measure_from` on…
     measure_from: Instant,
     /// …and the run stops sending at `end`.
     end: Instant,
     command: String,
-    vary_param: bool,
+    shape: Shape,
     /// Seconds between two commands of one session; `None`: closed loop.
     pace: Option<Duration>,
 }
@@ -362,6 +416,8 @@ async fn worker(mut link: Link, path: String, plan: Arc<Plan>, session_index: us
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         interval
     });
+    // Like the browser runtime's `<document>-<seq>`: unique per command.
+    let tab = format!("{:x}{session_index:x}", std::process::id());
     let mut seq = 0u64;
     loop {
         if let Some(pacer) = pacer.as_mut() {
@@ -372,18 +428,23 @@ async fn worker(mut link: Link, path: String, plan: Arc<Plan>, session_index: us
             break;
         }
         seq += 1;
-        let param = if plan.vary_param {
+        let param = if plan.shape.vary_param {
             seq.to_string()
         } else {
             String::new()
         };
+        let id = plan.shape.with_id.then(|| format!("{tab}-{seq}"));
+        let command = Command {
+            seq,
+            id: id.as_deref(),
+            name: &plan.command,
+            param: &param,
+        };
         let result = match &mut link {
-            Link::Socket(socket) => {
-                client::ws_command(socket, seq, &plan.command, &param, REPLY_TIMEOUT).await
-            }
+            Link::Socket(socket) => client::ws_command(socket, command, REPLY_TIMEOUT).await,
             Link::Http(connection, session) => tokio::time::timeout(
                 REPLY_TIMEOUT,
-                client::http_command(connection, &path, session, seq, &plan.command, &param),
+                client::http_command(connection, &path, session, command),
             )
             .await
             .unwrap_or_else(|_| Err("no HTTP reply within the timeout".into())),
@@ -420,11 +481,11 @@ async fn spinner(target: Target, end: Instant) -> Result<(u64, Duration), Error>
     while Instant::now() < end {
         seq += 1;
         let started = Instant::now();
-        client::ws_command(&mut socket, seq, "spin", "", REPLY_TIMEOUT).await?;
+        client::ws_command(&mut socket, Command::plain(seq, "spin", ""), REPLY_TIMEOUT).await?;
         spinning += started.elapsed();
         spins += 1;
         seq += 1;
-        client::ws_command(&mut socket, seq, "ping", "", REPLY_TIMEOUT).await?;
+        client::ws_command(&mut socket, Command::plain(seq, "ping", ""), REPLY_TIMEOUT).await?;
     }
     Ok((
         spins,
@@ -443,6 +504,8 @@ struct RunResult {
     spins: Option<(u64, Duration)>,
     /// Cores used during the measured window: server, load client, others.
     cpu: Option<(f64, f64, f64)>,
+    /// The server's group commits during the measured window.
+    store: Option<StoreCounters>,
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -453,7 +516,7 @@ async fn run_load(
     warmup: Duration,
     seconds: Duration,
     command: &str,
-    vary_param: bool,
+    shape: Shape,
     rate: Option<f64>,
     with_spinner: bool,
     sample: Option<(u32, Duration)>,
@@ -468,13 +531,14 @@ async fn run_load(
         measure_from: start + warmup,
         end: start + warmup + seconds,
         command: command.to_string(),
-        vary_param,
+        shape,
         pace: rate.map(|rate| Duration::from_secs_f64(sessions as f64 / rate)),
     });
     let path = format!("/{}/api/command", target.project);
     let spinner_task = with_spinner.then(|| tokio::spawn(spinner(target.clone(), plan.end)));
     let sampler = sample.map(|(pid, every)| tokio::spawn(sample_rss(pid, every, start, plan.end)));
     let cpu = sample.map(|(pid, _)| tokio::spawn(measure_cpu(pid, plan.measure_from, plan.end)));
+    let store = tokio::spawn(measure_store(target.addr, plan.measure_from, plan.end));
     let hooks = HOOKS.get().cloned().unwrap_or_default();
     let hooks = tokio::spawn({
         let (from, end) = (plan.measure_from, plan.end);
@@ -498,6 +562,7 @@ async fn run_load(
         rss: Vec::new(),
         spins: None,
         cpu: None,
+        store: None,
     };
     for worker in workers {
         let tally = worker.await?;
@@ -519,6 +584,7 @@ async fn run_load(
         result.cpu = Some(task.await?);
     }
     hooks.await?;
+    result.store = store.await?;
     Ok(result)
 }
 
@@ -527,6 +593,23 @@ async fn measure_cpu(pid: u32, from: Instant, to: Instant) -> (f64, f64, f64) {
     let first = system::CpuSnapshot::take(pid);
     tokio::time::sleep_until(to.into()).await;
     system::CpuSnapshot::take(pid).cores_since(&first, (to - from).as_secs_f64())
+}
+
+/// The server's store counters over the window (`None` for a server
+/// without them).
+async fn measure_store(addr: SocketAddr, from: Instant, to: Instant) -> Option<StoreCounters> {
+    tokio::time::sleep_until(from.into()).await;
+    let first = client::store_counters(addr).await?;
+    tokio::time::sleep_until(to.into()).await;
+    let last = client::store_counters(addr).await?;
+    Some(StoreCounters {
+        commits: last.commits - first.commits,
+        batches: last.batches - first.batches,
+        commit_seconds: last
+            .commit_seconds
+            .zip(first.commit_seconds)
+            .map(|(l, f)| l - f),
+    })
 }
 
 async fn sample_rss(pid: u32, every: Duration, start: Instant, end: Instant) -> Vec<(f64, u64)> {
@@ -559,6 +642,27 @@ fn describe(result: &RunResult, record: &mut Record) {
     if let Some(cpu) = result.cpu {
         cpu_of(cpu, result.ops, result.window, "", record);
     }
+    if let Some(store) = result.store {
+        store_of(store, result.window, record);
+    }
+}
+
+/// `commits_per_s` and `batches_per_commit`: how the server's group commit
+/// went (and `commit_ms`, the mean time one took, when the server says).
+fn store_of(store: StoreCounters, window: Duration, record: &mut Record) {
+    record.set(
+        "commits_per_s",
+        (store.commits / window.as_secs_f64()).round(),
+    );
+    if store.commits > 0.0 {
+        record.set(
+            "batches_per_commit",
+            (store.batches / store.commits * 10.0).round() / 10.0,
+        );
+        if let Some(seconds) = store.commit_seconds {
+            record.set("commit_ms", (seconds / store.commits * 1e5).round() / 100.0);
+        }
+    }
 }
 
 /// `cpu_server`, `cpu_client`, `cpu_other` (in cores) and the server's CPU
@@ -590,6 +694,7 @@ async fn closed_loop(args: &Args, transport: Transport) -> Result<Record, Error>
     };
     let warmup = args.seconds("warmup", 2.0)?;
     let seconds = args.seconds("seconds", 10.0)?;
+    let shape = Shape::from_flags(args);
     let result = run_load(
         &target,
         transport,
@@ -597,7 +702,7 @@ async fn closed_loop(args: &Args, transport: Transport) -> Result<Record, Error>
         warmup,
         seconds,
         &args.text("command", "ping"),
-        args.flag("vary-param"),
+        shape,
         rate,
         false,
         sample,
@@ -613,7 +718,8 @@ async fn closed_loop(args: &Args, transport: Transport) -> Result<Record, Error>
                 "http"
             },
         )
-        .set("sessions", sessions);
+        .set("sessions", sessions)
+        .set("shape", shape.describe());
     if let Some(rate) = rate {
         record.set("target_rate", rate);
     }
@@ -622,7 +728,7 @@ async fn closed_loop(args: &Args, transport: Transport) -> Result<Record, Error>
         soak_memory(&result.rss, warmup, &mut record);
     }
     eprintln!(
-        "{:>14} {:<16} {:>9.0}/s  p50 {:>7.1} µs  p99 {:>7.1} µs  p99.9 {:>7.1} µs  errors {}  CPU server {:.2} ({:.1} µs/cmd) client {:.2} others {:.2}",
+        "{:>14} {:<16} {:>9.0}/s  p50 {:>7.1} µs  p99 {:>7.1} µs  p99.9 {:>7.1} µs  errors {}  CPU server {:.2} ({:.1} µs/cmd) client {:.2} others {:.2}  commits/s {} ({} batches each, {} ms)",
         record.id(),
         record.server(),
         record.get("throughput").unwrap_or(0.0),
@@ -634,6 +740,9 @@ async fn closed_loop(args: &Args, transport: Transport) -> Result<Record, Error>
         record.get("server_cpu_us_per_op").unwrap_or(0.0),
         record.get("cpu_client").unwrap_or(0.0),
         record.get("cpu_other").unwrap_or(0.0),
+        record.get("commits_per_s").unwrap_or(0.0),
+        record.get("batches_per_commit").unwrap_or(0.0),
+        record.get("commit_ms").unwrap_or(0.0),
     );
     Ok(record)
 }
@@ -666,6 +775,196 @@ fn soak_memory(samples: &[(f64, u64)], warmup: Duration, record: &mut Record) {
         );
 }
 
+// ------------------------------------------------------------ session creation
+
+/// What one session creator did.
+struct Created {
+    histogram: Histogram<u64>,
+    ops: u64,
+    errors: u64,
+    first_error: Option<String>,
+}
+
+/// Creates sessions back to back on one keep-alive connection until `end`
+/// (or until the run's cap is reached), recording those begun after
+/// `measure_from`.
+async fn create_until(
+    target: Target,
+    measure_from: Instant,
+    end: Instant,
+    created: Arc<AtomicU64>,
+) -> Created {
+    let mut tally = Created {
+        histogram: stats::histogram(),
+        ops: 0,
+        errors: 0,
+        first_error: None,
+    };
+    let mut connection = None;
+    while Instant::now() < end && created.fetch_add(1, Ordering::Relaxed) < MAX_CREATED_SESSIONS {
+        let sent = Instant::now();
+        let result = async {
+            if connection.is_none() {
+                connection = Some(HttpConnection::open(target.addr).await?);
+            }
+            let open = connection.as_mut().ok_or("no connection")?;
+            tokio::time::timeout(REPLY_TIMEOUT, client::new_session(open, &target))
+                .await
+                .unwrap_or_else(|_| Err("no answer within the timeout".into()))
+        }
+        .await;
+        let done = Instant::now();
+        match result {
+            Ok(_) if sent >= measure_from && done <= end => {
+                stats::record(&mut tally.histogram, done - sent);
+                tally.ops += 1;
+            }
+            Ok(_) => {}
+            Err(error) => {
+                // A keep-alive connection the server dropped is reopened;
+                // anything else counts.
+                connection = None;
+                if sent >= measure_from {
+                    tally.errors += 1;
+                    tally.first_error.get_or_insert_with(|| error.to_string());
+                }
+                if tally.errors > 100 {
+                    break;
+                }
+            }
+        }
+    }
+    tally
+}
+
+/// `POST /<project>/api/session` from C keep-alive connections at once,
+/// each creating the next session when the last one is answered: how many
+/// sessions a second the server starts (as when hundreds of panels come
+/// back after a restart). The baselines answer the same request with a
+/// cookie and keep nothing: the bare server's rate.
+async fn session_creation(args: &Args) -> Result<Record, Error> {
+    let target = args.target()?;
+    let connections: usize = args.number("connections", SESSION_CREATORS)?;
+    if connections == 0 || connections > 1024 {
+        return Err("--connections must be 1..=1024".into());
+    }
+    let warmup = args.seconds("warmup", 2.0)?;
+    let seconds = args.seconds("seconds", 10.0)?;
+    let start = Instant::now();
+    let (measure_from, end) = (start + warmup, start + warmup + seconds);
+    let created = Arc::new(AtomicU64::new(0));
+    let cpu = args
+        .pid()?
+        .map(|pid| tokio::spawn(measure_cpu(pid, measure_from, end)));
+    let store = tokio::spawn(measure_store(target.addr, measure_from, end));
+    let creators: Vec<_> = (0..connections)
+        .map(|_| {
+            tokio::spawn(create_until(
+                target.clone(),
+                measure_from,
+                end,
+                created.clone(),
+            ))
+        })
+        .collect();
+    let mut result = RunResult {
+        histogram: stats::histogram(),
+        ops: 0,
+        not_ok: 0,
+        errors: 0,
+        first_error: None,
+        window: seconds,
+        rss: Vec::new(),
+        spins: None,
+        cpu: None,
+        store: None,
+    };
+    for creator in creators {
+        let tally = creator.await?;
+        result.histogram.add(&tally.histogram)?;
+        result.ops += tally.ops;
+        result.errors += tally.errors;
+        if result.first_error.is_none() {
+            result.first_error = tally.first_error;
+        }
+    }
+    if let Some(task) = cpu {
+        result.cpu = Some(task.await?);
+    }
+    result.store = store.await?;
+    let mut record = args.record("sessions");
+    record
+        .set("transport", "http")
+        .set("sessions", connections)
+        .set("connections", connections)
+        .set(
+            "created",
+            created.load(Ordering::Relaxed).min(MAX_CREATED_SESSIONS),
+        );
+    describe(&result, &mut record);
+    if created.load(Ordering::Relaxed) >= MAX_CREATED_SESSIONS {
+        record.set("capped", true);
+    }
+    eprintln!(
+        "{:>14} {:<16} {:>9.0} sessions/s  p50 {:>7.1} µs  p99 {:>7.1} µs  errors {}  CPU server {:.2} ({:.1} µs/session) client {:.2} others {:.2}",
+        record.id(),
+        record.server(),
+        record.get("throughput").unwrap_or(0.0),
+        record.get("p50_us").unwrap_or(0.0),
+        record.get("p99_us").unwrap_or(0.0),
+        result.errors,
+        record.get("cpu_server").unwrap_or(0.0),
+        record.get("server_cpu_us_per_op").unwrap_or(0.0),
+        record.get("cpu_client").unwrap_or(0.0),
+        record.get("cpu_other").unwrap_or(0.0),
+    );
+    Ok(record)
+}
+
+// ------------------------------------------------------------ fsync
+
+/// How long this machine's disk takes to make a small write durable
+/// (`write` of 4 KiB + `fdatasync`, one at a time, for `--seconds`) in
+/// `--dir` — the folder the server's database lives in. A reply that must
+/// wait for a durable commit cannot come sooner than this.
+async fn fsync(args: &Args) -> Result<Record, Error> {
+    let dir = std::path::PathBuf::from(args.required("dir")?);
+    let seconds = args.seconds("seconds", 3.0)?;
+    let histogram = tokio::task::spawn_blocking(move || -> Result<Histogram<u64>, Error> {
+        use std::io::Write as _;
+        let path = dir.join(format!("fsync-probe-{}", std::process::id()));
+        let mut file = std::fs::File::create(&path)?;
+        let block = [7u8; 4096];
+        let mut histogram = stats::histogram();
+        let end = Instant::now() + seconds;
+        while Instant::now() < end {
+            let started = Instant::now();
+            file.write_all(&block)?;
+            file.sync_data()?;
+            stats::record(&mut histogram, started.elapsed());
+        }
+        drop(file);
+        std::fs::remove_file(&path)?;
+        Ok(histogram)
+    })
+    .await??;
+    let mut record = Record::new("fsync", "disk");
+    record
+        .set("ops", histogram.len())
+        .set("seconds", seconds.as_secs_f64())
+        .latencies("", &histogram);
+    eprintln!(
+        "{:>14} write + fdatasync of 4 KiB: {} in {:.0} s, p50 {:.1} µs, p99 {:.1} µs, max {:.1} µs",
+        record.id(),
+        histogram.len(),
+        seconds.as_secs_f64(),
+        record.get("p50_us").unwrap_or(0.0),
+        record.get("p99_us").unwrap_or(0.0),
+        record.get("max_us").unwrap_or(0.0),
+    );
+    Ok(record)
+}
+
 // ------------------------------------------------------------ spin
 
 /// Other sessions' latency while one session's handler loops until its
@@ -686,7 +985,7 @@ async fn spin(args: &Args) -> Result<Record, Error> {
                 warmup,
                 seconds,
                 "ping",
-                false,
+                Shape::PLAIN,
                 None,
                 with_spinner,
                 sample,
@@ -965,7 +1264,7 @@ async fn broadcast(args: &Args, open_files: u64) -> Result<Record, Error> {
         }
         board.received.store(0, Ordering::Release);
         board.round.store(round, Ordering::Release);
-        let frame = client::command_frame(round, "broadcast", &board.token(round));
+        let frame = Command::plain(round, "broadcast", &board.token(round)).frame();
         let sent = board.base.elapsed();
         crowd
             .first
