@@ -22,9 +22,12 @@ fn user_command(c: &mut Criterion) {
         name: "events/bench.rhai".into(),
         text: BENCH_SCRIPT.into(),
     }];
-    // The host functions (`uiSet`…) need a running server; `ping` calls none.
-    let host = ScriptHost::compile("bench", files, &Limits::default(), |_| {})
-        .expect("the bench project's script compiles");
+    // The host functions (`uiSet`…) must be known for the script to load;
+    // bound to no server they would fail, but `ping` calls none.
+    let host = ScriptHost::compile("bench", files, &Limits::default(), |engine| {
+        switchboard::runtime::register_host_functions_unbound(engine, "bench")
+    })
+    .expect("the bench project's script compiles");
     let ping = args("ping");
     assert!(
         host.call_first("userCommand", ping.clone())

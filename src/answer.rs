@@ -281,6 +281,28 @@ fn decode_text(text: &str, origin: &Origin, out: &mut Decoded) {
     }
 }
 
+/// Every key a JSON answer may have; `switchboard check` warns about
+/// others it can see in a script.
+pub const ANSWER_KEYS: &[&str] = &[
+    "page",
+    "url",
+    "target",
+    "copy",
+    "app",
+    "share",
+    "download",
+    "toast",
+    "popup",
+    "error",
+    "display",
+    "rollback",
+    "success",
+    "title",
+    "message",
+    "fieldErrors",
+    "challenge",
+];
+
 /// The recognised keys of a JSON answer, picked out in one pass.
 #[derive(Default)]
 struct Keys<'v> {

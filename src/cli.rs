@@ -82,6 +82,13 @@ pub struct Args {
     #[arg(long, env = "SWITCHBOARD_SHUTDOWN_TIMEOUT", default_value_t = 5)]
     pub shutdown_timeout: u64,
 
+    /// Dev mode, for working on a project: errors and silent mistakes
+    /// (compile errors, unknown answer keys, unhandled commands) appear in
+    /// an overlay in every connected browser, with paths relative to the
+    /// project. Off by default: outside dev mode no file path reaches a browser.
+    #[arg(long, env = "SWITCHBOARD_DEV")]
+    pub dev: bool,
+
     /// Cluster mode: share sessions and `!` variables with the other nodes
     /// through this NATS server's JetStream (`nats://host:4222`) instead of
     /// the database file. See docs/cluster.md.
@@ -104,6 +111,13 @@ pub enum Subcommands {
         /// The project's folder (the one holding `project.toml`).
         dir: PathBuf,
     },
+    /// Create a new project folder (a page, a handler, a lib/ module,
+    /// translations) that passes `check` and runs as it is.
+    New {
+        /// The new project's folder, e.g. `projects/lobby` (its name is
+        /// the project's name).
+        dir: PathBuf,
+    },
     /// Set a user's password in the users file (prompted, never echoed),
     /// adding the user if new.
     Passwd {
@@ -123,6 +137,7 @@ pub fn run() -> ExitCode {
     let args = Args::parse();
     match args.command {
         Some(Subcommands::Check { ref dir }) => check(dir),
+        Some(Subcommands::New { ref dir }) => new_project(dir),
         Some(Subcommands::Passwd {
             ref user,
             ref name,
@@ -133,13 +148,45 @@ pub fn run() -> ExitCode {
 }
 
 fn check(dir: &std::path::Path) -> ExitCode {
-    match project::Project::load(dir) {
-        Ok(_) => {
+    // The host functions are registered (bound to no server) so that a call
+    // to one is known, and a call to anything else is an error.
+    match project::Project::load_with(dir, &crate::runtime::register_host_functions_unbound) {
+        Ok(project) => {
+            for warning in &project.warnings {
+                eprintln!("warning: {warning}");
+            }
             println!("ok");
             ExitCode::SUCCESS
         }
         Err(error) => {
             eprintln!("{error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn new_project(dir: &std::path::Path) -> ExitCode {
+    match crate::scaffold::create(dir) {
+        Ok(files) => {
+            for file in files {
+                println!("created {}", file.display());
+            }
+            let name = dir
+                .file_name()
+                .map(|n| n.to_string_lossy())
+                .unwrap_or_default();
+            let parent = dir
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .map_or_else(|| ".".into(), |p| p.display().to_string());
+            println!(
+                "\nNext: switchboard check {}\n      switchboard --projects {parent} --dev\n      then open http://127.0.0.1:8080/{name}/ (docs/tutorial.md walks you through it)",
+                dir.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("switchboard new: {error}");
             ExitCode::FAILURE
         }
     }
@@ -210,6 +257,7 @@ fn serve(args: Args) -> ExitCode {
         frame_ancestors: args.frame_ancestors,
         tls: args.tls_cert.zip(args.tls_key),
         shutdown_timeout_secs: args.shutdown_timeout,
+        dev: args.dev,
         cluster: args.cluster.filter(|url| !url.is_empty()),
         node: args
             .node

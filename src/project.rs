@@ -2,7 +2,7 @@
 //!
 //! A project is a folder `<projects>/<name>/` holding `project.toml`, pages in
 //! `pages/` and popups in `popups/` (Tera templates, one file each), shared
-//! templates in `templates/`, and Rhai scripts in `events/`. Loading compiles
+//! templates in `templates/`, Rhai scripts in `events/` and shared Rhai modules in `lib/`. Loading compiles
 //! everything; a project with any error is not served, and every error names
 //! its file, line and column. This module does not run handlers or hold
 //! sessions.
@@ -66,6 +66,12 @@ pub struct Settings {
     pub keystrokes: Vec<KeystrokeMatcher>,
     /// Periodic calls of `fn timer(name)`.
     pub timers: Vec<Timer>,
+    /// IANA time zone (`Europe/Rome`) for dates and times in scripts and
+    /// templates and for `cron` timers; empty: the server's own zone.
+    pub timezone: String,
+    /// The language of texts when neither the viewer nor their browser
+    /// asks for one the project has.
+    pub i18n_default: String,
     /// Device networks points read and write (`[[connections]]`).
     pub connections: Vec<toml::Spanned<crate::points::config::ConnectionConfig>>,
     /// The project's live values (`[[points]]`).
@@ -154,12 +160,17 @@ impl Access {
     }
 }
 
-/// A `[[timers]]` entry.
+/// A `[[timers]]` entry: either a period or a calendar schedule.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Timer {
+    /// Passed to `fn timer(name)`.
     pub name: String,
-    pub every_ms: u64,
+    /// Run every this many milliseconds.
+    pub every_ms: Option<u64>,
+    /// Run at the times a cron pattern matches, in the project's time zone:
+    /// `"0 30 23 * * *"` (seconds first, optional), `"@daily"`.
+    pub cron: Option<String>,
 }
 
 impl Settings {
@@ -202,6 +213,8 @@ impl Default for Settings {
             limits: Limits::default(),
             keystrokes: Vec::new(),
             timers: Vec::new(),
+            timezone: String::new(),
+            i18n_default: "en".into(),
             connections: Vec::new(),
             points: Vec::new(),
         }
@@ -266,6 +279,33 @@ pub enum LoadError {
     Invalid(Vec<Diagnostic>),
 }
 
+impl LoadError {
+    /// The error with every path made relative to the project folder
+    /// `dir`: what dev mode shows in browsers.
+    pub fn relative_to(&self, dir: &Path) -> String {
+        let relative = |path: &Path| -> String {
+            path.strip_prefix(dir)
+                .map(|p| p.display().to_string())
+                .unwrap_or_else(|_| {
+                    path.file_name()
+                        .map(|n| n.to_string_lossy().into_owned())
+                        .unwrap_or_default()
+                })
+        };
+        match self {
+            LoadError::Io { path, source } => format!("{}: {}", relative(path), source.kind()),
+            LoadError::Invalid(diagnostics) => diagnostics
+                .iter()
+                .map(|d| {
+                    let message = d.message.replace(&*dir.to_string_lossy(), "");
+                    format!("{}:{}:{}: {message}", relative(&d.file), d.line, d.column)
+                })
+                .collect::<Vec<_>>()
+                .join("\n"),
+        }
+    }
+}
+
 fn list(diagnostics: &[Diagnostic]) -> String {
     diagnostics
         .iter()
@@ -285,10 +325,19 @@ pub struct Project {
     pub pages: BTreeMap<String, PageKind>,
     /// The compiled regex of each regex-mode keystroke matcher, by name.
     pub keystroke_patterns: BTreeMap<String, regex::Regex>,
+    /// Mistakes that do not stop the project (an answer key the Command
+    /// API does not know); `switchboard check` prints them.
+    pub warnings: Vec<Diagnostic>,
+    /// The time zone of `settings.timezone`.
+    pub timezone: jiff::tz::TimeZone,
+    /// The parsed pattern of each `cron` timer, by timer name.
+    pub schedules: BTreeMap<String, croner::Cron>,
+    /// `i18n/*.ftl` over the runtime's own texts.
+    pub translations: std::sync::Arc<crate::i18n::Translations>,
 }
 
 /// Registers the functions scripts may call on a project's engine; given the
-/// project's name. Loading for `switchboard check` registers none.
+/// project's name.
 pub type RegisterHost<'a> = &'a dyn Fn(&mut rhai::Engine, &str);
 
 impl fmt::Debug for Project {
@@ -301,12 +350,11 @@ impl fmt::Debug for Project {
 }
 
 impl Project {
-    /// Loads and compiles the project in `dir`; its name is the folder's name.
-    pub fn load(dir: &Path) -> Result<Project, LoadError> {
-        Self::load_with(dir, &|_, _| {})
-    }
-
-    /// Loads the project, registering host functions on its engine.
+    /// Loads and compiles the project in `dir` (its name is the folder's
+    /// name), registering the host functions on its engine: calls to
+    /// functions nothing registers or defines are load errors, so the host
+    /// functions must be there, bound to a server or not
+    /// (`runtime::register_host_functions_unbound` for `check`).
     pub fn load_with(dir: &Path, register: RegisterHost) -> Result<Project, LoadError> {
         let name = dir
             .file_name()
@@ -315,9 +363,29 @@ impl Project {
             .to_string();
         let mut diagnostics = Vec::new();
         let settings = load_settings(dir, &name, &mut diagnostics)?;
+        let timezone = crate::time::zone(&settings.timezone).unwrap_or_else(|message| {
+            diagnostics.push(setting_diagnostic(dir, "timezone", message));
+            jiff::tz::TimeZone::UTC
+        });
+        let schedules = compile_schedules(dir, &settings, &mut diagnostics);
+        let translations =
+            std::sync::Arc::new(load_translations(dir, &settings, &mut diagnostics)?);
         let page_files = find_pages(dir, &mut diagnostics)?;
-        let templates = compile_templates(dir, &page_files, &mut diagnostics)?;
-        let scripts = compile_scripts(dir, &name, &settings.limits, register, &mut diagnostics)?;
+        let templates =
+            compile_templates(dir, &page_files, &timezone, &translations, &mut diagnostics)?;
+        let mut warnings = Vec::new();
+        let register_all = |engine: &mut rhai::Engine, project: &str| {
+            register(engine, project);
+            crate::time::register(engine, &timezone);
+        };
+        let scripts = compile_scripts(
+            dir,
+            &name,
+            &settings.limits,
+            &register_all,
+            &mut diagnostics,
+            &mut warnings,
+        )?;
         let keystroke_patterns = compile_keystrokes(dir, &settings, &mut diagnostics);
         let pages: BTreeMap<String, PageKind> = page_files
             .iter()
@@ -363,6 +431,10 @@ impl Project {
                 scripts,
                 pages,
                 keystroke_patterns,
+                warnings,
+                timezone,
+                schedules,
+                translations,
             }),
             _ => Err(LoadError::Invalid(diagnostics)),
         }
@@ -375,18 +447,17 @@ impl Project {
     }
 
     /// Renders a whole page document; `None` when there is no such page.
-    /// `session` is what templates see as `session` (its properties),
-    /// `points` the project's point table.
+    /// `view` holds what templates see besides `page` and `project`
+    /// (`session`, `vars`, `ui`: the runtime's `template_view`).
     pub fn render_page(
         &self,
         page: &str,
-        session: &serde_json::Value,
-        points: &serde_json::Value,
+        view: &serde_json::Map<String, serde_json::Value>,
     ) -> Option<Result<String, tera::Error>> {
         let template = self.template_of(page)?;
         Some(
             self.templates
-                .render(&template, &self.page_context(page, session, points)),
+                .render(&template, &self.page_context(page, view)),
         )
     }
 
@@ -396,22 +467,19 @@ impl Project {
         &self,
         page: &str,
         block: &str,
-        session: &serde_json::Value,
-        points: &serde_json::Value,
+        view: &serde_json::Map<String, serde_json::Value>,
     ) -> Option<Result<String, tera::Error>> {
         let template = self.template_of(page)?;
-        Some(self.templates.render_block(
-            &template,
-            block,
-            &self.page_context(page, session, points),
-        ))
+        Some(
+            self.templates
+                .render_block(&template, block, &self.page_context(page, view)),
+        )
     }
 
     fn page_context(
         &self,
         page: &str,
-        session: &serde_json::Value,
-        points: &serde_json::Value,
+        view: &serde_json::Map<String, serde_json::Value>,
     ) -> tera::Context {
         let mut context = page_context(
             &self.name,
@@ -419,8 +487,9 @@ impl Project {
             page,
             self.pages.get(page).copied(),
         );
-        context.insert("session", session);
-        context.insert("points", points);
+        for (key, value) in view {
+            context.insert(key.clone(), value);
+        }
         context
     }
 }
@@ -449,7 +518,13 @@ fn page_context(
         }),
     );
     context.insert("page", &serde_json::json!({ "name": page, "kind": kind }));
+    // What `switchboard check` renders with; the server replaces them with
+    // the viewer's (see `Project::render_page`).
     context.insert("session", &serde_json::json!({ "properties": {} }));
+    context.insert("vars", &serde_json::json!({}));
+    context.insert("ui", &serde_json::json!({}));
+    context.insert("lang", &settings.i18n_default);
+    context.insert("sb_texts", "{}");
     let (connections, points) = settings.devices();
     context.insert(
         "points",
@@ -473,24 +548,31 @@ fn check_pages_render(
         let context = page_context(project, settings, &page.name, Some(page.kind));
         // The client swaps in the `content` block: a page without one
         // would render as a full document and fail as a fragment.
-        if let Err(error) = templates.render_block(&page.template, "content", &context) {
+        let rendered = templates
+            .render_block(&page.template, "content", &context)
+            .and_then(|_| templates.render(&page.template, &context));
+        let error = match rendered {
+            Ok(html) => {
+                check_bindings(settings, page, &html, diagnostics);
+                continue;
+            }
+            Err(error) => error,
+        };
+        if matches!(error.kind(), tera::ErrorKind::Msg(m) if m.starts_with("Block `content` not found"))
+        {
             diagnostics.push(Diagnostic {
                 file: page.path.clone(),
-                line: 0,
-                column: 0,
-                message: format!("no `content` block ({error}); extend \"sb/layout.html\" and fill {{% block content %}}"),
+                line: 1,
+                column: 1,
+                message: "no `content` block: extend \"sb/layout.html\" and fill {% block content %}…{% endblock %}".into(),
             });
             continue;
         }
-        match templates.render(&page.template, &context) {
-            Ok(html) => check_bindings(settings, page, &html, diagnostics),
-            Err(error) => {
-                let mut diagnostic = tera_error_diagnostic(dir, &error);
-                if diagnostic.line == 0 {
-                    diagnostic.file = page.path.clone();
-                }
-                diagnostics.push(diagnostic);
+        for mut diagnostic in tera_error_diagnostics(dir, &error) {
+            if diagnostic.line == 0 {
+                diagnostic.file = page.path.clone();
             }
+            diagnostics.push(diagnostic);
         }
     }
 }
@@ -748,6 +830,8 @@ fn find_shared_templates(
 fn compile_templates(
     dir: &Path,
     pages: &[PageFile],
+    timezone: &jiff::tz::TimeZone,
+    translations: &std::sync::Arc<crate::i18n::Translations>,
     diagnostics: &mut Vec<Diagnostic>,
 ) -> Result<Option<Tera>, LoadError> {
     let mut sources: Vec<(String, PathBuf, String)> = Vec::new();
@@ -767,20 +851,22 @@ fn compile_templates(
         if let Err(error) = Tera::new().add_raw_template(name, text)
             && let tera::ErrorKind::SyntaxError(report) = error.kind()
         {
-            diagnostics.push(template_diagnostic(path, report));
+            diagnostics.push(template_diagnostic(path, report, Some(text)));
         }
     }
     if diagnostics.len() > before {
         return Ok(None);
     }
     let mut tera = builtin_templates();
+    crate::time::register_filters(&mut tera, timezone);
+    register_translation(&mut tera, translations);
     let all = sources
         .iter()
         .map(|(name, _, text)| (name.as_str(), text.as_str()));
     match tera.add_raw_templates(all) {
         Ok(()) => Ok(Some(tera)),
         Err(error) => {
-            diagnostics.push(tera_error_diagnostic(dir, &error));
+            diagnostics.extend(tera_error_diagnostics(dir, &error));
             Ok(None)
         }
     }
@@ -794,35 +880,247 @@ pub fn builtin_templates() -> Tera {
     tera
 }
 
-fn template_diagnostic(path: &Path, report: &tera::ReportError) -> Diagnostic {
+/// A Tera report as a diagnostic. Tera says only "Unknown tag" for a
+/// misspelt tag; with the template's `source` the tag is named.
+fn template_diagnostic(
+    path: &Path,
+    report: &tera::ReportError,
+    source: Option<&str>,
+) -> Diagnostic {
     let span = report.span();
+    let mut message = report.message().to_string();
+    if message == "Unknown tag"
+        && let Some(tag) = source.and_then(|text| word_at(text, span.range.start))
+    {
+        message = format!("Unknown tag `{tag}`");
+    }
     Diagnostic {
         file: path.to_path_buf(),
         line: span.start_line,
         column: span.start_col + 1,
-        message: report.message().to_string(),
+        message,
     }
 }
 
-fn tera_error_diagnostic(dir: &Path, error: &tera::Error) -> Diagnostic {
+/// The identifier starting at (or just after) `offset`.
+fn word_at(text: &str, offset: usize) -> Option<&str> {
+    let rest = text
+        .get(offset..)?
+        .trim_start_matches(|c: char| !c.is_alphanumeric() && c != '_');
+    let end = rest
+        .find(|c: char| !c.is_alphanumeric() && c != '_')
+        .unwrap_or(rest.len());
+    (end > 0).then(|| &rest[..end])
+}
+
+/// Every error a Tera error holds, each placed in its own file. Tera
+/// gathers the checks of a whole template set (unknown components,
+/// filters, includes, blocks) into one message of formatted reports; those
+/// are taken apart here.
+fn tera_error_diagnostics(dir: &Path, error: &tera::Error) -> Vec<Diagnostic> {
     match error.kind() {
         tera::ErrorKind::SyntaxError(report) | tera::ErrorKind::RenderingError(report) => {
-            template_diagnostic(&dir.join(report.filename()), report)
+            let path = dir.join(report.filename());
+            let source = fs::read_to_string(&path).ok();
+            vec![template_diagnostic(&path, report, source.as_deref())]
         }
         tera::ErrorKind::MissingParent { current, .. }
-        | tera::ErrorKind::CircularExtend { tpl: current, .. } => Diagnostic {
+        | tera::ErrorKind::CircularExtend { tpl: current, .. } => vec![Diagnostic {
             file: dir.join(current),
             line: 1,
             column: 1,
             message: error.to_string(),
-        },
-        _ => Diagnostic {
-            file: dir.to_path_buf(),
-            line: 0,
-            column: 0,
-            message: error.to_string(),
-        },
+        }],
+        _ => {
+            let text = error.to_string();
+            let reports = parse_reports(dir, &text);
+            if reports.is_empty() {
+                vec![Diagnostic {
+                    file: dir.to_path_buf(),
+                    line: 0,
+                    column: 0,
+                    message: text,
+                }]
+            } else {
+                reports
+            }
+        }
     }
+}
+
+/// Reads Tera's formatted reports (`error: <message>` then
+/// ` --> <template>:<line>:<col>`) back into diagnostics.
+fn parse_reports(dir: &Path, text: &str) -> Vec<Diagnostic> {
+    let mut diagnostics = Vec::new();
+    let mut message: Option<&str> = None;
+    for line in text.lines() {
+        if let Some(rest) = line.trim_start().strip_prefix("error: ") {
+            message = Some(rest);
+        } else if let Some(place) = line.trim_start().strip_prefix("--> ")
+            && let Some(current) = message.take()
+        {
+            let mut parts = place.rsplitn(3, ':');
+            let column = parts.next().and_then(|c| c.trim().parse().ok());
+            let line_number = parts.next().and_then(|l| l.trim().parse().ok());
+            if let (Some(column), Some(line_number), Some(file)) =
+                (column, line_number, parts.next())
+            {
+                diagnostics.push(Diagnostic {
+                    file: dir.join(file.trim()),
+                    line: line_number,
+                    column,
+                    message: current.to_string(),
+                });
+            }
+        }
+    }
+    diagnostics
+}
+
+/// `{{ t(key="room-title") }}` and `{{ "room-title" | t(name="Ann") }}`:
+/// the text in the viewer's language (`lang` in the context); other
+/// keyword arguments are the Fluent arguments.
+fn register_translation(tera: &mut Tera, translations: &std::sync::Arc<crate::i18n::Translations>) {
+    fn translate(
+        translations: &crate::i18n::Translations,
+        key: &str,
+        kwargs: &tera::Kwargs,
+        state: &tera::State,
+    ) -> tera::TeraResult<String> {
+        let language: String = state.get("lang")?.unwrap_or_default();
+        let mut args = serde_json::Map::new();
+        for (name, value) in kwargs.iter() {
+            if let Some(name) = name.as_str().filter(|n| *n != "key") {
+                args.insert(
+                    name.to_string(),
+                    serde_json::to_value(value).unwrap_or_default(),
+                );
+            }
+        }
+        let args = crate::i18n::args_from(&args);
+        Ok(translations.text_or_key(&language, key, Some(&args)))
+    }
+    let for_function = translations.clone();
+    tera.register_function("t", move |kwargs: tera::Kwargs, state: &tera::State| {
+        let key: String = kwargs.must_get("key")?;
+        translate(&for_function, &key, &kwargs, state)
+    });
+    let for_filter = translations.clone();
+    tera.register_filter(
+        "t",
+        move |key: String, kwargs: tera::Kwargs, state: &tera::State| {
+            translate(&for_filter, &key, &kwargs, state)
+        },
+    );
+}
+
+/// The project's `i18n/<language>.ftl` files over the runtime's texts.
+fn load_translations(
+    dir: &Path,
+    settings: &Settings,
+    diagnostics: &mut Vec<Diagnostic>,
+) -> Result<crate::i18n::Translations, LoadError> {
+    let folder = dir.join("i18n");
+    let mut files = Vec::new();
+    if folder.is_dir() {
+        for path in sorted_entries(&folder)? {
+            if path.extension().is_none_or(|e| e != "ftl") || !path.is_file() {
+                continue;
+            }
+            let stem = path
+                .file_stem()
+                .and_then(|s| s.to_str())
+                .unwrap_or_default();
+            let Ok(language) = stem.parse::<unic_langid::LanguageIdentifier>() else {
+                diagnostics.push(Diagnostic {
+                    file: path.clone(),
+                    line: 0,
+                    column: 0,
+                    message: format!(
+                        "`{stem}` is not a language tag; name the file like en.ftl or pt-BR.ftl"
+                    ),
+                });
+                continue;
+            };
+            let text = read_text(&path)?;
+            match crate::i18n::parse(&text) {
+                Ok(resource) => files.push((language, resource)),
+                Err(errors) => diagnostics.extend(errors.into_iter().map(|error| {
+                    let (line, column) = line_and_column(&text, error.offset);
+                    Diagnostic {
+                        file: path.clone(),
+                        line,
+                        column,
+                        message: error.message,
+                    }
+                })),
+            }
+        }
+    }
+    // With translations of its own, the project must have the default
+    // language's: it is what a viewer gets when nothing else matches, and
+    // without it they would see message ids.
+    let has_default = files
+        .iter()
+        .any(|(language, _)| language.to_string() == settings.i18n_default);
+    let needs_default = !files.is_empty() && !has_default;
+    let translations = crate::i18n::Translations::new(files, &settings.i18n_default);
+    if needs_default || !translations.languages().any(|l| l == settings.i18n_default) {
+        diagnostics.push(setting_diagnostic(
+            dir,
+            "i18n_default",
+            format!(
+                "i18n_default `{}` has no translations (i18n/{}.ftl)",
+                settings.i18n_default, settings.i18n_default
+            ),
+        ));
+    }
+    Ok(translations)
+}
+
+/// An error in a setting of `project.toml`, placed on the line that sets it.
+fn setting_diagnostic(dir: &Path, key: &str, message: String) -> Diagnostic {
+    let path = dir.join("project.toml");
+    let text = fs::read_to_string(&path).unwrap_or_default();
+    let line = text
+        .lines()
+        .position(|l| l.trim_start().starts_with(key))
+        .map_or(0, |index| index + 1);
+    Diagnostic {
+        file: path,
+        line,
+        column: usize::from(line > 0),
+        message,
+    }
+}
+
+/// Checks the `[[timers]]` entries and parses their cron patterns.
+fn compile_schedules(
+    dir: &Path,
+    settings: &Settings,
+    diagnostics: &mut Vec<Diagnostic>,
+) -> BTreeMap<String, croner::Cron> {
+    let mut schedules = BTreeMap::new();
+    for timer in &settings.timers {
+        let problem = match (&timer.every_ms, &timer.cron) {
+            (Some(_), None) => None,
+            (None, Some(pattern)) => match crate::time::parse_cron(pattern) {
+                Ok(cron) => {
+                    schedules.insert(timer.name.clone(), cron);
+                    None
+                }
+                Err(error) => Some(format!("timer `{}`: cron {pattern:?}: {error}", timer.name)),
+            },
+            _ => Some(format!(
+                "timer `{}`: give either `every_ms` or `cron`",
+                timer.name
+            )),
+        };
+        if let Some(message) = problem {
+            diagnostics.push(setting_diagnostic(dir, "[[timers]]", message));
+        }
+    }
+    schedules
 }
 
 /// Checks the keystroke matchers and compiles their regexes.
@@ -869,44 +1167,56 @@ fn compile_keystrokes(
     patterns
 }
 
+/// The `*.rhai` files of one folder of the project, named by their path
+/// inside it (`events/10-main.rhai`), in file-name order.
+fn rhai_files(dir: &Path, folder: &str) -> Result<Vec<SourceFile>, LoadError> {
+    let path = dir.join(folder);
+    let mut files = Vec::new();
+    if !path.is_dir() {
+        return Ok(files);
+    }
+    for path in sorted_entries(&path)? {
+        if path.extension().is_some_and(|e| e == "rhai") && path.is_file() {
+            let name = format!(
+                "{folder}/{}",
+                path.file_name()
+                    .and_then(|n| n.to_str())
+                    .unwrap_or_default()
+            );
+            files.push(SourceFile {
+                name,
+                text: read_text(&path)?,
+            });
+        }
+    }
+    Ok(files)
+}
+
 fn compile_scripts(
     dir: &Path,
     project: &str,
     limits: &Limits,
     register: RegisterHost,
     diagnostics: &mut Vec<Diagnostic>,
+    warnings: &mut Vec<Diagnostic>,
 ) -> Result<Option<ScriptHost>, LoadError> {
-    let events = dir.join("events");
-    let mut files = Vec::new();
-    if events.is_dir() {
-        for path in sorted_entries(&events)? {
-            if path.extension().is_some_and(|e| e == "rhai") && path.is_file() {
-                let name = format!(
-                    "events/{}",
-                    path.file_name()
-                        .and_then(|n| n.to_str())
-                        .unwrap_or_default()
-                );
-                files.push(SourceFile {
-                    name,
-                    text: read_text(&path)?,
-                });
-            }
+    let lib = rhai_files(dir, "lib")?;
+    let files = rhai_files(dir, "events")?;
+    let placed = |e: script::CompileError| Diagnostic {
+        file: dir.join(&e.file),
+        line: e.line,
+        column: e.column,
+        message: e.message,
+    };
+    match ScriptHost::compile_project(project, lib, files, limits, |engine| {
+        register(engine, project)
+    }) {
+        Ok(compiled) => {
+            warnings.extend(compiled.warnings.into_iter().map(placed));
+            Ok(Some(compiled.host))
         }
-    }
-    match ScriptHost::compile(project, files, limits, |engine| register(engine, project)) {
-        Ok(host) => Ok(Some(host)),
         Err(errors) => {
-            diagnostics.extend(
-                errors
-                    .into_iter()
-                    .map(|e: script::CompileError| Diagnostic {
-                        file: dir.join(&e.file),
-                        line: e.line,
-                        column: e.column,
-                        message: e.message,
-                    }),
-            );
+            diagnostics.extend(errors.into_iter().map(placed));
             Ok(None)
         }
     }

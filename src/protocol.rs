@@ -158,8 +158,11 @@ pub enum Push<'a> {
     Ui { set: &'a [UiValue] },
     /// The project changed on disk: reload these pages if shown.
     Reload { pages: &'a [String] },
-    /// For integrators: the project failed to compile (`None` clears).
+    /// Dev mode only: the project failed to compile (`None` clears).
     DevError { message: Option<&'a str> },
+    /// Dev mode only: a mistake that is silent otherwise (an unknown answer
+    /// key, an unhandled command, a value that is not an answer).
+    DevNotice { message: &'a str },
     /// The session ended; the client should stop reconnecting with it.
     SessionEnded { reason: &'a str },
     /// An authentication challenge ended without this browser's answer

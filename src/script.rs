@@ -8,7 +8,7 @@
 //! the raw [`Dynamic`] a callback produced and leaves meaning to its callers.
 
 use std::cell::Cell;
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::time::{Duration, Instant};
 
 use rhai::{AST, CallFnOptions, Dynamic, Engine, EvalAltResult, Position, Scope};
@@ -109,6 +109,7 @@ pub struct ScriptHost {
     timeout: Duration,
 }
 
+mod analysis;
 mod pool;
 
 pub use pool::PoolError;
@@ -142,6 +143,13 @@ const CLOCK_CHECK_MASK: u64 = 0xFF;
 /// a `uiSet` to thousands of sessions, which must keep its priority.
 const DEMOTE_MIN_OPERATIONS: u64 = 4096;
 
+/// A compiled project's scripts and what the static checks found.
+pub struct Compiled {
+    pub host: ScriptHost,
+    /// Findings that do not stop the project (unknown answer keys).
+    pub warnings: Vec<CompileError>,
+}
+
 impl ScriptHost {
     /// Builds the sandboxed engine and compiles every file, in the order
     /// given. Returns every compile error, not just the first.
@@ -151,23 +159,56 @@ impl ScriptHost {
         limits: &Limits,
         register: impl FnOnce(&mut Engine),
     ) -> Result<ScriptHost, Vec<CompileError>> {
+        Self::compile_project(project, Vec::new(), files, limits, register).map(|c| c.host)
+    }
+
+    /// Compiles the project's `lib/` modules (`lib/<name>.rhai`, each
+    /// evaluated once and callable as `<name>::function(…)` from every
+    /// script), then its event scripts, then checks every call and `import`
+    /// against what is defined ([`analysis`]). Returns every error.
+    pub fn compile_project(
+        project: &str,
+        lib: Vec<SourceFile>,
+        files: Vec<SourceFile>,
+        limits: &Limits,
+        register: impl FnOnce(&mut Engine),
+    ) -> Result<Compiled, Vec<CompileError>> {
         let mut engine = sandboxed_engine(project, limits);
         register(&mut engine);
-        let mut scripts = Vec::with_capacity(files.len());
         let mut errors = Vec::new();
+        let modules = compile_modules(&mut engine, lib, &mut errors);
+        let mut scripts = Vec::with_capacity(files.len());
         for file in files {
             match compile_one(&engine, file) {
                 Ok(script) => scripts.push(script),
                 Err(error) => errors.push(error),
             }
         }
+        let callable = analysis::Callable::new(&engine, modules.exports);
+        let mut warnings = Vec::new();
+        let asts = (modules.asts.iter().map(|(name, ast)| (name, ast)))
+            .chain(scripts.iter().map(|s| (&s.name, &s.ast)));
+        for (name, ast) in asts {
+            let report = analysis::check_file(ast, &callable, crate::answer::ANSWER_KEYS);
+            let place = |finding: analysis::Finding| CompileError {
+                file: name.clone(),
+                line: finding.line,
+                column: finding.column,
+                message: finding.message,
+            };
+            errors.extend(report.errors.into_iter().map(place));
+            warnings.extend(report.warnings.into_iter().map(place));
+        }
         if !errors.is_empty() {
             return Err(errors);
         }
-        Ok(ScriptHost {
-            engine,
-            scripts,
-            timeout: Duration::from_millis(limits.timeout_ms),
+        Ok(Compiled {
+            host: ScriptHost {
+                engine,
+                scripts,
+                timeout: Duration::from_millis(limits.timeout_ms),
+            },
+            warnings,
         })
     }
 
@@ -185,14 +226,52 @@ impl ScriptHost {
         callback: &str,
         args: Vec<Dynamic>,
     ) -> Result<Option<Dynamic>, ScriptError> {
+        Ok(self
+            .call_first_from(callback, args)?
+            .map(|(answer, _)| answer))
+    }
+
+    /// [`ScriptHost::call_first`], also naming the script that answered
+    /// (e.g. `events/10-main.rhai`).
+    pub fn call_first_from(
+        &self,
+        callback: &str,
+        args: Vec<Dynamic>,
+    ) -> Result<Option<(Dynamic, &str)>, ScriptError> {
         let key = callback_key(callback, args.len());
         for script in self.scripts.iter().filter(|s| s.callbacks.contains(&key)) {
             let answer = self.call(script, callback, args.clone())?;
             if !answer.is_unit() {
-                return Ok(Some(answer));
+                return Ok(Some((answer, script.name.as_str())));
             }
         }
         Ok(None)
+    }
+
+    /// The scripts that define `callback` with `arity` parameters, in the
+    /// order they are asked.
+    pub fn scripts_defining(&self, callback: &str, arity: usize) -> Vec<&str> {
+        let key = callback_key(callback, arity);
+        self.scripts
+            .iter()
+            .filter(|s| s.callbacks.contains(&key))
+            .map(|s| s.name.as_str())
+            .collect()
+    }
+
+    /// The line where `script` defines `callback` (0 when unknown).
+    pub fn callback_line(&self, script: &str, callback: &str, arity: usize) -> usize {
+        self.scripts
+            .iter()
+            .find(|s| s.name == script)
+            .and_then(|s| {
+                s.ast
+                    .shared_lib()
+                    .iter_script_fn_info()
+                    .find(|(_, _, name, params, _)| *name == callback && *params == arity)
+                    .and_then(|(.., definition)| definition.body.start_position().line())
+            })
+            .unwrap_or(0)
     }
 
     fn call(
@@ -221,7 +300,8 @@ impl ScriptHost {
 fn sandboxed_engine(project: &str, limits: &Limits) -> Engine {
     let mut engine = Engine::new();
     // No `import` of files: a project's scripts are exactly the files in its
-    // `events/` folder.
+    // `events/` and `lib/` folders, and `lib/` modules are registered by
+    // name ([`compile_modules`]), not imported.
     engine.set_module_resolver(rhai::module_resolvers::DummyModuleResolver::new());
     // And `import` is not even a keyword: refused when the script compiles,
     // wherever it is written. Left to the resolver, an `import` in a
@@ -265,12 +345,136 @@ fn sandboxed_engine(project: &str, limits: &Limits) -> Engine {
     engine.on_print(
         move |text| info!(target: "switchboard::script", project = %print_project, "{text}"),
     );
+    register_logging(&mut engine, project);
     let debug_project = project.to_string();
     engine.on_debug(move |text, source, position| {
         debug!(target: "switchboard::script", project = %debug_project,
             "{}:{}: {text}", source.unwrap_or("?"), position_text(position))
     });
     engine
+}
+
+/// The `lib/` modules once compiled and registered.
+#[derive(Default)]
+struct Modules {
+    /// File name and AST of each module, for the static checks.
+    asts: Vec<(String, AST)>,
+    /// Module name → `name/arity` of its public functions.
+    exports: BTreeMap<String, HashSet<String>>,
+}
+
+/// Compiles and evaluates each module once and registers it on the engine
+/// under its file name: `lights::label(…)` in any script. Nothing is
+/// imported (`import` is disabled), so no script can reach another file.
+fn compile_modules(
+    engine: &mut Engine,
+    lib: Vec<SourceFile>,
+    errors: &mut Vec<CompileError>,
+) -> Modules {
+    let mut modules = Modules::default();
+    for file in lib {
+        let Some(module_name) = module_name(&file.name) else {
+            errors.push(CompileError {
+                file: file.name.clone(),
+                line: 0,
+                column: 0,
+                message: "a lib/ module's file name must be an identifier (letters, digits, `_`), e.g. lib/lights.rhai".into(),
+            });
+            continue;
+        };
+        let script = match compile_one(engine, file) {
+            Ok(script) => script,
+            Err(error) => {
+                errors.push(error);
+                continue;
+            }
+        };
+        // Top-level statements of a module run here, once, under the
+        // sandbox limits (no wall-clock deadline is set outside a callback).
+        let module = match rhai::Module::eval_ast_as_new(Scope::new(), &script.ast, engine) {
+            Ok(module) => module,
+            Err(error) => {
+                let error = script_error(&script.name, "(module)", *error);
+                errors.push(CompileError {
+                    file: script.name.clone(),
+                    line: error.line,
+                    column: error.column,
+                    message: error.message,
+                });
+                continue;
+            }
+        };
+        let exports = script
+            .ast
+            .iter_functions()
+            .filter(|f| f.access == rhai::FnAccess::Public)
+            .map(|f| analysis::function_key(f.name, f.params.len()))
+            .collect();
+        engine.register_static_module(module_name.as_str(), module.into());
+        modules.exports.insert(module_name, exports);
+        modules.asts.push((script.name, script.ast));
+    }
+    modules
+}
+
+/// `lib/lights.rhai` → `lights`, when the stem is a Rhai identifier.
+fn module_name(file: &str) -> Option<String> {
+    let stem = std::path::Path::new(file).file_stem()?.to_str()?;
+    rhai::is_valid_identifier(stem).then(|| stem.to_string())
+}
+
+/// The log levels `log(level, text)` accepts.
+const LOG_LEVELS: &[&str] = &["error", "warn", "info", "debug"];
+
+/// `log_warn(text)`, `log_error(text)` and `log(level, text)`: a log line
+/// tagged with the project and the caller's `file:line:col`, like `debug`.
+fn register_logging(engine: &mut Engine, project: &str) {
+    for (name, level) in [("log_warn", "warn"), ("log_error", "error")] {
+        let project = project.to_string();
+        engine.register_fn(
+            name,
+            move |context: rhai::NativeCallContext, text: Dynamic| {
+                write_log(&project, level, &context, &text);
+            },
+        );
+    }
+    let project = project.to_string();
+    engine.register_fn(
+        "log",
+        move |context: rhai::NativeCallContext,
+              level: &str,
+              text: Dynamic|
+              -> Result<(), Box<EvalAltResult>> {
+            if !LOG_LEVELS.contains(&level) {
+                return Err(format!(
+                    "log: unknown level `{level}`; use one of {}",
+                    LOG_LEVELS.join(", ")
+                )
+                .into());
+            }
+            write_log(&project, level, &context, &text);
+            Ok(())
+        },
+    );
+}
+
+fn write_log(project: &str, level: &str, context: &rhai::NativeCallContext, text: &Dynamic) {
+    let place = format!(
+        "{}:{}",
+        context.call_source().unwrap_or("?"),
+        position_text(context.call_position())
+    );
+    let text = text.to_string();
+    match level {
+        "error" => {
+            tracing::error!(target: "switchboard::script", project = %project, "{place}: {text}")
+        }
+        "warn" => {
+            tracing::warn!(target: "switchboard::script", project = %project, "{place}: {text}")
+        }
+        "info" => info!(target: "switchboard::script", project = %project, "{place}: {text}"),
+        _ => debug!(target: "switchboard::script", project = %project, "{place}: {text}"),
+    }
 }
 
 fn compile_one(engine: &Engine, file: SourceFile) -> Result<Script, CompileError> {
@@ -451,6 +655,41 @@ mod tests {
             text: r#"fn f() { eval("1") }"#.into(),
         }];
         assert!(ScriptHost::compile("t", files, &Limits::default(), |_| {}).is_err());
+    }
+
+    #[test]
+    fn lib_modules_are_shared_and_calls_are_checked() {
+        let lib = vec![SourceFile {
+            name: "lib/util.rhai".into(),
+            text: "fn twice(x) { x * 2 }".into(),
+        }];
+        let files = vec![SourceFile {
+            name: "events/a.rhai".into(),
+            text: "fn f() { util::twice(21) }\nfn g() { missing(1) }".into(),
+        }];
+        let errors =
+            ScriptHost::compile_project("t", lib.clone(), files, &Limits::default(), |_| {})
+                .err()
+                .unwrap();
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert_eq!((errors[0].line, errors[0].column), (2, 10));
+        let files = vec![SourceFile {
+            name: "events/a.rhai".into(),
+            text: "fn f() { util::twice(21) }\nfn userCommand(s, u, n, p) { #{ tost: 1 } }\nfn userDownload(s, u, n, p) { #{ filename: \"x\" } }".into(),
+        }];
+        let compiled = ScriptHost::compile_project("t", lib, files, &Limits::default(), |_| {})
+            .unwrap_or_else(|e| panic!("{e:?}"));
+        assert_eq!(
+            compiled
+                .host
+                .call_first("f", vec![])
+                .unwrap()
+                .unwrap()
+                .as_int(),
+            Ok(42)
+        );
+        assert_eq!(compiled.warnings.len(), 1, "{:?}", compiled.warnings);
+        assert!(compiled.warnings[0].message.contains("`tost`"));
     }
 
     /// Issue 12: an `import` inside a `switch` arm compiled and the call

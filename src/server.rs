@@ -41,6 +41,8 @@ pub struct ServerConfig {
     /// Certificate chain and key (PEM files): serve HTTPS.
     pub tls: Option<(PathBuf, PathBuf)>,
     pub shutdown_timeout_secs: u64,
+    /// Dev mode: errors and mistakes are shown in the browsers.
+    pub dev: bool,
     /// `--cluster`: the NATS server whose JetStream buckets this node
     /// shares with the others; `None`: the embedded database.
     pub cluster: Option<String>,
@@ -84,6 +86,10 @@ async fn serve(config: ServerConfig) -> Result<(), StartupError> {
     let runtime = Runtime::start(&config.projects_dir, store, &config.users)?;
     if let Some(url) = &config.cluster {
         info!(node = %config.node, "cluster mode: sessions and variables shared through NATS at {url}");
+    }
+    runtime.set_dev_mode(config.dev);
+    if config.dev {
+        info!("dev mode: errors are shown in the browsers");
     }
     let state = web::Data::from(runtime.clone());
     let (allowed_hosts, hosts_warning) =

@@ -152,6 +152,9 @@ pub struct SessionState {
     pub ui: BTreeMap<String, BTreeMap<String, Value>>,
     /// Browser tab id → the page it shows.
     pub tabs: BTreeMap<String, String>,
+    /// The `Accept-Language` of the browser that last loaded a page: what
+    /// picks the language of texts when the user chose none.
+    pub accept_language: String,
 }
 
 impl SessionState {

@@ -556,7 +556,8 @@ async fn hot_reload_recompiles_and_keeps_the_last_good_version() {
         &common::test_projects().join("events"),
         &projects.join("events"),
     );
-    let server = Server::start(&projects);
+    // Dev mode: the compile error is pushed to the browsers.
+    let server = Server::start_with(&projects, &["--dev"]);
     let client = server.client("events").await;
     let mut socket = client.socket_tab("t1", "home").await;
     assert_eq!(pushed_toast(&mut socket).await, "welcome");

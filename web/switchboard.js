@@ -73,6 +73,7 @@ const CONFIG = Object.freeze({
   TEXT_CHALLENGE_PASSWORD: 'Password',
   TEXT_CHALLENGE_SUBMIT: 'Confirm',
   TEXT_DEV_ERROR_TITLE: 'The project has errors (still serving the last good version)',
+  TEXT_DEV_NOTICE_TITLE: 'Dev mode: something the handler did had no effect',
   /** First retry delay of a queued form submission; doubles up to the next. */
   SUBMIT_RETRY_BASE_MS: 1000,
   SUBMIT_RETRY_MAX_MS: 30_000,
@@ -83,8 +84,22 @@ const CONFIG = Object.freeze({
    */
   SUBMIT_MAX_FAILED_RUNS: 5,
 
+  ..._pageTexts(),
   ...window.SwitchboardConfig,
 });
+
+/**
+ * The runtime's texts in the viewer's language, as the server rendered them
+ * into the page (`<script type="application/json" id="sb-texts">`, from the
+ * project's i18n/*.ftl files over the built-in ones).
+ */
+function _pageTexts() {
+  try {
+    return JSON.parse(document.getElementById('sb-texts')?.textContent || '{}');
+  } catch {
+    return {};
+  }
+}
 
 // ================================================================ DOM helpers
 
@@ -1320,6 +1335,7 @@ const _pushes = {
     if (pages.includes(_currentPage())) _track(_open(_currentPage(), { push: false }));
   },
   dev_error: ({ message }) => _showDevError(message),
+  dev_notice: ({ message }) => _showDevNotice(message),
   session_ended: () => _sessionEnded(),
   config: ({ keystrokes }) => _installKeystrokes(keystrokes ?? []),
   // Queued: the dialog it closes may still be waiting in the queue.
@@ -1410,6 +1426,28 @@ function _showDevError(message) {
   close.addEventListener('click', () => overlay.remove());
   overlay.append(_el('strong', {}, CONFIG.TEXT_DEV_ERROR_TITLE), close, _el('pre', {}, message));
   document.body.append(overlay);
+}
+
+/** Most dev-mode notices kept in the overlay; older ones drop off. */
+const _DEV_NOTICE_LIMIT = 20;
+
+/**
+ * Dev mode: a mistake the server saw while running a handler (an unknown
+ * answer key, an unhandled command). Notices collect in one dismissible
+ * overlay, newest last.
+ */
+function _showDevNotice(message) {
+  let overlay = document.querySelector('.sb-dev-notice');
+  if (!overlay) {
+    overlay = _el('div', { class: 'sb-dev-error sb-dev-notice', role: 'status' });
+    const close = _el('button', { type: 'button', class: 'sb-dialog-close', 'aria-label': CONFIG.TEXT_CLOSE }, '×');
+    close.addEventListener('click', () => overlay.remove());
+    overlay.append(_el('strong', {}, CONFIG.TEXT_DEV_NOTICE_TITLE), close);
+    document.body.append(overlay);
+  }
+  overlay.append(_el('pre', {}, message));
+  const notices = overlay.querySelectorAll('pre');
+  if (notices.length > _DEV_NOTICE_LIMIT) notices[0].remove();
 }
 
 /** The server ended the session (logout, termination): stop reconnecting with it. */

@@ -320,6 +320,15 @@ async fn finish(
     executed: Executed,
 ) -> Reply {
     log_command(session, &executed.command, &executed.decoded);
+    if runtime.dev_mode() {
+        super::dev::notice_unhandled(
+            runtime,
+            project,
+            session,
+            &executed.command,
+            &executed.decoded,
+        );
+    }
     METRICS.command(executed.decoded.status, executed.ran.handler_time);
     handlers::report(runtime, project, session, &executed.ran, OnFailure::Count).await;
     if executed.ran.failure.is_none() {

@@ -63,6 +63,9 @@ pub struct Ran {
     /// Why the run failed (then `decoded` is the failure the user sees).
     pub failure: Option<ScriptError>,
     pub handler_time: Duration,
+    /// The script whose answer was decoded (`events/10-main.rhai`), for
+    /// dev mode's notices.
+    pub answered_by: Option<String>,
     /// The store batch with the run's effects and record, when the reply
     /// must wait for it to be durable (see `delivery`).
     pub durable: Option<Commit>,
@@ -102,11 +105,18 @@ pub fn run_blocking(
         rollback_value,
         log_name,
     } = call;
+    // Dev mode names the call in its notices; described before the
+    // arguments move into the script.
+    let dev_call = runtime
+        .filter(|runtime| runtime.dev_mode() && session.is_some())
+        .map(|_| super::dev::describe_call(callback, &args));
     let started = Instant::now();
-    let result = project.scripts.call_first(callback, args);
+    let result = project.scripts.call_first_from(callback, args);
     let handler_time = started.elapsed();
+    let mut answered_by = None;
     let (decoded, failure) = match result {
-        Ok(Some(answer)) => {
+        Ok(Some((answer, script))) => {
+            answered_by = Some(script.to_string());
             let origin = Origin {
                 object: object.as_deref(),
                 rollback_value: rollback_value.as_deref(),
@@ -123,10 +133,15 @@ pub fn run_blocking(
         decoded,
         failure,
         handler_time,
+        answered_by,
         durable: None,
     };
     if let (Some(runtime), Some(session), Some(decoded)) = (runtime, session, &mut ran.decoded) {
         runtime.file_challenges(project, session, &mut decoded.actions);
+        if let Some(call) = &dev_call {
+            let answered_by = ran.answered_by.as_deref();
+            super::dev::notice_answer(runtime, project, session, call, answered_by, decoded);
+        }
     }
     ran
 }
@@ -146,6 +161,7 @@ pub async fn run(
             decoded: None,
             failure: None,
             handler_time: Duration::ZERO,
+            answered_by: None,
             durable: None,
         };
     }
@@ -177,6 +193,7 @@ pub async fn off_async(
             decoded: Some(failed(object)),
             failure: Some(abnormal_end(callback, &join_error)),
             handler_time: Duration::ZERO,
+            answered_by: None,
             durable: None,
         },
     }

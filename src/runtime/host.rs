@@ -37,9 +37,12 @@ pub fn register(engine: &mut Engine, runtime: Weak<Runtime>, project: &str) {
     let bind = || (runtime.clone(), project.to_string());
     super::challenge::register_result_type(engine);
     super::events::register_page_type(engine);
-    if let Some(runtime) = runtime.upgrade() {
-        crate::points::register_functions(engine, Arc::downgrade(&runtime.points), project);
-    }
+    // Bound to no runtime (`switchboard check`) the point functions are
+    // still registered, so that calls to them are known; they fail if run.
+    let points = runtime
+        .upgrade()
+        .map_or_else(Weak::new, |runtime| Arc::downgrade(&runtime.points));
+    crate::points::register_functions(engine, points, project);
 
     let (rt, p) = bind();
     engine.register_fn(
@@ -188,6 +191,37 @@ pub fn register(engine: &mut Engine, runtime: Weak<Runtime>, project: &str) {
             .map(|s| Dynamic::from(s.id.clone()))
             .collect())
     });
+    for with_args in [false, true] {
+        let (rt, p) = bind();
+        let translate = move |session: &str, key: &str, args: Option<Dynamic>| -> Result<String> {
+            let runtime = upgrade(&rt)?;
+            let project = runtime
+                .project(&p)
+                .ok_or_else(|| script_error("the project is not served"))?;
+            let language = match runtime.sessions.get(session, &p) {
+                Some(session) => runtime.language_of(&project, &session),
+                None => project.settings.i18n_default.clone(),
+            };
+            let args: serde_json::Map<String, serde_json::Value> = match args {
+                Some(args) => rhai::serde::from_dynamic(&args)
+                    .map_err(|e| script_error(format!("t: the arguments must be a map: {e}")))?,
+                None => serde_json::Map::new(),
+            };
+            let args = crate::i18n::args_from(&args);
+            Ok(project
+                .translations
+                .text_or_key(&language, key, Some(&args)))
+        };
+        if with_args {
+            engine.register_fn("t", move |session: &str, key: &str, args: Dynamic| {
+                translate(session, key, Some(args))
+            });
+        } else {
+            engine.register_fn("t", move |session: &str, key: &str| {
+                translate(session, key, None)
+            });
+        }
+    }
     engine.register_fn("now", || -> i64 {
         let since_epoch = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)

@@ -99,6 +99,7 @@ impl Runtime {
             unrunnable: DashMap::new(),
             throttle: Throttle::default(),
             projects_dir: projects_dir.to_path_buf(),
+            dev_mode: std::sync::atomic::AtomicBool::new(false),
             myself: myself.clone(),
         });
         let loaded = project::load_all(projects_dir, &runtime.host_registration())?;
@@ -113,6 +114,8 @@ impl Runtime {
         }
         for project in loaded.projects {
             runtime.load_vars(&project.name);
+            // Before anyone can open it: the first page sees its state.
+            project_startup(&project);
             runtime.insert_project(project);
         }
         if let Some(crashed) = crashed {
@@ -379,19 +382,29 @@ impl Runtime {
                 let (Some(project), Some(runtime)) = (self.project(&name), self.arc()) else {
                     return;
                 };
+                handlers::run_for_project(&project, "projectStartup", Vec::new()).await;
+                let dev_mode = self.dev_mode();
                 for session in self.sessions.of_project(&name) {
-                    session.push(&Push::DevError { message: None }.to_frame());
+                    if dev_mode {
+                        session.push(&Push::DevError { message: None }.to_frame());
+                    }
                     session.push(&Push::Reload { pages: &pages }.to_frame());
                     events::session_restored(&runtime, &project, &session, "newdoc").await;
                 }
             }
-            Err(error) => self.report_compile_error(&name, &error),
+            Err(error) => self.report_compile_error(&name, dir, &error),
         }
     }
 
-    fn report_compile_error(&self, name: &str, error: &LoadError) {
+    /// Logs a failed reload; in dev mode also shows it in the project's
+    /// browsers, with paths relative to the project (the server's own
+    /// folders never reach a browser).
+    fn report_compile_error(&self, name: &str, dir: &Path, error: &LoadError) {
         error!(project = %name, "project has errors, still serving the last good version:\n{error}");
-        let message = error.to_string();
+        if !self.dev_mode() {
+            return;
+        }
+        let message = error.relative_to(dir);
         let frame = Push::DevError {
             message: Some(&message),
         }
@@ -429,4 +442,20 @@ pub enum StartupError {
     /// The users file is unreadable or invalid.
     #[error("users file: {0}")]
     Users(#[from] AuthError),
+}
+
+/// `projectStartup()` at server start, before the project is served, so
+/// that the first page sees the state it sets (`varSet`, `uiSet`); on this
+/// thread, as nothing is served yet. A reload runs it through
+/// [`handlers::run_for_project`] before the sessions are told.
+fn project_startup(project: &Project) {
+    match project.scripts.call_first("projectStartup", Vec::new()) {
+        Ok(Some(answer)) if !answer.is_unit() => {
+            tracing::warn!(target: "switchboard::script", project = %project.name, "projectStartup returned a {} that nobody receives", answer.type_name())
+        }
+        Ok(_) => {}
+        Err(error) => {
+            tracing::warn!(target: "switchboard::script", project = %project.name, "projectStartup failed: {error}")
+        }
+    }
 }

@@ -50,6 +50,7 @@ mod challenge;
 mod commands;
 mod connection;
 mod delivery;
+mod dev;
 mod downloads;
 mod events;
 mod external;
@@ -63,6 +64,7 @@ mod push;
 mod schedule;
 mod state;
 mod ui;
+mod view;
 
 pub use challenge::ChallengeAnswer;
 pub use commands::{ACL_DENIED_MESSAGE, run_frame};
@@ -73,3 +75,9 @@ pub use handlers::FAILED_MESSAGE;
 pub use lifecycle::{StartupError, StoreChoice};
 pub use state::{Caller, Runtime, ShutdownReason};
 pub use ui::ProjectUi;
+
+/// Registers the host functions bound to no runtime (each fails if called):
+/// what `switchboard check` compiles against.
+pub fn register_host_functions_unbound(engine: &mut rhai::Engine, project: &str) {
+    host::register(engine, std::sync::Weak::new(), project);
+}

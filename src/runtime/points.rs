@@ -133,5 +133,6 @@ fn ran(decoded: Option<crate::answer::Decoded>) -> Ran {
         failure: None,
         handler_time: Duration::ZERO,
         durable: None,
+        answered_by: None,
     }
 }

@@ -56,6 +56,9 @@ pub struct Runtime {
     pub(super) unrunnable: DashMap<String, ()>,
     pub throttle: Throttle,
     pub(super) projects_dir: PathBuf,
+    /// Dev mode (`--dev`): compile errors and silent mistakes are pushed to
+    /// the browsers. Never on by default: the messages name files.
+    pub(super) dev_mode: std::sync::atomic::AtomicBool,
     pub(super) myself: Weak<Runtime>,
 }
 
@@ -148,6 +151,25 @@ impl Runtime {
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .remove(name)
+    }
+
+    /// Turns dev mode on or off (see [`Runtime::dev_mode`]).
+    pub fn set_dev_mode(&self, on: bool) {
+        self.dev_mode
+            .store(on, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether errors and mistakes are shown in the browsers.
+    pub fn dev_mode(&self) -> bool {
+        self.dev_mode.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Shows a mistake in the dev overlay of a session's browsers (dev mode
+    /// only). `message` must name files relative to the project.
+    pub fn dev_notice(&self, session: &Session, message: &str) {
+        if self.dev_mode() {
+            session.push(&crate::protocol::Push::DevNotice { message }.to_frame());
+        }
     }
 
     pub fn projects_dir(&self) -> &Path {

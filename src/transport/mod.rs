@@ -244,6 +244,7 @@ pub fn routes(config: &mut web::ServiceConfig) {
         .route("/", web::get().to(index))
         .route("/_sb/{file}", web::get().to(asset))
         .route("/metrics", web::get().to(metrics))
+        .route("/favicon.ico", web::get().to(favicon))
         .route("/healthz", web::get().to(healthz))
         .route("/{project}", web::get().to(project_root_redirect))
         .route("/{project}/", web::get().to(start_page))
@@ -289,7 +290,7 @@ async fn index(state: State) -> HttpResponse {
         .collect();
     HttpResponse::Ok().content_type("text/html; charset=utf-8").body(format!(
         "<!doctype html><html lang=en><meta charset=utf-8><title>Switchboard</title>\
-         <link rel=stylesheet href=/_sb/switchboard.css><body class=sb-index><h1>Projects</h1><ul>{items}</ul></body></html>"
+         <link rel=icon href=/_sb/favicon.svg type=image/svg+xml><link rel=stylesheet href=/_sb/switchboard.css><body class=sb-index><h1>Projects</h1><ul>{items}</ul></body></html>"
     ))
 }
 
@@ -339,12 +340,22 @@ async fn asset(file: web::Path<String>) -> HttpResponse {
             include_str!("../../web/switchboard.css"),
             "text/css; charset=utf-8",
         ),
+        "favicon.svg" => (include_str!("../../web/favicon.svg"), "image/svg+xml"),
         _ => return HttpResponse::NotFound().finish(),
     };
     HttpResponse::Ok()
         .content_type(content_type)
         .insert_header((header::CACHE_CONTROL, "no-cache"))
         .body(body)
+}
+
+/// Browsers ask for `/favicon.ico` on their own (pages also name
+/// `/_sb/favicon.svg`): the same icon, so that no page load logs a 404.
+async fn favicon() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("image/svg+xml")
+        .insert_header((header::CACHE_CONTROL, "max-age=86400"))
+        .body(include_str!("../../web/favicon.svg"))
 }
 
 async fn project_root_redirect(
@@ -377,9 +388,18 @@ async fn page(
     render_page(&req, &state, project, &page)
 }
 
-/// What templates see as `session`.
-fn template_session(session: &Session) -> serde_json::Value {
-    serde_json::json!({ "properties": session.with_state(|state| state.properties.clone()) })
+/// Keeps the browser's languages on the session: they choose the
+/// language of its texts, in pages and in scripts' `t(session, …)`.
+fn note_accept_language(req: &HttpRequest, state: &Runtime, session: &Session) {
+    let header = req
+        .headers()
+        .get(header::ACCEPT_LANGUAGE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    // A header is a few dozen bytes; longer ones are not worth storing.
+    if header.len() <= 256 {
+        state.note_accept_language(session, header);
+    }
 }
 
 fn render_page(
@@ -410,9 +430,9 @@ fn render_page(
         }
         Err(error) => return Err(error),
     }
-    let points = state.points.template_context(&project.name);
+    note_accept_language(req, state, &session);
     let rendered = project
-        .render_page(page, &template_session(&session), &points)
+        .render_page(page, &state.template_view(&project, &session))
         .ok_or(RequestError::PageNotFound)?;
     let html = rendered.map_err(|error| render_failed(&project, page, error))?;
     state
@@ -435,16 +455,16 @@ async fn page_fragment(
 ) -> Result<HttpResponse, RequestError> {
     let (name, page) = path.into_inner();
     let (project, session) = authorized(&req, &state, &name, Some(&page))?;
-    let context = template_session(&session);
-    let points = state.points.template_context(&project.name);
+    note_accept_language(&req, &state, &session);
+    let context = state.template_view(&project, &session);
     let rendered = project
-        .render_block(&page, "content", &context, &points)
+        .render_block(&page, "content", &context)
         .ok_or(RequestError::PageNotFound)?;
     let html = rendered.map_err(|error| render_failed(&project, &page, error))?;
     state
         .points
         .bind_rendered(&session, &page, project.pages.get(&page).copied(), &html);
-    let title = match project.render_block(&page, "title", &context, &points) {
+    let title = match project.render_block(&page, "title", &context) {
         Some(Ok(title)) => title.trim().to_string(),
         _ => project.settings.title.clone(),
     };

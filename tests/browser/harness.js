@@ -22,7 +22,7 @@ import { chromium } from 'playwright-core';
 const HERE = path.dirname(fileURLToPath(import.meta.url));
 
 const ROOT = path.resolve(HERE, '../..');
-const SERVER_BIN = process.env.SWITCHBOARD_BIN
+export const SERVER_BIN = process.env.SWITCHBOARD_BIN
   ? path.resolve(process.env.SWITCHBOARD_BIN)
   : path.join(process.env.CARGO_TARGET_DIR ? path.resolve(process.env.CARGO_TARGET_DIR) : path.join(ROOT, 'target'), 'debug/switchboard');
 /** The test projects (tests/projects): the default. */

@@ -11,7 +11,7 @@ const browser = await launchBrowser();
 try {
   const context = await browser.newContext({ viewport: { width: 1200, height: 760 } });
   const page = await openDemo(context, `${server.origin}/demo/`);
-  await page.waitForFunction(() => /UTC/.test(document.getElementById('clock').textContent));
+  await page.waitForFunction(() => /CES?T/.test(document.getElementById('clock').textContent));
   await tap(page, '#lobbyOn');
   await page.screenshot({ path: join(OUT, 'demo-home.png') });
   await tap(page, '#alarmButton');

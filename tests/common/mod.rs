@@ -100,6 +100,8 @@ impl Server {
             .arg(data.join("switchboard.redb"))
             .args(extra_args)
             .env("SWITCHBOARD_LOG", "info")
+            // Dev mode only where a test asks for it (`--dev`).
+            .env_remove("SWITCHBOARD_DEV")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -427,3 +429,32 @@ pub fn toast_of(reply: &Value) -> &str {
         .as_str()
         .unwrap_or_else(|| panic!("no toast in {reply}"))
 }
+
+/// Writes a project folder `root/name` from `(path inside it, contents)` pairs.
+pub fn write_project(root: &Path, name: &str, files: &[(&str, &str)]) -> PathBuf {
+    let dir = root.join(name);
+    for (path, text) in files {
+        let path = dir.join(path);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, text).unwrap();
+    }
+    dir
+}
+
+/// What `switchboard check <dir>` printed: exit code, stdout, stderr.
+pub fn run_check(dir: &Path) -> (Option<i32>, String, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_switchboard"))
+        .arg("check")
+        .arg(dir)
+        .output()
+        .expect("switchboard check runs");
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// A minimal page extending the built-in layout.
+pub const HOME_PAGE: &str =
+    "{% extends \"sb/layout.html\" %}\n{% block content %}<p>home</p>{% endblock %}\n";
