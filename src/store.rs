@@ -8,21 +8,41 @@
 //! tables and keys, not what sessions or variables mean.
 //!
 //! Writes are group-committed: one writer thread takes every batch queued
-//! at that moment and commits them together in one durable transaction
-//! (one `fdatasync` for all), in the order they were queued. A caller
-//! either waits for its batch to be durable ([`Store::write`], or
-//! [`Store::write_soon`] and then [`Commit::durable`]) or lets it be
-//! written behind (drops the [`Commit`]): once a wait returns `Ok`, a
-//! `kill -9` or a power cut cannot undo the batch.
+//! at that moment and makes them durable together (one `fdatasync` for
+//! all), in the order they were queued. A caller either waits for its
+//! batch to be durable ([`Store::write`], or [`Store::write_soon`] and
+//! then [`Commit::durable`]) or lets it be written behind (drops the
+//! [`Commit`]): once a wait returns `Ok`, a `kill -9` or a power cut
+//! cannot undo the batch.
+//!
+//! In the embedded store a group is made durable in a write-ahead journal
+//! (`journal`: one record, one `pwrite`), then applied to the redb file in
+//! a non-durable transaction, so that reads see it before anyone is told;
+//! a checkpoint (a durable redb transaction) now and then makes the
+//! journal's records redundant, and on start the records written since the
+//! last checkpoint are applied again.
+
+mod journal;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, mpsc};
 
-use redb::{Database, ReadableDatabase, TableDefinition};
+use redb::{Database, Durability, ReadableDatabase, TableDefinition};
 use tokio::sync::oneshot;
 use tracing::error;
 
 use crate::cluster::{Change, ClusterError, SharedKv};
+use journal::Journal;
+
+/// The store's own bookkeeping in the redb file: the journal's generation
+/// (see `journal`), written only by checkpoints.
+const JOURNAL_STATE: TableDefinition<'static, &'static str, u64> =
+    TableDefinition::new("journal");
+const GENERATION: &str = "generation";
+
+/// A checkpoint comes at the latest this long after the first record
+/// written since the last one, when the writer has nothing else to do.
+const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// The tables, one per kind of record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -235,7 +255,7 @@ struct Queue {
 
 #[derive(Default)]
 struct Pending {
-    batches: Vec<(Vec<Write>, Option<Waiter>)>,
+    batches: Vec<Batch>,
     closed: bool,
 }
 
@@ -282,7 +302,8 @@ impl Commit {
 }
 
 impl Embedded {
-    /// Opens (or creates) the database file, creating its folder if needed.
+    /// Opens (or creates) the database file, creating its folder if needed,
+    /// and applies what its journal holds beyond the last checkpoint.
     pub fn open(path: &Path) -> Result<Embedded, StoreError> {
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent).map_err(io)?;
@@ -298,14 +319,25 @@ impl Embedded {
             writer: None,
         };
         store.create_tables()?;
+        let generation = store.generation()?;
+        let (mut journal, groups) = Journal::open(&journal_path(path), generation).map_err(io)?;
+        let replayed: Vec<&Write> = groups.iter().flatten().collect();
+        checkpoint(&store.db, &mut journal, &replayed)?;
         let (db, queue) = (store.db.clone(), store.queue.clone());
         store.writer = Some(
             std::thread::Builder::new()
                 .name("store-writer".into())
-                .spawn(move || commit_forever(&db, &queue))
+                .spawn(move || commit_forever(&db, &queue, journal))
                 .map_err(io)?,
         );
         Ok(store)
+    }
+
+    /// The journal generation of the last checkpoint (0 before the first).
+    fn generation(&self) -> Result<u64, StoreError> {
+        let txn = self.db.begin_read().map_err(io)?;
+        let table = txn.open_table(JOURNAL_STATE).map_err(io)?;
+        Ok(table.get(GENERATION).map_err(io)?.map_or(0, |g| g.value()))
     }
 
     fn create_tables(&self) -> Result<(), StoreError> {
@@ -313,6 +345,7 @@ impl Embedded {
         for table in Table::ALL {
             txn.open_table(table.definition()).map_err(io)?;
         }
+        txn.open_table(JOURNAL_STATE).map_err(io)?;
         txn.commit().map_err(io)
     }
 
@@ -421,31 +454,65 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// The writer thread: takes every queued batch, commits them in one
-/// durable transaction, tells their waiters; until the store is dropped.
-fn commit_forever(db: &Database, queue: &Queue) {
+/// Where the journal of the database at `path` lives: beside it.
+fn journal_path(path: &Path) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push("-journal");
+    PathBuf::from(name)
+}
+
+type Batch = (Vec<Write>, Option<Waiter>);
+
+/// The writer thread: takes every queued batch, makes them durable as one
+/// journal record, applies them to the database, tells their waiters;
+/// checkpoints when the journal is long or the writer idle; until the
+/// store is dropped, when it checkpoints a last time.
+fn commit_forever(db: &Database, queue: &Queue, mut journal: Journal) {
+    let mut first_unchecked: Option<std::time::Instant> = None;
     loop {
         let batches = {
             let mut pending = lock(&queue.pending);
             while pending.batches.is_empty() && !pending.closed {
+                let Some(since) = first_unchecked else {
+                    pending = queue
+                        .wake
+                        .wait(pending)
+                        .unwrap_or_else(|poisoned| poisoned.into_inner());
+                    continue;
+                };
+                let left = CHECKPOINT_EVERY.saturating_sub(since.elapsed());
+                if left.is_zero() {
+                    break;
+                }
                 pending = queue
                     .wake
-                    .wait(pending)
-                    .unwrap_or_else(|poisoned| poisoned.into_inner());
-            }
-            if pending.batches.is_empty() {
-                return;
+                    .wait_timeout(pending, left)
+                    .unwrap_or_else(|poisoned| poisoned.into_inner())
+                    .0;
             }
             std::mem::take(&mut pending.batches)
         };
+        if batches.is_empty() {
+            // Idle (or closing): make the redb file current.
+            if let Err(error) = checkpoint(db, &mut journal, &[]) {
+                error!("could not checkpoint the database: {error}");
+            }
+            first_unchecked = None;
+            let pending = lock(&queue.pending);
+            if pending.closed && pending.batches.is_empty() {
+                return;
+            }
+            continue;
+        }
         let started = std::time::Instant::now();
-        let outcome = commit_group(db, &batches).map_err(|e| e.to_string());
+        let outcome = commit_group(db, &mut journal, &batches).map_err(|e| e.to_string());
         if let Err(message) = &outcome {
             error!(
                 "could not commit {} batch(es) to the database: {message}",
                 batches.len()
             );
         }
+        first_unchecked = (journal.len() > 0).then(|| first_unchecked.unwrap_or(started));
         crate::metrics::METRICS.group_commit(batches.len(), started.elapsed());
         queue
             .commits
@@ -458,12 +525,48 @@ fn commit_forever(db: &Database, queue: &Queue) {
     }
 }
 
-/// One durable transaction for every batch, applied in queue order.
-fn commit_group(db: &Database, batches: &[(Vec<Write>, Option<Waiter>)]) -> Result<(), StoreError> {
+/// Makes every batch durable in the journal, then applies them to the
+/// database in one non-durable transaction (so reads see them), in queue
+/// order. A long journal is checkpointed first, so the record starts it
+/// anew. If the journal cannot be written, the group is committed to the
+/// database durably instead (a checkpoint carrying it).
+fn commit_group(db: &Database, journal: &mut Journal, batches: &[Batch]) -> Result<(), StoreError> {
+    let writes: Vec<&Write> = batches.iter().flat_map(|(writes, _)| writes).collect();
+    if journal.len() >= journal::CHECKPOINT_AFTER {
+        checkpoint(db, journal, &[])?;
+    }
+    let logged = journal.append(&writes).and_then(|()| journal.sync());
+    if let Err(error) = logged {
+        error!("could not write the store's journal, committing to the database directly: {error}");
+        return checkpoint(db, journal, &writes);
+    }
+    let mut txn = db.begin_write().map_err(io)?;
+    txn.set_durability(Durability::None).map_err(io)?;
+    apply(&txn, &writes)?;
+    txn.commit().map_err(io)
+}
+
+/// One durable transaction: `writes` (if any), every earlier non-durable
+/// one, and the journal's next generation, which makes every record
+/// written so far redundant; the journal then starts over.
+fn checkpoint(db: &Database, journal: &mut Journal, writes: &[&Write]) -> Result<(), StoreError> {
+    let next = journal.generation() + 1;
     let txn = db.begin_write().map_err(io)?;
+    apply(&txn, writes)?;
+    txn.open_table(JOURNAL_STATE)
+        .map_err(io)?
+        .insert(GENERATION, next)
+        .map_err(io)?;
+    txn.commit().map_err(io)?;
+    journal.restart(next);
+    Ok(())
+}
+
+/// Applies the writes in order, opening each table once.
+fn apply(txn: &redb::WriteTransaction, writes: &[&Write]) -> Result<(), StoreError> {
     for table in Table::ALL {
         let mut opened = None;
-        for write in batches.iter().flat_map(|(writes, _)| writes) {
+        for write in writes {
             let (of, key) = match write {
                 Write::Put(of, key, _) | Write::Delete(of, key) => (*of, key),
             };
@@ -486,7 +589,7 @@ fn commit_group(db: &Database, batches: &[(Vec<Write>, Option<Waiter>)]) -> Resu
             }
         }
     }
-    txn.commit().map_err(io)
+    Ok(())
 }
 
 #[cfg(test)]
@@ -609,4 +712,115 @@ mod tests {
         assert_eq!(store.scan(Table::Sessions, "").unwrap().len(), 1);
         std::fs::remove_dir_all(dir).unwrap();
     }
+
+    /// What a SIGKILL would leave of the store's files now: a copy of them
+    /// as the page cache holds them (a killed process leaves that behind),
+    /// made while the writer is idle. `names` picks the files.
+    fn crash_image(dir: &Path, to: &str, names: &[&str]) -> PathBuf {
+        let to = dir.join(to);
+        std::fs::create_dir_all(&to).unwrap();
+        for name in names {
+            std::fs::copy(dir.join(name), to.join(name)).unwrap();
+        }
+        to.join("db.redb")
+    }
+
+    const BOTH: [&str; 2] = ["db.redb", "db.redb-journal"];
+
+    fn put(table: Table, key: &str, value: &[u8]) -> Write {
+        Write::Put(table, key.into(), value.to_vec())
+    }
+
+    #[test]
+    fn a_crash_after_the_journal_record_replays_it_on_start() {
+        let (store, dir) = temp_store("replay");
+        store
+            .write(&[put(Table::Vars, "a", b"1"), put(Table::Replies, "s\u{0}c-1", b"ok")])
+            .unwrap();
+        store
+            .write(&[Write::Delete(Table::Vars, "a".into()), put(Table::Vars, "b", b"2")])
+            .unwrap();
+        let image = crash_image(&dir, "image", &BOTH);
+        // The database file alone has not got them: they were durable in
+        // the journal only when the writes returned.
+        let alone = Embedded::open(&crash_image(&dir, "alone", &["db.redb"])).unwrap();
+        assert_eq!(alone.get(Table::Vars, "b").unwrap(), None);
+        assert_eq!(alone.get(Table::Vars, "a").unwrap(), None);
+        drop(alone);
+        let replayed = Embedded::open(&image).unwrap();
+        assert_eq!(replayed.get(Table::Vars, "a").unwrap(), None, "deleted again");
+        assert_eq!(replayed.get(Table::Vars, "b").unwrap(), Some(b"2".to_vec()));
+        assert_eq!(
+            replayed.get(Table::Replies, "s\u{0}c-1").unwrap(),
+            Some(b"ok".to_vec())
+        );
+        drop((store, replayed));
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_torn_journal_tail_is_dropped_and_the_journal_goes_on() {
+        let (store, dir) = temp_store("torn");
+        let first = put(Table::Vars, "a", b"1");
+        store.write(std::slice::from_ref(&first)).unwrap();
+        let image = crash_image(&dir, "image", &BOTH);
+        drop(store);
+        // A second record cut short, as a crash in the middle of its
+        // `pwrite` leaves it (nobody was told it was durable).
+        let journal_file = journal_path(&image);
+        let mut bytes = std::fs::read(&journal_file).unwrap();
+        let generation = u64::from_le_bytes(bytes[8..16].try_into().unwrap());
+        let at = journal::encode_record(generation, 0, &[&first]).len();
+        let torn = journal::encode_record(generation, 1, &[&put(Table::Vars, "b", b"2")]);
+        bytes[at..at + torn.len() - 3].copy_from_slice(&torn[..torn.len() - 3]);
+        std::fs::write(&journal_file, bytes).unwrap();
+        let reopened = Embedded::open(&image).unwrap();
+        assert_eq!(reopened.get(Table::Vars, "a").unwrap(), Some(b"1".to_vec()));
+        assert_eq!(reopened.get(Table::Vars, "b").unwrap(), None, "torn: not applied");
+        reopened.write(&[put(Table::Vars, "c", b"3")]).unwrap();
+        let again = Embedded::open(&crash_image(image.parent().unwrap(), "again", &BOTH)).unwrap();
+        assert_eq!(again.get(Table::Vars, "a").unwrap(), Some(b"1".to_vec()));
+        assert_eq!(again.get(Table::Vars, "b").unwrap(), None);
+        assert_eq!(again.get(Table::Vars, "c").unwrap(), Some(b"3".to_vec()));
+        drop((reopened, again));
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_record_of_an_older_generation_is_never_replayed() {
+        let (store, dir) = temp_store("stale");
+        // Generation g: `k` at seq 0, `m` at seq 1.
+        store.write(&[put(Table::Vars, "k", b"1")]).unwrap();
+        store.write(&[put(Table::Vars, "m", b"old")]).unwrap();
+        drop(store);
+        // A new generation whose seq 0 has exactly the length of g's seq 0,
+        // so g's seq 1 follows it where a seq 1 is expected.
+        let store = Embedded::open(&dir.join("db.redb")).unwrap();
+        store.write(&[put(Table::Vars, "m", b"2")]).unwrap();
+        let replayed = Embedded::open(&crash_image(&dir, "image", &BOTH)).unwrap();
+        assert_eq!(replayed.get(Table::Vars, "m").unwrap(), Some(b"2".to_vec()));
+        assert_eq!(replayed.get(Table::Vars, "k").unwrap(), Some(b"1".to_vec()));
+        drop((store, replayed));
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_long_journal_is_checkpointed_and_written_from_its_start_again() {
+        let (store, dir) = temp_store("wrap");
+        let big = vec![7u8; 1 << 20];
+        for n in 0..6 {
+            store.write(&[put(Table::Vars, &format!("v{n}"), &big)]).unwrap();
+        }
+        store.write(&[put(Table::Vars, "last", b"x")]).unwrap();
+        let journal_len = std::fs::metadata(journal_path(&dir.join("db.redb"))).unwrap().len();
+        assert_eq!(journal_len, journal::PREALLOCATED, "started over, did not grow");
+        let replayed = Embedded::open(&crash_image(&dir, "image", &BOTH)).unwrap();
+        for n in 0..6 {
+            assert_eq!(replayed.get(Table::Vars, &format!("v{n}")).unwrap(), Some(big.clone()));
+        }
+        assert_eq!(replayed.get(Table::Vars, "last").unwrap(), Some(b"x".to_vec()));
+        drop((store, replayed));
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
 }

@@ -377,7 +377,7 @@ async fn var_update_loses_no_concurrent_increment() {
     for task in tasks {
         task.await.unwrap();
     }
-    let client = server.client("reliable").await;
+    let client = held.last().unwrap().client("reliable").await;
     assert_eq!(
         toast_of(&client.command("peek", "").await),
         format!("count={}", CLIENTS * EACH)
@@ -425,5 +425,139 @@ async fn a_failed_submission_runs_again_on_retry() {
     assert_eq!(
         toast_of(&client.command("audit", "").await),
         "submissions=1 distinct=1 repeated=0"
+    );
+}
+
+/// One client of the command crash test: sends `count` commands with ids
+/// over a WebSocket one after the other, and after any connection failure
+/// reconnects to the current server, re-sends the last acknowledged one
+/// (it must get the same answer) and every one not yet acknowledged.
+/// Returns each id's answer.
+async fn count_all(
+    mut client: Client,
+    name: String,
+    count: usize,
+    servers: watch::Receiver<String>,
+    acked: Arc<Mutex<BTreeMap<String, String>>>,
+) -> BTreeMap<String, String> {
+    let ids: Vec<String> = (0..count).map(|n| format!("{name}-{n}")).collect();
+    let mut answers: BTreeMap<String, String> = BTreeMap::new();
+    let mut seq = 0;
+    'connect: loop {
+        let addr = servers.borrow().clone();
+        client.ws_base = format!("ws://{addr}/reliable");
+        let Ok(mut socket) =
+            tokio::time::timeout(Duration::from_secs(2), client.try_socket_tab(&name, "home"))
+                .await
+                .unwrap_or(Err(()))
+        else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        let last = ids.iter().rev().find(|id| answers.contains_key(*id)).cloned();
+        let resend = last.into_iter().chain(
+            ids.iter()
+                .filter(|id| !answers.contains_key(*id))
+                .cloned(),
+        );
+        for id in resend.collect::<Vec<_>>() {
+            seq += 1;
+            let frame = counted(&id, seq, "count").to_string();
+            let sent = futures_util::SinkExt::send(
+                &mut socket,
+                tokio_tungstenite::tungstenite::Message::text(frame),
+            )
+            .await;
+            if sent.is_err() {
+                continue 'connect;
+            }
+            let reply = loop {
+                match tokio::time::timeout(Duration::from_secs(5), socket.next()).await {
+                    Ok(Some(Ok(message))) if message.is_text() => {
+                        let value: Value =
+                            serde_json::from_str(message.to_text().unwrap()).unwrap();
+                        if value.get("type").is_none() {
+                            break Some(value);
+                        }
+                    }
+                    Ok(Some(Ok(_))) => continue,
+                    _ => break None,
+                }
+            };
+            let Some(reply) = reply else {
+                continue 'connect;
+            };
+            let toast = toast_of(&reply).to_string();
+            if let Some(before) = answers.get(&id) {
+                assert_eq!(&toast, before, "a repeat of {id} after a crash");
+            }
+            answers.insert(id.clone(), toast.clone());
+            acked.lock().await.insert(id, toast);
+        }
+        return answers;
+    }
+}
+
+/// The journal (docs/reliability.md): commands with an `id` are durable in
+/// the store's journal before their reply and reach the database file only
+/// later, so a SIGKILL leaves acknowledged answers and `!` variables in the
+/// journal alone. Killed twice (the second time after a restart that
+/// replayed the journal), every command still ran exactly once: the
+/// answers are exactly 1..=N, and a repeat gets its first answer.
+#[tokio::test]
+async fn sigkill_twice_under_a_stream_of_commands_with_ids_loses_nothing_and_runs_nothing_twice()
+{
+    const CLIENTS: usize = 4;
+    const EACH: usize = 60;
+    // Every server of the test is kept until the end: dropping one removes
+    // the data folder they share.
+    let mut held = vec![Server::start(&common::test_projects())];
+    let server = &held[0];
+    let (publish, servers) = watch::channel(server.addr.clone());
+    let acked = Arc::new(Mutex::new(BTreeMap::new()));
+    let mut tasks = Vec::new();
+    for n in 0..CLIENTS {
+        let client = server.client("reliable").await;
+        tasks.push(tokio::spawn(count_all(
+            client,
+            format!("k{n}"),
+            EACH,
+            servers.clone(),
+            acked.clone(),
+        )));
+    }
+    let mut acked_before_kills = Vec::new();
+    for third in 1..=2 {
+        while acked.lock().await.len() < CLIENTS * EACH * third / 3 {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        let server = held.last_mut().unwrap();
+        server.kill9();
+        acked_before_kills.push(acked.lock().await.clone());
+        let restarted = server.restart();
+        publish.send(restarted.addr.clone()).unwrap();
+        held.push(restarted);
+    }
+    let mut answers = BTreeMap::new();
+    for task in tasks {
+        let of_client = tokio::time::timeout(Duration::from_secs(60), task)
+            .await
+            .expect("clients finish")
+            .unwrap();
+        answers.extend(of_client);
+    }
+    for before in &acked_before_kills {
+        for (id, toast) in before {
+            assert_eq!(answers.get(id), Some(toast), "{id} kept its answer");
+        }
+    }
+    let expected: BTreeSet<String> = (1..=CLIENTS * EACH).map(|n| format!("count={n}")).collect();
+    let got: BTreeSet<String> = answers.values().cloned().collect();
+    assert_eq!(answers.len(), CLIENTS * EACH);
+    assert_eq!(got, expected, "every command ran exactly once");
+    let client = held.last().unwrap().client("reliable").await;
+    assert_eq!(
+        toast_of(&client.command("peek", "").await),
+        format!("count={}", CLIENTS * EACH)
     );
 }
