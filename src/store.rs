@@ -36,8 +36,7 @@ use journal::Journal;
 
 /// The store's own bookkeeping in the redb file: the journal's generation
 /// (see `journal`), written only by checkpoints.
-const JOURNAL_STATE: TableDefinition<'static, &'static str, u64> =
-    TableDefinition::new("journal");
+const JOURNAL_STATE: TableDefinition<'static, &'static str, u64> = TableDefinition::new("journal");
 const GENERATION: &str = "generation";
 
 /// A checkpoint comes at the latest this long after the first record
@@ -735,10 +734,16 @@ mod tests {
     fn a_crash_after_the_journal_record_replays_it_on_start() {
         let (store, dir) = temp_store("replay");
         store
-            .write(&[put(Table::Vars, "a", b"1"), put(Table::Replies, "s\u{0}c-1", b"ok")])
+            .write(&[
+                put(Table::Vars, "a", b"1"),
+                put(Table::Replies, "s\u{0}c-1", b"ok"),
+            ])
             .unwrap();
         store
-            .write(&[Write::Delete(Table::Vars, "a".into()), put(Table::Vars, "b", b"2")])
+            .write(&[
+                Write::Delete(Table::Vars, "a".into()),
+                put(Table::Vars, "b", b"2"),
+            ])
             .unwrap();
         let image = crash_image(&dir, "image", &BOTH);
         // The database file alone has not got them: they were durable in
@@ -748,7 +753,11 @@ mod tests {
         assert_eq!(alone.get(Table::Vars, "a").unwrap(), None);
         drop(alone);
         let replayed = Embedded::open(&image).unwrap();
-        assert_eq!(replayed.get(Table::Vars, "a").unwrap(), None, "deleted again");
+        assert_eq!(
+            replayed.get(Table::Vars, "a").unwrap(),
+            None,
+            "deleted again"
+        );
         assert_eq!(replayed.get(Table::Vars, "b").unwrap(), Some(b"2".to_vec()));
         assert_eq!(
             replayed.get(Table::Replies, "s\u{0}c-1").unwrap(),
@@ -776,7 +785,11 @@ mod tests {
         std::fs::write(&journal_file, bytes).unwrap();
         let reopened = Embedded::open(&image).unwrap();
         assert_eq!(reopened.get(Table::Vars, "a").unwrap(), Some(b"1".to_vec()));
-        assert_eq!(reopened.get(Table::Vars, "b").unwrap(), None, "torn: not applied");
+        assert_eq!(
+            reopened.get(Table::Vars, "b").unwrap(),
+            None,
+            "torn: not applied"
+        );
         reopened.write(&[put(Table::Vars, "c", b"3")]).unwrap();
         let again = Embedded::open(&crash_image(image.parent().unwrap(), "again", &BOTH)).unwrap();
         assert_eq!(again.get(Table::Vars, "a").unwrap(), Some(b"1".to_vec()));
@@ -809,18 +822,31 @@ mod tests {
         let (store, dir) = temp_store("wrap");
         let big = vec![7u8; 1 << 20];
         for n in 0..6 {
-            store.write(&[put(Table::Vars, &format!("v{n}"), &big)]).unwrap();
+            store
+                .write(&[put(Table::Vars, &format!("v{n}"), &big)])
+                .unwrap();
         }
         store.write(&[put(Table::Vars, "last", b"x")]).unwrap();
-        let journal_len = std::fs::metadata(journal_path(&dir.join("db.redb"))).unwrap().len();
-        assert_eq!(journal_len, journal::PREALLOCATED, "started over, did not grow");
+        let journal_len = std::fs::metadata(journal_path(&dir.join("db.redb")))
+            .unwrap()
+            .len();
+        assert_eq!(
+            journal_len,
+            journal::PREALLOCATED,
+            "started over, did not grow"
+        );
         let replayed = Embedded::open(&crash_image(&dir, "image", &BOTH)).unwrap();
         for n in 0..6 {
-            assert_eq!(replayed.get(Table::Vars, &format!("v{n}")).unwrap(), Some(big.clone()));
+            assert_eq!(
+                replayed.get(Table::Vars, &format!("v{n}")).unwrap(),
+                Some(big.clone())
+            );
         }
-        assert_eq!(replayed.get(Table::Vars, "last").unwrap(), Some(b"x".to_vec()));
+        assert_eq!(
+            replayed.get(Table::Vars, "last").unwrap(),
+            Some(b"x".to_vec())
+        );
         drop((store, replayed));
         std::fs::remove_dir_all(dir).unwrap();
     }
-
 }

@@ -454,12 +454,14 @@ async fn count_all(
             tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
         };
-        let last = ids.iter().rev().find(|id| answers.contains_key(*id)).cloned();
-        let resend = last.into_iter().chain(
-            ids.iter()
-                .filter(|id| !answers.contains_key(*id))
-                .cloned(),
-        );
+        let last = ids
+            .iter()
+            .rev()
+            .find(|id| answers.contains_key(*id))
+            .cloned();
+        let resend = last
+            .into_iter()
+            .chain(ids.iter().filter(|id| !answers.contains_key(*id)).cloned());
         for id in resend.collect::<Vec<_>>() {
             seq += 1;
             let frame = counted(&id, seq, "count").to_string();
@@ -505,8 +507,7 @@ async fn count_all(
 /// replayed the journal), every command still ran exactly once: the
 /// answers are exactly 1..=N, and a repeat gets its first answer.
 #[tokio::test]
-async fn sigkill_twice_under_a_stream_of_commands_with_ids_loses_nothing_and_runs_nothing_twice()
-{
+async fn sigkill_twice_under_a_stream_of_commands_with_ids_loses_nothing_and_runs_nothing_twice() {
     const CLIENTS: usize = 4;
     const EACH: usize = 60;
     // Every server of the test is kept until the end: dropping one removes

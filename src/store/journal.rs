@@ -52,7 +52,10 @@ pub(super) struct Journal {
 impl Journal {
     /// Opens (or creates, 0600) the journal and reads back every record of
     /// `generation`, in order. The journal then waits for [`Journal::restart`].
-    pub(super) fn open(path: &Path, generation: u64) -> std::io::Result<(Journal, Vec<Vec<Write>>)> {
+    pub(super) fn open(
+        path: &Path,
+        generation: u64,
+    ) -> std::io::Result<(Journal, Vec<Vec<Write>>)> {
         let mut options = std::fs::OpenOptions::new();
         options.read(true).write(true).create(true).truncate(false);
         std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
@@ -173,8 +176,7 @@ fn read_records(bytes: &[u8], generation: u64) -> Vec<Vec<Write>> {
         };
         let record_generation = u64::from_le_bytes(body[0..8].try_into().unwrap_or_default());
         let seq = u64::from_le_bytes(body[8..16].try_into().unwrap_or_default());
-        if crc32fast::hash(body) != crc || record_generation != generation || seq != expected_seq
-        {
+        if crc32fast::hash(body) != crc || record_generation != generation || seq != expected_seq {
             break;
         }
         let Some(writes) = decode_writes(&body[16..]) else {
@@ -252,6 +254,9 @@ mod tests {
         let mut bytes = encode_record(3, 0, &[&put("a", "1")]);
         bytes.extend(encode_record(3, 5, &[&put("b", "2")]));
         assert_eq!(read_records(&bytes, 3).len(), 1);
-        assert!(read_records(&[0u8; 64], 3).is_empty(), "zeros are no record");
+        assert!(
+            read_records(&[0u8; 64], 3).is_empty(),
+            "zeros are no record"
+        );
     }
 }
