@@ -377,7 +377,7 @@ async fn var_update_loses_no_concurrent_increment() {
     for task in tasks {
         task.await.unwrap();
     }
-    let client = held.last().unwrap().client("reliable").await;
+    let client = server.client("reliable").await;
     assert_eq!(
         toast_of(&client.command("peek", "").await),
         format!("count={}", CLIENTS * EACH)
