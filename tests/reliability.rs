@@ -428,7 +428,8 @@ async fn a_failed_submission_runs_again_on_retry() {
     );
 }
 
-/// One client of the command crash test: sends `count` commands with ids
+/// One client of the command crash test: sends `bumpAtomic` commands (an
+/// atomic increment of `count!`, so concurrent runs never share a value) with ids
 /// over a WebSocket one after the other, and after any connection failure
 /// reconnects to the current server, re-sends the last acknowledged one
 /// (it must get the same answer) and every one not yet acknowledged.
@@ -464,7 +465,7 @@ async fn count_all(
             .chain(ids.iter().filter(|id| !answers.contains_key(*id)).cloned());
         for id in resend.collect::<Vec<_>>() {
             seq += 1;
-            let frame = counted(&id, seq, "count").to_string();
+            let frame = counted(&id, seq, "bumpAtomic").to_string();
             let sent = futures_util::SinkExt::send(
                 &mut socket,
                 tokio_tungstenite::tungstenite::Message::text(frame),
