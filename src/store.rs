@@ -849,4 +849,15 @@ mod tests {
         drop((store, replayed));
         std::fs::remove_dir_all(dir).unwrap();
     }
+
+    #[test]
+    fn the_journal_is_readable_by_its_owner_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let (store, dir) = temp_store("mode");
+        let journal = journal_path(&dir.join("db.redb"));
+        let mode = std::fs::metadata(&journal).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "it holds session ids, as the database does");
+        drop(store);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
 }
