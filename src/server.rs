@@ -48,6 +48,8 @@ pub struct ServerConfig {
     pub cluster: Option<String>,
     /// This node's name (`/healthz`, the NATS connection's name).
     pub node: String,
+    /// Cluster mode: the lease time of the once-per-cluster work.
+    pub lease: Duration,
 }
 
 /// Why the server could not start.
@@ -80,6 +82,7 @@ async fn serve(config: ServerConfig) -> Result<(), StartupError> {
         Some(url) => runtime::StoreChoice::Cluster {
             url,
             node: &config.node,
+            lease: config.lease,
         },
         None => runtime::StoreChoice::Embedded(&config.database),
     };

@@ -57,6 +57,7 @@ mod external;
 mod forms;
 pub mod handlers;
 mod host;
+mod lease;
 mod lifecycle;
 mod memory;
 mod points;
