@@ -54,6 +54,10 @@ impl Runtime {
     ) -> Result<Arc<Runtime>, StartupError> {
         let users = Users::load(users_path)?;
         let mut private = vec![("users file", users_path)];
+        let node = match store {
+            StoreChoice::Cluster { node, .. } => Some(node.to_string()),
+            StoreChoice::Embedded(_) => None,
+        };
         let (store, leases) = match store {
             StoreChoice::Embedded(database) => {
                 private.push(("database", database));
@@ -87,7 +91,11 @@ impl Runtime {
         let store = Arc::new(store);
         let runtime = Arc::new_cyclic(|myself| Runtime {
             projects: RwLock::default(),
-            points: Arc::new(crate::points::Points::new(sessions.clone(), store.clone())),
+            points: Arc::new(crate::points::Points::new(
+                sessions.clone(),
+                store.clone(),
+                node,
+            )),
             sessions,
             store,
             ui: DashMap::new(),
