@@ -229,6 +229,8 @@ fn a_timer_runs_once_per_period_on_three_nodes_and_survives_its_node_being_kille
     // The longest silence: the lease time at most (the holder may have
     // renewed just before it died), one period to the next due time.
     assert_once_per_period(&after, LEASE_MS + PERIOD_MS + SLACK_MS);
+    let longest = after.windows(2).map(|p| p[1].0 - p[0].0).max().unwrap();
+    eprintln!("longest gap across the takeover: {longest} ms (lease {LEASE_MS} ms)");
     only_node_with(
         &[&nodes[0], &nodes[1], &nodes[2]],
         "did not renew it for",
@@ -285,6 +287,9 @@ async fn point_change_runs_once_per_change_across_two_nodes() {
         node(&projects, &nats, "b", &env),
     ];
     let refs = [&nodes[0], &nodes[1]];
+    wait_until("a node holds the lease", || {
+        refs.iter().any(|n| n.log().contains("this node holds the lease"))
+    });
     let holder = only_node_with(&refs, "this node holds the lease");
     let other = 1 - holder;
     let clients = [nodes[0].client("once").await, nodes[1].client("once").await];
@@ -292,6 +297,11 @@ async fn point_change_runs_once_per_change_across_two_nodes() {
     // A device's changes reach both nodes (each holds the connection), and
     // pointChange runs once per change, on the holder.
     let mut device = broker.client(None).await;
+    // A retained first value: once both nodes show it, both subscribed.
+    device.publish("lease/hall/temp", "0.5", true).await;
+    for client in &clients {
+        temp_reaches(client, "0.5").await;
+    }
     for value in 1..=5 {
         device
             .publish("lease/hall/temp", &format!("{value}.5"), false)
@@ -299,11 +309,7 @@ async fn point_change_runs_once_per_change_across_two_nodes() {
     }
     nodes[holder].wait_for_log("CHANGE hall.temp=5.5#");
     for client in &clients {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while toast_of(&client.command("temp", "").await) != "5.5" {
-            assert!(Instant::now() < deadline, "a node never saw the value 5.5");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        temp_reaches(client, "5.5").await;
     }
     let changes = |log: &str| {
         (1..=5)
@@ -312,6 +318,7 @@ async fn point_change_runs_once_per_change_across_two_nodes() {
     };
     assert_eq!(changes(&nodes[holder].log()), [1, 1, 1, 1, 1]);
     assert_eq!(changes(&nodes[other].log()), [0, 0, 0, 0, 0]);
+    assert_eq!(count(&nodes[other].log(), "CHANGE hall.temp"), 0);
 
     // A memory point changes on the node where it was written: that node
     // runs its pointChange, once, holder or not.
@@ -330,6 +337,9 @@ async fn idle_sessions_end_once_on_the_lease_holder() {
         node(&projects, &nats, "b", &[]),
     ];
     let refs = [&nodes[0], &nodes[1]];
+    wait_until("a node holds the lease", || {
+        refs.iter().any(|n| n.log().contains("this node holds the lease"))
+    });
     let holder = only_node_with(&refs, "this node holds the lease");
     let other = 1 - holder;
 
@@ -348,7 +358,11 @@ async fn idle_sessions_end_once_on_the_lease_holder() {
     // once, by the holder, wherever it was last used.
     assert_eq!(count(&nodes[holder].log(), &ended), 1);
     assert_eq!(count(&nodes[other].log(), "SHUTDOWN"), 0);
-    // Gone for every node.
+    // Gone for every node, once the holder has finished ending it.
+    nodes[holder].wait_for_log(&format!(
+        "session ended project=once session=\"{}\" reason=\"IdleTimeout\"",
+        &idle.session[..8]
+    ));
     for node in &nodes {
         let status = post_ping(node, &idle).await;
         assert_eq!(status, 401, "the ended session is refused");
@@ -362,6 +376,15 @@ async fn idle_sessions_end_once_on_the_lease_holder() {
     let busy_ended = format!("SHUTDOWN {}", busy.session);
     assert!(!nodes[holder].log().contains(&busy_ended));
     assert!(!nodes[other].log().contains(&busy_ended));
+}
+
+/// Waits until the node `client` talks to has `hall.temp` = `value`.
+async fn temp_reaches(client: &Client, value: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while toast_of(&client.command("temp", "").await) != value {
+        assert!(Instant::now() < deadline, "a node never saw the value {value}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// The status of a `ping` sent with `client`'s cookie to `node`.
