@@ -238,6 +238,55 @@ fn a_timer_runs_once_per_period_on_three_nodes_and_survives_its_node_being_kille
 }
 
 #[test]
+fn a_holder_cut_off_from_nats_stops_acting_within_half_a_lease() {
+    let mut nats = Nats::start();
+    let projects = projects();
+    let nodes = [
+        node(&projects, &nats, "a", &[]),
+        node(&projects, &nats, "b", &[]),
+    ];
+    wait_until("three timer runs", || ticks(&all(&nodes)).len() >= 3);
+
+    // NATS goes away: nobody can renew or take over. The holder stops
+    // running the timer half a lease after its last good renewal at the
+    // latest, before any other node could have taken over (three fifths).
+    let lost_at = now_ms();
+    nats.kill();
+    wait_until("the holder notices its lease lapsed", || {
+        nodes.iter().any(|n| n.log().contains("lease lapsed (NATS unreachable?)"))
+    });
+    let last_before = ticks(&all(&nodes)).last().unwrap().0;
+    assert!(
+        last_before <= lost_at + LEASE_MS / 2 + PERIOD_MS + SLACK_MS,
+        "the timer ran {} ms after NATS went away (lease {LEASE_MS} ms)",
+        last_before - lost_at
+    );
+    let stopped_for = Instant::now();
+    // Two lease times without NATS: nothing runs anywhere.
+    wait_until("two lease times pass", || {
+        stopped_for.elapsed() >= Duration::from_millis(2 * LEASE_MS)
+    });
+    let during: Vec<(u64, usize)> = ticks(&all(&nodes))
+        .into_iter()
+        .filter(|&(t, _)| t > last_before)
+        .collect();
+    assert!(during.is_empty(), "ran without a lease: {during:?}");
+
+    // NATS is back: one node holds the lease again and the timer resumes,
+    // once per period.
+    let back_at = now_ms();
+    nats.start_again();
+    wait_until("five runs after NATS came back", || {
+        ticks(&all(&nodes)).iter().filter(|&&(t, _)| t > back_at).count() >= 5
+    });
+    let after: Vec<(u64, usize)> = ticks(&all(&nodes))
+        .into_iter()
+        .filter(|&(t, _)| t > back_at)
+        .collect();
+    assert_once_per_period(&after, PERIOD_MS + SLACK_MS);
+}
+
+#[test]
 fn project_startup_runs_once_per_cluster_start() {
     let nats = Nats::start();
     let projects = projects();
