@@ -8,6 +8,9 @@
 //!   from request handlers, each waited for;
 //! - `update (compare-and-set)`: lease renewals and atomic updates.
 //!
+//! With `sizes BUCKET` after the URL it only prints the sizes of the
+//! values in that bucket (a running cluster's `switchboard_sessions`).
+//!
 //! Values are `SIZE` bytes (default 1 024, the order of a session record).
 //! Each shape runs `SECONDS` (default 3) after the bucket is filled. Prints
 //! one line per shape: operations per second and p50/p99 latency. Bucket
@@ -27,6 +30,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let url = std::env::args()
         .nth(1)
         .unwrap_or_else(|| "nats://127.0.0.1:4222".into());
+    if std::env::args().nth(2).as_deref() == Some("sizes") {
+        let bucket = std::env::args().nth(3).unwrap_or_else(|| "switchboard_sessions".into());
+        return print_sizes(&url, &bucket).await;
+    }
     let size: usize = env_or("SIZE", 1024);
     let seconds: u64 = env_or("SECONDS", 3);
     let client = async_nats::connect(&url).await?;
@@ -72,6 +79,33 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         async move { cas(&store, &key_of(i % KEYS), value).await }
     }).await);
     js.delete_stream("KV_bench_kv").await?;
+    Ok(())
+}
+
+/// Sizes of the values in `bucket`: count, min, median, max, total.
+async fn print_sizes(url: &str, bucket: &str) -> Result<(), Box<dyn std::error::Error>> {
+    let js = jetstream::new(async_nats::connect(url).await?);
+    let store = js.get_key_value(bucket).await?;
+    let mut keys = store.keys().await?;
+    let mut sizes = Vec::new();
+    while let Some(key) = keys.next().await {
+        if let Some(value) = store.get(key?).await? {
+            sizes.push(value.len());
+        }
+    }
+    sizes.sort();
+    if sizes.is_empty() {
+        println!("{bucket}: empty");
+        return Ok(());
+    }
+    println!(
+        "{bucket}: {} values, min {} B, median {} B, max {} B, total {} B",
+        sizes.len(),
+        sizes[0],
+        sizes[sizes.len() / 2],
+        sizes[sizes.len() - 1],
+        sizes.iter().sum::<usize>()
+    );
     Ok(())
 }
 
