@@ -260,8 +260,7 @@ fn tls_config(
 /// abrupt exit.
 fn stop_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
-    let terminate =
-        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    let terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
     async move {
         #[cfg(unix)]
         if let Some(mut terminate) = terminate {

@@ -136,7 +136,11 @@ fn ticks(nodes: &[&Server]) -> Vec<(u64, usize)> {
     let mut all: Vec<(u64, usize)> = nodes
         .iter()
         .enumerate()
-        .flat_map(|(index, node)| marks(&node.log(), "TICK").into_iter().map(move |t| (t, index)))
+        .flat_map(|(index, node)| {
+            marks(&node.log(), "TICK")
+                .into_iter()
+                .map(move |t| (t, index))
+        })
         .collect();
     all.sort();
     all
@@ -231,10 +235,7 @@ fn a_timer_runs_once_per_period_on_three_nodes_and_survives_its_node_being_kille
     assert_once_per_period(&after, LEASE_MS + PERIOD_MS + SLACK_MS);
     let longest = after.windows(2).map(|p| p[1].0 - p[0].0).max().unwrap();
     eprintln!("longest gap across the takeover: {longest} ms (lease {LEASE_MS} ms)");
-    only_node_with(
-        &[&nodes[0], &nodes[1], &nodes[2]],
-        "did not renew it for",
-    );
+    only_node_with(&[&nodes[0], &nodes[1], &nodes[2]], "did not renew it for");
 }
 
 #[test]
@@ -253,7 +254,9 @@ fn a_holder_cut_off_from_nats_stops_acting_within_half_a_lease() {
     let lost_at = now_ms();
     nats.kill();
     wait_until("the holder notices its lease lapsed", || {
-        nodes.iter().any(|n| n.log().contains("lease lapsed (NATS unreachable?)"))
+        nodes
+            .iter()
+            .any(|n| n.log().contains("lease lapsed (NATS unreachable?)"))
     });
     let last_before = ticks(&all(&nodes)).last().unwrap().0;
     assert!(
@@ -277,7 +280,11 @@ fn a_holder_cut_off_from_nats_stops_acting_within_half_a_lease() {
     let back_at = now_ms();
     nats.start_again();
     wait_until("five runs after NATS came back", || {
-        ticks(&all(&nodes)).iter().filter(|&&(t, _)| t > back_at).count() >= 5
+        ticks(&all(&nodes))
+            .iter()
+            .filter(|&&(t, _)| t > back_at)
+            .count()
+            >= 5
     });
     let after: Vec<(u64, usize)> = ticks(&all(&nodes))
         .into_iter()
@@ -290,7 +297,7 @@ fn a_holder_cut_off_from_nats_stops_acting_within_half_a_lease() {
 fn project_startup_runs_once_per_cluster_start() {
     let nats = Nats::start();
     let projects = projects();
-    let mut first = vec![
+    let mut first = [
         node(&projects, &nats, "a", &[]),
         node(&projects, &nats, "b", &[]),
         node(&projects, &nats, "c", &[]),
@@ -299,7 +306,11 @@ fn project_startup_runs_once_per_cluster_start() {
     // decided.
     let startups: usize = first.iter().map(|n| marks(&n.log(), "STARTUP").len()).sum();
     assert_eq!(startups, 1, "once for the cluster's start, not per node");
-    assert_eq!(marks(&first[0].log(), "STARTUP").len(), 1, "the first node up");
+    assert_eq!(
+        marks(&first[0].log(), "STARTUP").len(),
+        1,
+        "the first node up"
+    );
 
     // A clean stop hands the lease over at once, without a second start.
     first[0].signal_and_wait("TERM");
@@ -320,7 +331,10 @@ fn project_startup_runs_once_per_cluster_start() {
         node(&projects, &nats, "b", &[]),
         node(&projects, &nats, "c", &[]),
     ];
-    let startups: usize = second.iter().map(|n| marks(&n.log(), "STARTUP").len()).sum();
+    let startups: usize = second
+        .iter()
+        .map(|n| marks(&n.log(), "STARTUP").len())
+        .sum();
     assert_eq!(startups, 1, "once for the second start");
 }
 
@@ -337,7 +351,8 @@ async fn point_change_runs_once_per_change_across_two_nodes() {
     ];
     let refs = [&nodes[0], &nodes[1]];
     wait_until("a node holds the lease", || {
-        refs.iter().any(|n| n.log().contains("this node holds the lease"))
+        refs.iter()
+            .any(|n| n.log().contains("this node holds the lease"))
     });
     let holder = only_node_with(&refs, "this node holds the lease");
     let other = 1 - holder;
@@ -371,7 +386,10 @@ async fn point_change_runs_once_per_change_across_two_nodes() {
 
     // A memory point changes on the node where it was written: that node
     // runs its pointChange, once, holder or not.
-    assert_eq!(toast_of(&clients[other].command("mode", "eco").await), "true");
+    assert_eq!(
+        toast_of(&clients[other].command("mode", "eco").await),
+        "true"
+    );
     nodes[other].wait_for_log("CHANGE hall.mode=eco#");
     assert_eq!(count(&nodes[other].log(), "CHANGE hall.mode=eco#"), 1);
     assert_eq!(count(&nodes[holder].log(), "CHANGE hall.mode"), 0);
@@ -387,7 +405,8 @@ async fn idle_sessions_end_once_on_the_lease_holder() {
     ];
     let refs = [&nodes[0], &nodes[1]];
     wait_until("a node holds the lease", || {
-        refs.iter().any(|n| n.log().contains("this node holds the lease"))
+        refs.iter()
+            .any(|n| n.log().contains("this node holds the lease"))
     });
     let holder = only_node_with(&refs, "this node holds the lease");
     let other = 1 - holder;
@@ -431,7 +450,10 @@ async fn idle_sessions_end_once_on_the_lease_holder() {
 async fn temp_reaches(client: &Client, value: &str) {
     let deadline = Instant::now() + Duration::from_secs(10);
     while toast_of(&client.command("temp", "").await) != value {
-        assert!(Instant::now() < deadline, "a node never saw the value {value}");
+        assert!(
+            Instant::now() < deadline,
+            "a node never saw the value {value}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

@@ -316,7 +316,12 @@ impl State {
         let Some(entry) = entry else {
             return match self.store.create(key, record(&self.node)).await {
                 Ok(revision) => {
-                    self.took(project, revision, sent, "no lease existed: the project starts in the cluster");
+                    self.took(
+                        project,
+                        revision,
+                        sent,
+                        "no lease existed: the project starts in the cluster",
+                    );
                     Acquired::Created
                 }
                 Err(_) => Acquired::Elsewhere,
@@ -330,7 +335,10 @@ impl State {
         } else if holder == self.node {
             "it named this node already (a restart)".to_string()
         } else if self.unchanged_for_a_lease(project, entry.revision) {
-            format!("{holder} did not renew it for {} ms", self.lapse_time().as_millis())
+            format!(
+                "{holder} did not renew it for {} ms",
+                self.lapse_time().as_millis()
+            )
         } else {
             return Acquired::Elsewhere;
         };

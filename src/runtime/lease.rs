@@ -63,7 +63,9 @@ impl Runtime {
     /// Whether this node runs `project`'s once-per-cluster work now: always
     /// on one node; in a cluster, while it holds the project's lease.
     pub(super) fn acts_for_project(&self, project: &str) -> bool {
-        self.leases.as_ref().is_none_or(|leases| leases.holds(project))
+        self.leases
+            .as_ref()
+            .is_none_or(|leases| leases.holds(project))
     }
 
     /// At start, before the project is served: takes part in its lease and
@@ -118,7 +120,7 @@ impl Runtime {
         }
         let due = |every: Duration| {
             let sweeps = (every.as_millis() / sweep_every.as_millis().max(1)).max(1);
-            sweep % u64::try_from(sweeps).unwrap_or(1) == 0
+            sweep.is_multiple_of(u64::try_from(sweeps).unwrap_or(1))
         };
         self.refresh_last_seen(&due, sweep_every);
         let expiring: HashMap<String, Arc<Project>> = self
