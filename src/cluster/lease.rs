@@ -188,10 +188,8 @@ impl Drop for Leases {
 /// the presence of a dead node.
 async fn open_bucket(client: async_nats::Client, ttl: Duration) -> Result<kv::Store, ClusterError> {
     let jetstream = async_nats::jetstream::new(client);
-    let bucket_error = |reason: String| ClusterError::Bucket {
-        url: String::new(),
-        bucket: LEASE_BUCKET.to_string(),
-        reason,
+    let bucket_error = |reason: String| {
+        ClusterError::Request(format!("cannot open the bucket {LEASE_BUCKET}: {reason}"))
     };
     let config = async_nats::jetstream::stream::Config {
         max_age: ttl * 3,

@@ -143,16 +143,28 @@ impl Runtime {
     /// node saw used within their project's refresh time: the last write
     /// after any use carries its time.
     fn refresh_last_seen(&self, due: &dyn Fn(Duration) -> bool, sweep_every: Duration) {
+        let refreshing: HashMap<String, Duration> = self
+            .projects
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .map(|project| {
+                let timeout = Duration::from_secs(project.settings.idle_timeout_secs);
+                (project.name.clone(), quarter_of(timeout, REFRESH_BOUNDS))
+            })
+            .filter(|(_, refresh)| due(*refresh))
+            .collect();
+        if refreshing.is_empty() {
+            return;
+        }
         let mut writes = Vec::new();
         for session in self.sessions.all() {
-            let Some(project) = self.project(&session.project) else {
+            let Some(refresh) = refreshing.get(&session.project) else {
                 continue;
             };
-            let timeout = Duration::from_secs(project.settings.idle_timeout_secs);
-            let refresh = quarter_of(timeout, REFRESH_BOUNDS);
             // Two sweeps of slack: a sweep running late still catches a
             // use made just after the previous refresh.
-            if !due(refresh) || session.idle_for() > refresh + sweep_every * 2 {
+            if session.idle_for() > *refresh + sweep_every * 2 {
                 continue;
             }
             if let Ok(bytes) = serde_json::to_vec(&session.record()) {
