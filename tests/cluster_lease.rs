@@ -338,6 +338,33 @@ fn project_startup_runs_once_per_cluster_start() {
     assert_eq!(startups, 1, "once for the second start");
 }
 
+#[test]
+fn a_reload_runs_project_startup_on_the_lease_holder_only() {
+    let nats = Nats::start();
+    let projects = projects();
+    let nodes = [
+        node(&projects, &nats, "a", &[]),
+        node(&projects, &nats, "b", &[]),
+    ];
+    let refs = [&nodes[0], &nodes[1]];
+    let holder = only_node_with(&refs, "STARTUP@");
+    let other = 1 - holder;
+    // Every node serves the same files (here: the same folder) and reloads
+    // them; projectStartup runs again once, on the holder.
+    for node in &nodes {
+        node.wait_for_log("for changes");
+    }
+    let script = projects.join("once/events/once.rhai");
+    std::fs::write(&script, format!("{SCRIPT}\n// changed\n")).unwrap();
+    nodes[other]
+        .wait_for_log("projectStartup runs on the node holding the project's lease, not here");
+    wait_until("projectStartup after the reload", || {
+        marks(&nodes[holder].log(), "STARTUP").len() == 2
+    });
+    assert!(nodes[other].log().contains("project reloaded"));
+    assert_eq!(marks(&nodes[other].log(), "STARTUP").len(), 0);
+}
+
 #[tokio::test]
 async fn point_change_runs_once_per_change_across_two_nodes() {
     let nats = Nats::start();
@@ -383,6 +410,12 @@ async fn point_change_runs_once_per_change_across_two_nodes() {
     assert_eq!(changes(&nodes[holder].log()), [1, 1, 1, 1, 1]);
     assert_eq!(changes(&nodes[other].log()), [0, 0, 0, 0, 0]);
     assert_eq!(count(&nodes[other].log(), "CHANGE hall.temp"), 0);
+    // Each node kept its one connection: their client ids differ (the
+    // node's name is in it), so the broker never dropped one for the other.
+    for node in &nodes {
+        assert_eq!(count(&node.log(), "connected to the MQTT broker"), 1);
+        assert_eq!(count(&node.log(), "lost the MQTT broker"), 0);
+    }
 
     // A memory point changes on the node where it was written: that node
     // runs its pointChange, once, holder or not.

@@ -84,14 +84,21 @@ impl Runtime {
         let (Some(runtime), Some(_)) = (self.arc(), self.leases.as_ref()) else {
             return true;
         };
-        let project = project.to_string();
-        script_off_async(move || {
+        let name = project.to_string();
+        let here = script_off_async(move || {
             runtime
                 .leases
                 .as_ref()
-                .is_none_or(|leases| leases.acquire(&project) != Acquired::Elsewhere)
+                .is_none_or(|leases| leases.acquire(&name) != Acquired::Elsewhere)
         })
-        .await
+        .await;
+        if !here {
+            info!(
+                project,
+                "projectStartup runs on the node holding the project's lease, not here"
+            );
+        }
+        here
     }
 
     /// A clean stop: the leases go back at once, for another node to take.
