@@ -20,6 +20,20 @@ say() { printf '[lb-check] %s\n' "$*"; }
 check() { if [[ $1 == 0 ]]; then say "$2"; else say "FAILED: $2"; exit 1; fi; }
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
+# ws_upgrade PORT SESSION: the status line of a WebSocket handshake sent
+# through the balancer on PORT with the session's cookie.
+ws_upgrade() {
+    python3 - "$1" "$2" <<'PY'
+import socket, sys
+s = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
+s.sendall((f"GET /events/api/ws?tab=t&page=home HTTP/1.1\r\nHost: panels.example.org\r\n"
+           f"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+           f"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nOrigin: http://panels.example.org\r\n"
+           f"Cookie: sb_session={sys.argv[2]}\r\n\r\n").encode())
+print(s.recv(4096).decode(errors="replace").split("\r\n")[0])
+PY
+}
+
 NATS_PORT=$(free_port)
 nats-server -js -a 127.0.0.1 -p "$NATS_PORT" -sd "$WORK/js" >/dev/null 2>&1 & PIDS+=($!)
 for _ in $(seq 100); do (echo > /dev/tcp/127.0.0.1/$NATS_PORT) 2>/dev/null && break; sleep 0.1; done
@@ -73,16 +87,7 @@ cmd() { curl -s "${H[@]}" -c "$JAR" -b "$JAR" -H 'content-type: application/json
     -d "{\"type\":\"command\",\"seq\":1,\"name\":\"$1\",\"param\":\"$2\"}" "http://127.0.0.1:$LB/events/api/command"; }
 cmd set lobby | grep -q '"status":"ok"'&& r=0 || r=$?; check $r "command through HAProxy: ok"
 SESSION=$(sed -n 's/.*\tsb_session\t\(.*\)$/\1/p' "$JAR")
-UPGRADE=$(python3 - "$LB" "$SESSION" <<'PY'
-import socket, sys
-s = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
-s.sendall((f"GET /events/api/ws?tab=t&page=home HTTP/1.1\r\nHost: panels.example.org\r\n"
-           f"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
-           f"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nOrigin: http://panels.example.org\r\n"
-           f"Cookie: sb_session={sys.argv[2]}\r\n\r\n").encode())
-print(s.recv(4096).decode(errors="replace").split("\r\n")[0])
-PY
-)
+UPGRADE=$(ws_upgrade "$LB" "$SESSION")
 [[ $UPGRADE == *" 101 "* ]]&& r=0 || r=$?; check $r "WebSocket upgrade through HAProxy: $UPGRADE"
 kill -9 "$(cat "$WORK/$NODE.pid")"
 say "node $NODE SIGKILLed"
@@ -130,16 +135,7 @@ rm -f "$JAR"
 curl -sf "${H[@]}" -c "$JAR" -b "$JAR" -X POST "http://127.0.0.1:$LB/events/api/session" >/dev/null
 cmd set hall | grep -q '"status":"ok"'&& r=0 || r=$?; check $r "nginx: session and command: ok"
 SESSION=$(sed -n 's/.*\tsb_session\t\(.*\)$/\1/p' "$JAR")
-UPGRADE=$(python3 - "$LB" "$SESSION" <<'PY'
-import socket, sys
-s = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
-s.sendall((f"GET /events/api/ws?tab=t&page=home HTTP/1.1\r\nHost: panels.example.org\r\n"
-           f"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
-           f"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nOrigin: http://panels.example.org\r\n"
-           f"Cookie: sb_session={sys.argv[2]}\r\n\r\n").encode())
-print(s.recv(4096).decode(errors="replace").split("\r\n")[0])
-PY
-)
+UPGRADE=$(ws_upgrade "$LB" "$SESSION")
 [[ $UPGRADE == *" 101 "* ]]&& r=0 || r=$?; check $r "nginx: WebSocket upgrade: $UPGRADE"
 SERVED=$(grep -l "session started.*session=\"${SESSION:0:8}\"" "$WORK"/?.err | head -1 | xargs -r basename | cut -d. -f1)
 kill -9 "$(cat "$WORK/$SERVED.pid")"

@@ -180,6 +180,22 @@ fn assert_once_per_period(ticks: &[(u64, usize)], longest: u64) {
     }
 }
 
+/// Two nodes `a` and `b` on `nats` (with `env`), and the indexes of the
+/// one holding the lease and of the other.
+fn two_nodes(projects: &Path, nats: &Nats, env: &[(&str, &str)]) -> ([Server; 2], usize, usize) {
+    let nodes = [
+        node(projects, nats, "a", env),
+        node(projects, nats, "b", env),
+    ];
+    let refs = [&nodes[0], &nodes[1]];
+    wait_until("a node holds the lease", || {
+        refs.iter()
+            .any(|n| n.log().contains("this node holds the lease"))
+    });
+    let holder = only_node_with(&refs, "this node holds the lease");
+    (nodes, holder, 1 - holder)
+}
+
 /// The index of the one node that logged `needle`; fails if several did.
 fn only_node_with(nodes: &[&Server], needle: &str) -> usize {
     let with: Vec<usize> = (0..nodes.len())
@@ -342,13 +358,8 @@ fn project_startup_runs_once_per_cluster_start() {
 fn a_reload_runs_project_startup_on_the_lease_holder_only() {
     let nats = Nats::start();
     let projects = projects();
-    let nodes = [
-        node(&projects, &nats, "a", &[]),
-        node(&projects, &nats, "b", &[]),
-    ];
-    let refs = [&nodes[0], &nodes[1]];
-    let holder = only_node_with(&refs, "STARTUP@");
-    let other = 1 - holder;
+    let (nodes, holder, other) = two_nodes(&projects, &nats, &[]);
+    assert_eq!(only_node_with(&[&nodes[0], &nodes[1]], "STARTUP@"), holder);
     // Every node serves the same files (here: the same folder) and reloads
     // them; projectStartup runs again once, on the holder.
     for node in &nodes {
@@ -372,17 +383,7 @@ async fn point_change_runs_once_per_change_across_two_nodes() {
     let projects = projects();
     let url = broker.url();
     let env = [("LEASE_TEST_MQTT", url.as_str())];
-    let nodes = [
-        node(&projects, &nats, "a", &env),
-        node(&projects, &nats, "b", &env),
-    ];
-    let refs = [&nodes[0], &nodes[1]];
-    wait_until("a node holds the lease", || {
-        refs.iter()
-            .any(|n| n.log().contains("this node holds the lease"))
-    });
-    let holder = only_node_with(&refs, "this node holds the lease");
-    let other = 1 - holder;
+    let (nodes, holder, other) = two_nodes(&projects, &nats, &env);
     let clients = [nodes[0].client("once").await, nodes[1].client("once").await];
 
     // A device's changes reach both nodes (each holds the connection), and
@@ -432,17 +433,7 @@ async fn point_change_runs_once_per_change_across_two_nodes() {
 async fn idle_sessions_end_once_on_the_lease_holder() {
     let nats = Nats::start();
     let projects = projects();
-    let nodes = [
-        node(&projects, &nats, "a", &[]),
-        node(&projects, &nats, "b", &[]),
-    ];
-    let refs = [&nodes[0], &nodes[1]];
-    wait_until("a node holds the lease", || {
-        refs.iter()
-            .any(|n| n.log().contains("this node holds the lease"))
-    });
-    let holder = only_node_with(&refs, "this node holds the lease");
-    let other = 1 - holder;
+    let (nodes, holder, other) = two_nodes(&projects, &nats, &[]);
 
     // Two sessions on the node that does not hold the lease: one left
     // alone, one used every 300 ms (HTTP, so no socket keeps it alive).
