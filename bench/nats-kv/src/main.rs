@@ -39,6 +39,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let client = async_nats::connect(&url).await?;
     let js = jetstream::new(client);
     let _ = js.delete_stream("KV_bench_kv").await;
+    // The settings src/cluster/kv.rs gives a bucket's stream (`bucket_stream`).
     js.create_stream(stream::Config {
         name: "KV_bench_kv".into(),
         subjects: vec!["$KV.bench_kv.>".into()],
