@@ -100,6 +100,12 @@ pub struct Args {
     #[arg(long, env = "SWITCHBOARD_NODE")]
     pub node: Option<String>,
 
+    /// Cluster mode: the lease time in milliseconds. Timers, `pointChange`,
+    /// `projectStartup` and idle expiry run on the node holding a project's
+    /// lease; when it dies another takes over within this time.
+    #[arg(long, env = "SWITCHBOARD_LEASE_MS", default_value_t = 6000)]
+    pub lease_ms: u64,
+
     #[command(subcommand)]
     pub command: Option<Subcommands>,
 }
@@ -263,6 +269,7 @@ fn serve(args: Args) -> ExitCode {
             .node
             .filter(|node| !node.is_empty())
             .unwrap_or_else(default_node_name),
+        lease: std::time::Duration::from_millis(args.lease_ms),
     };
     match server::run(config) {
         Ok(()) => ExitCode::SUCCESS,

@@ -135,6 +135,14 @@ impl Store {
         )?)))
     }
 
+    /// The cluster's buckets, in cluster mode.
+    pub fn shared(&self) -> Option<&SharedKv> {
+        match self {
+            Store::Shared(shared) => Some(shared),
+            Store::Embedded(_) => None,
+        }
+    }
+
     /// Whether other nodes read and write this store too.
     pub fn is_shared(&self) -> bool {
         matches!(self, Store::Shared(_))

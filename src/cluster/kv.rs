@@ -166,6 +166,15 @@ impl SharedKv {
         })
     }
 
+    /// The cluster runtime, for the lease keeper's task.
+    pub(super) fn runtime(&self) -> Result<tokio::runtime::Handle, ClusterError> {
+        self.runtime.handle()
+    }
+
+    pub(super) fn client(&self) -> async_nats::Client {
+        self.client.clone()
+    }
+
     fn bucket(&self, name: &'static str) -> Result<kv::Store, ClusterError> {
         self.buckets
             .get(name)
@@ -211,7 +220,7 @@ impl Drop for Background {
 /// Runs `work` on the cluster runtime and waits for it on this thread
 /// (never a thread of that runtime: its callers are script threads and
 /// request handlers).
-fn wait<T: Send + 'static>(
+pub(super) fn wait<T: Send + 'static>(
     runtime: &tokio::runtime::Handle,
     work: impl Future<Output = T> + Send + 'static,
 ) -> Result<T, ClusterError> {
@@ -267,7 +276,7 @@ async fn open(
 
 /// The stream behind a key-value bucket, as NATS clients define one: the
 /// last value of each key, deletes as markers, reads served by any replica.
-fn bucket_stream(name: &str) -> stream::Config {
+pub(super) fn bucket_stream(name: &str) -> stream::Config {
     stream::Config {
         name: format!("KV_{name}"),
         subjects: vec![format!("$KV.{name}.>")],
@@ -347,7 +356,7 @@ async fn apply(buckets: &Buckets, changes: Vec<Change>) -> Result<(), String> {
 
 /// `k` and the key's bytes in hex: never empty, only characters NATS
 /// allows, same order and prefixes as the key itself.
-fn encode_key(key: &str) -> String {
+pub(super) fn encode_key(key: &str) -> String {
     let mut encoded = String::with_capacity(1 + key.len() * 2);
     encoded.push('k');
     for byte in key.bytes() {

@@ -9,8 +9,10 @@
 //! shares and what it does not yet.
 
 mod kv;
+mod lease;
 
 pub use kv::{Change, SharedKv};
+pub use lease::{Acquired, DEFAULT_LEASE, LEASE_BUCKET, Leases};
 
 /// Why the shared store could not be used.
 #[derive(Debug, thiserror::Error)]

@@ -12,7 +12,7 @@ use tokio::sync::watch;
 use tracing::{debug, error, info, warn};
 
 use super::state::{Runtime, ShutdownReason};
-use super::{events, handlers, schedule};
+use super::{events, handlers, lease, schedule};
 use crate::auth::{AuthError, Throttle, Users};
 use crate::project::{self, LoadError, Project};
 use crate::protocol::Push;
@@ -35,8 +35,13 @@ const PRUNE_EVERY_SWEEPS: u64 = 120;
 pub enum StoreChoice<'a> {
     /// This node's own database file (the default).
     Embedded(&'a Path),
-    /// The NATS JetStream buckets of a cluster (`--cluster`), as node `node`.
-    Cluster { url: &'a str, node: &'a str },
+    /// The NATS JetStream buckets of a cluster (`--cluster`), as node
+    /// `node`, with leases of `lease` for the once-per-cluster work.
+    Cluster {
+        url: &'a str,
+        node: &'a str,
+        lease: Duration,
+    },
 }
 
 impl Runtime {
@@ -49,12 +54,20 @@ impl Runtime {
     ) -> Result<Arc<Runtime>, StartupError> {
         let users = Users::load(users_path)?;
         let mut private = vec![("users file", users_path)];
-        let store = match store {
+        let node = match store {
+            StoreChoice::Cluster { node, .. } => Some(node.to_string()),
+            StoreChoice::Embedded(_) => None,
+        };
+        let (store, leases) = match store {
             StoreChoice::Embedded(database) => {
                 private.push(("database", database));
-                Store::open(database)?
+                (Store::open(database)?, None)
             }
-            StoreChoice::Cluster { url, node } => Store::connect_shared(url, node)?,
+            StoreChoice::Cluster { url, node, lease } => {
+                let store = Store::connect_shared(url, node)?;
+                let leases = lease::start_leases(&store, node, lease)?;
+                (store, leases)
+            }
         };
         for (what, path) in private {
             if let Some(mode) = crate::auth::readable_by_others(path) {
@@ -78,7 +91,11 @@ impl Runtime {
         let store = Arc::new(store);
         let runtime = Arc::new_cyclic(|myself| Runtime {
             projects: RwLock::default(),
-            points: Arc::new(crate::points::Points::new(sessions.clone(), store.clone())),
+            points: Arc::new(crate::points::Points::new(
+                sessions.clone(),
+                store.clone(),
+                node,
+            )),
             sessions,
             store,
             ui: DashMap::new(),
@@ -100,6 +117,7 @@ impl Runtime {
             throttle: Throttle::default(),
             projects_dir: projects_dir.to_path_buf(),
             dev_mode: std::sync::atomic::AtomicBool::new(false),
+            leases,
             myself: myself.clone(),
         });
         let loaded = project::load_all(projects_dir, &runtime.host_registration())?;
@@ -114,8 +132,11 @@ impl Runtime {
         }
         for project in loaded.projects {
             runtime.load_vars(&project.name);
-            // Before anyone can open it: the first page sees its state.
-            project_startup(&project);
+            // Before anyone can open it: the first page sees its state. In
+            // a cluster, once per cluster start (`lease.rs`).
+            if runtime.starts_project_here(&project.name) {
+                project_startup(&project);
+            }
             runtime.insert_project(project);
         }
         if let Some(crashed) = crashed {
@@ -127,7 +148,7 @@ impl Runtime {
     pub(super) fn insert_project(&self, project: Project) -> Option<Arc<Project>> {
         let project = Arc::new(project);
         schedule::start_timers(self.myself.clone(), &project);
-        super::points::start(&self.points, &project);
+        super::points::start(self.myself.clone(), &self.points, &project);
         self.projects
             .write()
             .unwrap_or_else(|p| p.into_inner())
@@ -267,6 +288,8 @@ impl Runtime {
                 let _ = script::run_off_async(move || runtime.prune_answers()).await;
             }
             self.end_unauthorized_sessions().await;
+            self.expire_shared_sessions(sweeps, IDLE_SWEEP_INTERVAL)
+                .await;
             for session in self.sessions.all() {
                 // Connected sessions are the many; skip them before the
                 // project lookup.
@@ -334,6 +357,7 @@ impl Runtime {
     /// ends (the Perspective seed's example) must not record false ones.
     pub async fn stop(&self) {
         self.shutdown.send_replace(true);
+        self.release_leases().await;
         self.points.persist_all();
         for session in self.sessions.all() {
             if let (Some(project), Some(runtime)) = (self.project(&session.project), self.arc()) {
@@ -382,7 +406,9 @@ impl Runtime {
                 let (Some(project), Some(runtime)) = (self.project(&name), self.arc()) else {
                     return;
                 };
-                handlers::run_for_project(&project, "projectStartup", Vec::new()).await;
+                if runtime.acquires_project(&name).await {
+                    handlers::run_for_project(&project, "projectStartup", Vec::new()).await;
+                }
                 let dev_mode = self.dev_mode();
                 for session in self.sessions.of_project(&name) {
                     if dev_mode {

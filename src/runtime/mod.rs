@@ -45,6 +45,10 @@
 //! - **A new device bridge or gateway**: build an [`ExternalEvent`] and call
 //!   [`Runtime::external_event`] (`external.rs`); a callback of the project
 //!   as a whole runs through [`handlers::run_for_project`].
+//! - **Work a project needs once, not once per node** (a timer-like job, a
+//!   callback of device data): let every node keep it ready and run it only
+//!   where `Runtime::acts_for_project` says so (`lease.rs`: the lease
+//!   holder in cluster mode, always on one node).
 
 mod challenge;
 mod commands;
@@ -57,6 +61,7 @@ mod external;
 mod forms;
 pub mod handlers;
 mod host;
+mod lease;
 mod lifecycle;
 mod memory;
 mod points;

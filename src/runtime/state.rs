@@ -59,6 +59,9 @@ pub struct Runtime {
     /// Dev mode (`--dev`): compile errors and silent mistakes are pushed to
     /// the browsers. Never on by default: the messages name files.
     pub(super) dev_mode: std::sync::atomic::AtomicBool,
+    /// Cluster mode: the projects' leases, which decide where the
+    /// once-per-cluster work runs (`lease.rs`); `None` on one node.
+    pub(super) leases: Option<crate::cluster::Leases>,
     pub(super) myself: Weak<Runtime>,
 }
 
