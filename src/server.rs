@@ -48,6 +48,8 @@ pub struct ServerConfig {
     pub cluster: Option<String>,
     /// This node's name (`/healthz`, the NATS connection's name).
     pub node: String,
+    /// Copies NATS keeps of each shared bucket (`--cluster-replicas`).
+    pub cluster_replicas: usize,
 }
 
 /// Why the server could not start.
@@ -80,6 +82,7 @@ async fn serve(config: ServerConfig) -> Result<(), StartupError> {
         Some(url) => runtime::StoreChoice::Cluster {
             url,
             node: &config.node,
+            replicas: config.cluster_replicas,
         },
         None => runtime::StoreChoice::Embedded(&config.database),
     };

@@ -8,8 +8,10 @@
 //! read back, is the runtime's. See docs/cluster.md for what this slice
 //! shares and what it does not yet.
 
+mod claims;
 mod kv;
 
+pub use claims::{Claimed, Held, LEASE};
 pub use kv::{Change, SharedKv};
 
 /// Why the shared store could not be used.

@@ -78,14 +78,18 @@ impl Ran {
     }
 
     /// Waits until the run's effects and record are durable, when the
-    /// reply must (a reply is never sent before that). A store failure is
-    /// logged: the effects may be lost, and a repeat would run again.
-    pub async fn wait_durable(&mut self) {
+    /// reply must (a reply is never sent before that); `false` when they
+    /// could not be stored. A store failure is logged: the effects may be
+    /// lost, and a repeat would run again (one node), or is answered
+    /// "outcome unknown" (cluster mode).
+    pub async fn wait_durable(&mut self) -> bool {
         if let Some(commit) = self.durable.take()
             && let Err(error) = commit.durable().await
         {
             error!("could not commit a handler's changes: {error}");
+            return false;
         }
+        true
     }
 }
 

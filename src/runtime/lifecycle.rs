@@ -36,7 +36,12 @@ pub enum StoreChoice<'a> {
     /// This node's own database file (the default).
     Embedded(&'a Path),
     /// The NATS JetStream buckets of a cluster (`--cluster`), as node `node`.
-    Cluster { url: &'a str, node: &'a str },
+    Cluster {
+        url: &'a str,
+        node: &'a str,
+        /// Copies of each bucket, when this node creates it.
+        replicas: usize,
+    },
 }
 
 impl Runtime {
@@ -54,7 +59,11 @@ impl Runtime {
                 private.push(("database", database));
                 Store::open(database)?
             }
-            StoreChoice::Cluster { url, node } => Store::connect_shared(url, node)?,
+            StoreChoice::Cluster {
+                url,
+                node,
+                replicas,
+            } => Store::connect_shared(url, node, replicas)?,
         };
         for (what, path) in private {
             if let Some(mode) = crate::auth::readable_by_others(path) {
@@ -86,6 +95,7 @@ impl Runtime {
             var_versions: DashMap::new(),
             var_updates: std::sync::Mutex::new(()),
             in_flight: DashMap::new(),
+            unsaved_sessions: DashMap::new(),
             form_locks: DashMap::new(),
             challenges: DashMap::new(),
             shutdown: watch::channel(false).0,
@@ -267,6 +277,7 @@ impl Runtime {
                 let _ = script::run_off_async(move || runtime.prune_answers()).await;
             }
             self.end_unauthorized_sessions().await;
+            self.catch_up_after_outage().await;
             for session in self.sessions.all() {
                 // Connected sessions are the many; skip them before the
                 // project lookup.

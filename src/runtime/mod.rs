@@ -59,6 +59,7 @@ pub mod handlers;
 mod host;
 mod lifecycle;
 mod memory;
+mod outage;
 mod points;
 mod push;
 mod schedule;
