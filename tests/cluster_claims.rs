@@ -208,10 +208,8 @@ async fn the_same_id_sent_to_two_nodes_at_once_runs_once() {
     let on_b = on(&b, &on_a);
     for n in 0..IDS {
         let id = format!("both-{n}");
-        let (to_a, to_b) = tokio::join!(
-            on_a.post(&counted(&id, 1, "count")),
-            on_b.post(&counted(&id, 2, "count"))
-        );
+        let (first, second) = (counted(&id, 1, "count"), counted(&id, 2, "count"));
+        let (to_a, to_b) = tokio::join!(on_a.post(&first), on_b.post(&second));
         assert_eq!(to_a.0, 200, "{}", to_a.1);
         assert_eq!(to_b.0, 200, "{}", to_b.1);
         assert_eq!(
@@ -223,10 +221,11 @@ async fn the_same_id_sent_to_two_nodes_at_once_runs_once() {
     }
     assert_eq!(peek(&on_a).await, format!("count={IDS}"));
     // Submissions too, both nodes at once.
-    let (to_a, to_b) = tokio::join!(
-        on_a.post(&submission("both-f", 1, false, "a@b.c")),
-        on_b.post(&submission("both-f", 2, false, "a@b.c"))
+    let (first, second) = (
+        submission("both-f", 1, false, "a@b.c"),
+        submission("both-f", 2, false, "a@b.c"),
     );
+    let (to_a, to_b) = tokio::join!(on_a.post(&first), on_b.post(&second));
     assert_eq!(toast_of(&to_a.1), toast_of(&to_b.1));
     assert_eq!(audit(&on_b).await, "submissions=1 distinct=1 repeated=0");
 }

@@ -218,11 +218,13 @@ impl Runtime {
     /// the script thread. When either fails, the run's variable changes are
     /// undone in memory: a user who is told "not done" must not find them
     /// on this node. The session's own state stays in memory, and is
-    /// written when NATS returns (`outage`).
+    /// written when NATS returns (`outage`): a batch with nothing else in
+    /// it counts as stored.
     fn commit_shared(&self, mut batch: Batch, extra: Vec<Write>) -> Commit {
         let claim = batch.claim.take();
         let undo = std::mem::take(&mut batch.undo);
         let sessions: Vec<String> = batch.sessions.iter().cloned().collect();
+        let shared_state = !batch.vars.is_empty() || !extra.is_empty();
         let mut writes = self.batch_writes(batch);
         writes.extend(extra);
         if writes.is_empty() {
@@ -236,11 +238,16 @@ impl Runtime {
         match outcome {
             Ok(()) => Commit::done(),
             Err(error) => {
-                warn!("a run's changes were not stored in the cluster: {error}");
-                self.undo_vars(undo);
                 for session in &sessions {
                     self.remember_unsaved(session);
                 }
+                if !shared_state {
+                    // Only the session's own state: kept in memory, caught
+                    // up when NATS returns; the answer stands.
+                    return Commit::done();
+                }
+                warn!("a run's changes were not stored in the cluster: {error}");
+                self.undo_vars(undo);
                 Commit::failed(error)
             }
         }
