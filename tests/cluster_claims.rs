@@ -20,6 +20,9 @@ use tokio::sync::Mutex;
 const UNAVAILABLE: &str =
     "Not done: the server cannot reach the cluster right now. Please try again in a moment.";
 
+/// What a user sees when a handler failed.
+const FAILED: &str = "Sorry, that did not work. Please try again.";
+
 /// What a repeat gets when the node that ran it died while saving it.
 const UNKNOWN: &str = "This may not have been saved completely: the server lost the cluster while saving it. It will not be done again; please check the result.";
 
@@ -306,6 +309,9 @@ struct Seen {
     acked: BTreeMap<String, String>,
     /// Ids answered "outcome unknown".
     unknown: BTreeSet<String>,
+    /// Ids whose handler failed before writing anything (a `varUpdate`
+    /// that could not reach NATS): answered "did not work", stored so.
+    failed: BTreeSet<String>,
     /// Refusals and transport failures, retried.
     retries: usize,
 }
@@ -351,6 +357,10 @@ async fn send_all(client: Client, nodes: Vec<String>, name: String, each: usize,
                     seen.unknown.insert(id.clone());
                     break;
                 }
+                (Some(status), Some(toast)) if status == "failed" && toast == FAILED => {
+                    seen.failed.insert(id.clone());
+                    break;
+                }
                 (Some(_), Some(toast)) if toast == UNAVAILABLE => seen.retries += 1,
                 (None, _) => seen.retries += 1,
                 other => panic!("{id}: unexpected {other:?} {reply:?}"),
@@ -384,7 +394,11 @@ async fn under_load(nodes: &[&Server], panels: usize, each: usize, fault: impl s
         task.await.expect("a panel finished");
     }
     let seen = Arc::try_unwrap(seen).ok().unwrap().into_inner();
-    assert_eq!(seen.acked.len() + seen.unknown.len(), panels * each, "every command answered");
+    assert_eq!(
+        seen.acked.len() + seen.unknown.len() + seen.failed.len(),
+        panels * each,
+        "every command answered"
+    );
     // No command ran twice: every run bumps the counter once (varUpdate,
     // compare-and-set), so the answers are all different and the counter
     // is the number of runs.
@@ -402,7 +416,11 @@ async fn under_load(nodes: &[&Server], panels: usize, each: usize, fault: impl s
         for k in 0..each {
             let id = format!("p{n}-{k}");
             let (_, reply) = client.post(&counted(&id, 99, "bumpAtomic")).await;
-            let expected = seen.acked.get(&id).map(String::as_str).unwrap_or(UNKNOWN);
+            let expected = match seen.acked.get(&id) {
+                Some(answer) => answer.as_str(),
+                None if seen.failed.contains(&id) => FAILED,
+                None => UNKNOWN,
+            };
             assert_eq!(toast_of(&reply), expected, "{id} answered again: {reply}");
         }
     }
@@ -428,9 +446,10 @@ async fn nats_stopped_and_started_under_load_runs_nothing_twice_and_loses_nothin
     assert!(seen.retries > 0, "the outage refused some commands");
     assert!(a.log()[log_a..].contains("[REFUSED]"), "A refused while NATS was away");
     eprintln!(
-        "outage: {} acknowledged, {} unknown, {} retries",
+        "outage: {} acknowledged, {} unknown, {} failed, {} retries",
         seen.acked.len(),
         seen.unknown.len(),
+        seen.failed.len(),
         seen.retries
     );
 }
@@ -450,9 +469,10 @@ async fn a_nats_cluster_losing_a_server_under_load_runs_nothing_twice() {
     })
     .await;
     eprintln!(
-        "one NATS server lost: {} acknowledged, {} unknown, {} retries",
+        "one NATS server lost: {} acknowledged, {} unknown, {} failed, {} retries",
         seen.acked.len(),
         seen.unknown.len(),
+        seen.failed.len(),
         seen.retries
     );
 }

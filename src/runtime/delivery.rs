@@ -66,6 +66,9 @@ struct Batch {
     undo: HashMap<String, (Option<Dynamic>, u64)>,
     /// The run's claim in the shared store (cluster mode).
     claim: Option<Arc<Held>>,
+    /// Cluster mode: whether a write the run made at once may or may not
+    /// have been applied (a compare-and-set whose answer was lost).
+    uncertain: bool,
 }
 
 /// What the store keeps of an answer.
@@ -146,6 +149,15 @@ impl Running {
     }
 }
 
+/// Whether a write is an answer's record.
+fn is_answer(write: &Write) -> bool {
+    matches!(
+        write,
+        Write::Put(Table::Replies | Table::Submissions, ..)
+            | Write::Delete(Table::Replies | Table::Submissions, _)
+    )
+}
+
 /// An error reply with a toast, for the answers delivery makes itself.
 pub fn error_reply(seq: Option<u64>, message: &str) -> Reply {
     Reply {
@@ -193,11 +205,15 @@ impl Runtime {
         }));
         let (result, extra) = work();
         let mut batch = BATCH.take().unwrap_or_default();
-        if failed(&result) {
+        let run_failed = failed(&result);
+        if run_failed {
             self.undo_vars(std::mem::take(&mut batch.undo));
             batch.vars.clear();
         }
         if self.store.is_shared() {
+            // A run that failed after writing what cannot be undone
+            // (`varUpdate`) did some of its work: say so, never "try again".
+            batch.uncertain |= run_failed && batch.claim.as_ref().is_some_and(|c| c.is_committing());
             let commit = self.commit_shared(batch, extra);
             return (result, commit);
         }
@@ -225,9 +241,16 @@ impl Runtime {
         let undo = std::mem::take(&mut batch.undo);
         let sessions: Vec<String> = batch.sessions.iter().cloned().collect();
         let shared_state = !batch.vars.is_empty() || !extra.is_empty();
+        let uncertain = batch.uncertain;
         let mut writes = self.batch_writes(batch);
         writes.extend(extra);
-        if writes.is_empty() {
+        if uncertain {
+            // No answer is recorded: the claim stays `committing` and
+            // lapses, and whoever takes it over records "outcome unknown"
+            // — the answer this run's reply gives too.
+            writes.retain(|write| !is_answer(write));
+        }
+        if writes.is_empty() && !uncertain {
             return Commit::done();
         }
         let outcome = match &claim {
@@ -236,6 +259,7 @@ impl Runtime {
         }
         .and_then(|()| self.store.write(&writes).map_err(|e| e.to_string()));
         match outcome {
+            Ok(()) if uncertain => Commit::failed("the outcome of a write is unknown".into()),
             Ok(()) => Commit::done(),
             Err(error) => {
                 for session in &sessions {
@@ -251,6 +275,16 @@ impl Runtime {
                 Commit::failed(error)
             }
         }
+    }
+
+    /// Cluster mode: a write made at once by the running batch may or may
+    /// not have been applied (its acknowledgement was lost).
+    pub(super) fn mark_uncertain(&self) {
+        BATCH.with_borrow_mut(|batch| {
+            if let Some(batch) = batch.as_mut() {
+                batch.uncertain = true;
+            }
+        });
     }
 
     /// Cluster mode: marks the running batch's claim `committing` before a

@@ -473,9 +473,17 @@ impl Runtime {
                 VarUpdateError::Store(format!("the variable cannot be stored: {e}"))
             })?;
             let bytes = serde_json::to_vec(&json).map_err(|e| VarUpdateError::Store(e.to_string()))?;
-            if self.store.put_at(Table::Vars, key, bytes, revision).map_err(failed)? {
-                self.write_var(key, next.clone());
-                return Ok(next);
+            match self.store.put_at(Table::Vars, key, bytes, revision) {
+                Ok(true) => {
+                    self.write_var(key, next.clone());
+                    return Ok(next);
+                }
+                Ok(false) => {}
+                Err(error) => {
+                    // Sent, unanswered: perhaps stored.
+                    self.mark_uncertain();
+                    return Err(failed(error));
+                }
             }
         }
         Err(VarUpdateError::Store(format!(
