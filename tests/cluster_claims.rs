@@ -43,6 +43,12 @@ fn on(server: &Server, client: &Client) -> Client {
     }
 }
 
+/// `bumpAtomic` with its id as the param too: the command log line of
+/// every run names the id, so runs can be counted per id.
+fn bump_with_id(id: &str, seq: u64) -> Value {
+    json!({"type":"command","seq":seq,"id":id,"name":"bumpAtomic","param":id})
+}
+
 fn counted(id: &str, seq: u64, name: &str) -> Value {
     json!({"type":"command","seq":seq,"id":id,"name":name,"param":""})
 }
@@ -336,7 +342,7 @@ async fn send_all(client: Client, nodes: Vec<String>, name: String, each: usize,
                 .post(format!("{base}/reliable/api/command"))
                 .header("cookie", format!("sb_session={}", client.session))
                 .header("content-type", "application/json")
-                .body(counted(&id, attempt as u64, "bumpAtomic").to_string())
+                .body(bump_with_id(&id, attempt as u64).to_string())
                 .send()
                 .await;
             let reply: Option<Value> = match sent {
@@ -371,9 +377,25 @@ async fn send_all(client: Client, nodes: Vec<String>, name: String, each: usize,
     }
 }
 
+/// How many times each node's log says the handler ran `id` and succeeded.
+fn runs_of(nodes: &[&Server], id: &str) -> usize {
+    let line = format!(r#"name="bumpAtomic" param="{id}" [OK]"#);
+    nodes.iter().map(|node| node.log().matches(&line).count()).sum()
+}
+
 /// Runs `panels` panels of `each` commands on the nodes while `fault` runs;
-/// then checks that no command ran twice and none acknowledged was lost.
-async fn under_load(nodes: &[&Server], panels: usize, each: usize, fault: impl std::future::Future<Output = ()>) -> Seen {
+/// then checks that no command ran twice (by the nodes' command logs) and
+/// none acknowledged was lost. `exact_counter`: also check the counter the
+/// runs bump with `varUpdate` (not across a NATS leader change on
+/// nats-server 2.9, which may accept two compare-and-sets of one revision
+/// then: docs/cluster.md).
+async fn under_load(
+    nodes: &[&Server],
+    panels: usize,
+    each: usize,
+    exact_counter: bool,
+    fault: impl std::future::Future<Output = ()>,
+) -> Seen {
     let urls: Vec<String> = nodes.iter().map(|n| n.url("")).collect();
     let seen = Arc::new(Mutex::new(Seen::default()));
     let mut tasks = Vec::new();
@@ -399,23 +421,38 @@ async fn under_load(nodes: &[&Server], panels: usize, each: usize, fault: impl s
         panels * each,
         "every command answered"
     );
-    // No command ran twice: every run bumps the counter once (varUpdate,
-    // compare-and-set), so the answers are all different and the counter
-    // is the number of runs.
-    let counts: BTreeSet<&String> = seen.acked.values().collect();
-    assert_eq!(counts.len(), seen.acked.len(), "two commands got the same count: a lost update");
-    let total: usize = peek(&clients[0]).await.trim_start_matches("count=").parse().unwrap();
+    // Only a command in flight when the fault struck may have an unknown
+    // outcome: one per panel at most; every other is answered for real.
     assert!(
-        total >= seen.acked.len() && total <= seen.acked.len() + seen.unknown.len(),
-        "{total} runs for {} acknowledged and {} unknown commands",
-        seen.acked.len(),
-        seen.unknown.len()
+        seen.unknown.len() + seen.failed.len() <= panels,
+        "{} unknown and {} failed outcomes for {panels} panels",
+        seen.unknown.len(),
+        seen.failed.len()
     );
+    // Every run bumps the counter once (varUpdate, compare-and-set), so
+    // the answers are all different and the counter is the number of runs.
+    let counts: BTreeSet<&String> = seen.acked.values().collect();
+    let total: usize = peek(&clients[0]).await.trim_start_matches("count=").parse().unwrap();
+    if exact_counter {
+        assert_eq!(counts.len(), seen.acked.len(), "two commands got the same count: a lost update");
+        assert!(
+            total >= seen.acked.len() && total <= seen.acked.len() + seen.unknown.len(),
+            "{total} runs for {} acknowledged and {} unknown commands",
+            seen.acked.len(),
+            seen.unknown.len()
+        );
+    } else {
+        eprintln!(
+            "counter: {total} for {} acknowledged runs, {} distinct answers",
+            seen.acked.len(),
+            counts.len()
+        );
+    }
     // None lost once acknowledged: each id sent again gets its answer back.
     for (n, client) in clients.iter().enumerate() {
         for k in 0..each {
             let id = format!("p{n}-{k}");
-            let (_, reply) = client.post(&counted(&id, 99, "bumpAtomic")).await;
+            let (_, reply) = client.post(&bump_with_id(&id, 99)).await;
             let expected = match seen.acked.get(&id) {
                 Some(answer) => answer.as_str(),
                 None if seen.failed.contains(&id) => FAILED,
@@ -426,6 +463,20 @@ async fn under_load(nodes: &[&Server], panels: usize, each: usize, fault: impl s
     }
     let total_after: String = peek(&clients[0]).await;
     assert_eq!(total_after, format!("count={total}"), "the repeats ran nothing");
+    // No command ran twice, and every acknowledged one ran, by the logs
+    // (relayed from the nodes' stderr a moment after they are written).
+    for n in 0..panels {
+        for k in 0..each {
+            let id = format!("p{n}-{k}");
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while seen.acked.contains_key(&id) && runs_of(nodes, &id) == 0 {
+                assert!(Instant::now() < deadline, "{id} was acknowledged, so it ran");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            let runs = runs_of(nodes, &id);
+            assert!(runs <= 1, "{id} ran {runs} times");
+        }
+    }
     seen
 }
 
@@ -434,9 +485,9 @@ async fn nats_stopped_and_started_under_load_runs_nothing_twice_and_loses_nothin
     let mut nats = Nats::start();
     let (a, b) = (node(&nats.url, "a", &[]), node(&nats.url, "b", &[]));
     let log_a = a.log().len();
-    let seen = under_load(&[&a, &b], 4, 25, async {
+    let seen = under_load(&[&a, &b], 4, 25, true, async {
         // Let the panels get going, then take NATS away for a while.
-        a.wait_for_log(r#"name="bumpAtomic" param="" [OK]"#);
+        a.wait_for_log(r#"name="bumpAtomic" param="p0-0" [OK]"#);
         nats.kill();
         a.wait_for_log("lost the NATS connection");
         tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -462,8 +513,8 @@ async fn a_nats_cluster_losing_a_server_under_load_runs_nothing_twice() {
         node(&urls, "a", &["--cluster-replicas", "3"]),
         node(&urls, "b", &["--cluster-replicas", "3"]),
     );
-    let seen = under_load(&[&a, &b], 4, 25, async {
-        a.wait_for_log(r#"name="bumpAtomic" param="" [OK]"#);
+    let seen = under_load(&[&a, &b], 4, 25, false, async {
+        a.wait_for_log(r#"name="bumpAtomic" param="p0-0" [OK]"#);
         // The first server: the one both nodes connected to.
         cluster.kill(0);
     })

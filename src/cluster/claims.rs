@@ -32,7 +32,7 @@ use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
 use super::ClusterError;
-use super::kv::{SharedKv, encode_key};
+use super::kv::{SharedKv, encode_key, until_answered};
 
 /// The bucket of claims and locks.
 pub const CLAIMS_BUCKET: &str = "switchboard_claims";
@@ -189,7 +189,9 @@ async fn take_claim(
     loop {
         // Created first, the record read after: a new command (the common
         // case) costs one round trip less than reading first.
-        let created = match store.create(&key, encode(&mine)?).await {
+        let started = Instant::now();
+        let mine_bytes = encode(&mine)?;
+        let created = match until_answered(|| store.create(&key, mine_bytes.clone())).await {
             Ok(revision) => Some(revision),
             Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => None,
             Err(e) => return Err(e.to_string()),
@@ -206,6 +208,11 @@ async fn take_claim(
                 if theirs.token == mine.token {
                     (Stage::Running, revision) // our create, its ack lost
                 } else {
+                    // Silence counts only while NATS answers promptly:
+                    // while it does not, the holder cannot renew either.
+                    if started.elapsed() > LEASE / 4 {
+                        silent = None;
+                    }
                     let since = match silent {
                         Some((seen, since)) if seen == revision => since,
                         _ => {
@@ -226,7 +233,8 @@ async fn take_claim(
                         deadline_ms: deadline_ms(),
                         ..mine.clone()
                     };
-                    match store.update(&key, encode(&taken)?, revision).await {
+                    let taken = encode(&taken)?;
+                    match until_answered(|| store.update(&key, taken.clone(), revision)).await {
                         Ok(revision) => {
                             warn!(
                                 "took over the claim of node {} ({:?}), silent for {:?}",
@@ -340,10 +348,9 @@ impl Held {
         self.inner.shared.runtime.spawn(async move {
             let _serialized = inner.serial.lock().await;
             let revision = lock(&inner.value).1;
-            let outcome = inner
-                .store
-                .delete_expect_revision(&inner.key, Some(revision))
-                .await;
+            let outcome =
+                until_answered(|| inner.store.delete_expect_revision(&inner.key, Some(revision)))
+                    .await;
             let _ = sender.send(outcome.map_err(|e| e.to_string()));
         });
         // A claim that could not be deleted lapses after a lease; its
@@ -385,7 +392,8 @@ impl HeldInner {
 
     /// Stores `value` if the claim is still at `revision` (ours).
     async fn update(&self, value: ClaimValue, revision: u64) -> Result<(), String> {
-        match self.store.update(&self.key, encode(&value)?, revision).await {
+        let bytes = encode(&value)?;
+        match until_answered(|| self.store.update(&self.key, bytes.clone(), revision)).await {
             Ok(next) => {
                 *lock(&self.value) = (value, next);
                 Ok(())

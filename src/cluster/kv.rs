@@ -34,6 +34,33 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// (a request and its retries): the answer never hangs a thread for good.
 pub(super) const CALL_LIMIT: Duration = Duration::from_secs(10);
 
+/// How long a request nobody answered is sent again (see
+/// [`until_answered`]): a NATS server's failover elects new stream leaders
+/// within a few seconds; under the call limit.
+const UNANSWERED_RETRY: Duration = Duration::from_secs(7);
+
+/// Sends a JetStream request again while no server answers it at all ("no
+/// stream found": while its stream has no leader, during a NATS server's
+/// failover). Such a request was certainly not applied, so sending it again
+/// cannot apply it twice — unlike one that timed out, which is never
+/// repeated here.
+pub(super) async fn until_answered<T, E: std::fmt::Display, F: Future<Output = Result<T, E>>>(
+    mut request: impl FnMut() -> F,
+) -> Result<T, E> {
+    let deadline = tokio::time::Instant::now() + UNANSWERED_RETRY;
+    loop {
+        match request().await {
+            Err(e)
+                if e.to_string().contains("no stream found")
+                    && tokio::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            outcome => return outcome,
+        }
+    }
+}
+
 /// One change in a write batch.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Change {
@@ -176,14 +203,19 @@ impl SharedKv {
         let store = self.bucket(bucket)?;
         let key = encode_key(key);
         self.call(async move {
+            let value = bytes::Bytes::from(value);
             let outcome = if revision == 0 {
-                store.create(key, value.into()).await.map_err(|e| {
-                    (e.kind() == kv::CreateErrorKind::AlreadyExists, e.to_string())
-                })
+                until_answered(|| store.create(&key, value.clone()))
+                    .await
+                    .map_err(|e| {
+                        (e.kind() == kv::CreateErrorKind::AlreadyExists, e.to_string())
+                    })
             } else {
-                store.update(key, value.into(), revision).await.map_err(|e| {
-                    (e.kind() == kv::UpdateErrorKind::WrongLastRevision, e.to_string())
-                })
+                until_answered(|| store.update(&key, value.clone(), revision))
+                    .await
+                    .map_err(|e| {
+                        (e.kind() == kv::UpdateErrorKind::WrongLastRevision, e.to_string())
+                    })
             };
             match outcome {
                 Ok(_) => Ok(true),
@@ -403,12 +435,14 @@ async fn apply(buckets: &Buckets, changes: Vec<Change>) -> Result<(), String> {
         let key = encode_key(key);
         match change {
             Change::Put { value, .. } => {
-                store
-                    .put(key, value.into())
+                let value = bytes::Bytes::from(value);
+                until_answered(|| store.put(&key, value.clone()))
                     .await
                     .map_err(|e| e.to_string())?;
             }
-            Change::Delete { .. } => store.delete(key).await.map_err(|e| e.to_string())?,
+            Change::Delete { .. } => until_answered(|| store.delete(&key))
+                .await
+                .map_err(|e| e.to_string())?,
         }
     }
     Ok(())
