@@ -168,7 +168,11 @@ async fn a_command_whose_node_died_while_committing_is_never_run_again() {
         assert_eq!(reply["status"], "error", "{reply}");
         assert_eq!(toast_of(&reply), UNKNOWN, "{reply}");
     }
-    assert_eq!(peek(&on_b).await, "count=1", "A's update, and no second run");
+    assert_eq!(
+        peek(&on_b).await,
+        "count=1",
+        "A's update, and no second run"
+    );
     assert!(
         !b.log().contains("GATE waiting"),
         "B never ran the handler:\n{}",
@@ -191,7 +195,10 @@ async fn a_form_submission_whose_node_died_runs_once_on_another_node() {
     open_gate(&on_b).await;
     let (_, reply) = on_b.post(&submission("f-1", 2, true, "gated")).await;
     assert_eq!(reply["status"], "ok", "{reply}");
-    assert!(toast_of(&reply).starts_with("stored f-1 (retry=true"), "{reply}");
+    assert!(
+        toast_of(&reply).starts_with("stored f-1 (retry=true"),
+        "{reply}"
+    );
     assert_eq!(audit(&on_b).await, "submissions=1 distinct=1 repeated=0");
 
     // Answered on B, B killed before the panel read it: C answers it from
@@ -265,7 +272,10 @@ async fn commands_that_need_a_claim_are_refused_while_nats_is_down() {
     let mut nats = Nats::start();
     let a = node(&nats.url, "a", &[]);
     let on_a = a.client("reliable").await;
-    assert_eq!(toast_of(&on_a.post(&counted("r-1", 1, "count")).await.1), "count=1");
+    assert_eq!(
+        toast_of(&on_a.post(&counted("r-1", 1, "count")).await.1),
+        "count=1"
+    );
     nats.kill();
     a.wait_for_log("lost the NATS connection");
     let (status, reply) = on_a.post(&counted("r-2", 2, "count")).await;
@@ -325,7 +335,13 @@ struct Seen {
 /// One panel of the load tests: sends `each` commands with ids, one after
 /// the other, alternating nodes; re-sends an id until it is acknowledged
 /// (refused while NATS is away, a node that does not answer in time).
-async fn send_all(client: Client, nodes: Vec<String>, name: String, each: usize, seen: Arc<Mutex<Seen>>) {
+async fn send_all(
+    client: Client,
+    nodes: Vec<String>,
+    name: String,
+    each: usize,
+    seen: Arc<Mutex<Seen>>,
+) {
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(15))
         .build()
@@ -380,7 +396,10 @@ async fn send_all(client: Client, nodes: Vec<String>, name: String, each: usize,
 /// How many times each node's log says the handler ran `id` and succeeded.
 fn runs_of(nodes: &[&Server], id: &str) -> usize {
     let line = format!(r#"name="bumpAtomic" param="{id}" [OK]"#);
-    nodes.iter().map(|node| node.log().matches(&line).count()).sum()
+    nodes
+        .iter()
+        .map(|node| node.log().matches(&line).count())
+        .sum()
 }
 
 /// Runs `panels` panels of `each` commands on the nodes while `fault` runs;
@@ -402,7 +421,10 @@ async fn under_load(
     let mut clients = Vec::new();
     for n in 0..panels {
         let client = nodes[n % nodes.len()].client("reliable").await;
-        clients.push(Client { http: client.http.clone(), ..on(nodes[0], &client) });
+        clients.push(Client {
+            http: client.http.clone(),
+            ..on(nodes[0], &client)
+        });
         tasks.push(tokio::spawn(send_all(
             client,
             urls.clone(),
@@ -432,9 +454,17 @@ async fn under_load(
     // Every run bumps the counter once (varUpdate, compare-and-set), so
     // the answers are all different and the counter is the number of runs.
     let counts: BTreeSet<&String> = seen.acked.values().collect();
-    let total: usize = peek(&clients[0]).await.trim_start_matches("count=").parse().unwrap();
+    let total: usize = peek(&clients[0])
+        .await
+        .trim_start_matches("count=")
+        .parse()
+        .unwrap();
     if exact_counter {
-        assert_eq!(counts.len(), seen.acked.len(), "two commands got the same count: a lost update");
+        assert_eq!(
+            counts.len(),
+            seen.acked.len(),
+            "two commands got the same count: a lost update"
+        );
         assert!(
             total >= seen.acked.len() && total <= seen.acked.len() + seen.unknown.len(),
             "{total} runs for {} acknowledged and {} unknown commands",
@@ -462,7 +492,11 @@ async fn under_load(
         }
     }
     let total_after: String = peek(&clients[0]).await;
-    assert_eq!(total_after, format!("count={total}"), "the repeats ran nothing");
+    assert_eq!(
+        total_after,
+        format!("count={total}"),
+        "the repeats ran nothing"
+    );
     // No command ran twice, and every acknowledged one ran, by the logs
     // (relayed from the nodes' stderr a moment after they are written).
     for n in 0..panels {
@@ -470,7 +504,10 @@ async fn under_load(
             let id = format!("p{n}-{k}");
             let deadline = Instant::now() + Duration::from_secs(5);
             while seen.acked.contains_key(&id) && runs_of(nodes, &id) == 0 {
-                assert!(Instant::now() < deadline, "{id} was acknowledged, so it ran");
+                assert!(
+                    Instant::now() < deadline,
+                    "{id} was acknowledged, so it ran"
+                );
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
             let runs = runs_of(nodes, &id);
@@ -495,7 +532,10 @@ async fn nats_stopped_and_started_under_load_runs_nothing_twice_and_loses_nothin
     })
     .await;
     assert!(seen.retries > 0, "the outage refused some commands");
-    assert!(a.log()[log_a..].contains("[REFUSED]"), "A refused while NATS was away");
+    assert!(
+        a.log()[log_a..].contains("[REFUSED]"),
+        "A refused while NATS was away"
+    );
     eprintln!(
         "outage: {} acknowledged, {} unknown, {} failed, {} retries",
         seen.acked.len(),

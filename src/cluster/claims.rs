@@ -348,9 +348,12 @@ impl Held {
         self.inner.shared.runtime.spawn(async move {
             let _serialized = inner.serial.lock().await;
             let revision = lock(&inner.value).1;
-            let outcome =
-                until_answered(|| inner.store.delete_expect_revision(&inner.key, Some(revision)))
-                    .await;
+            let outcome = until_answered(|| {
+                inner
+                    .store
+                    .delete_expect_revision(&inner.key, Some(revision))
+            })
+            .await;
             let _ = sender.send(outcome.map_err(|e| e.to_string()));
         });
         // A claim that could not be deleted lapses after a lease; its
@@ -372,7 +375,13 @@ impl HeldInner {
             if held.0.stage == stage {
                 return Ok(());
             }
-            (ClaimValue { stage, ..held.0.clone() }, held.1)
+            (
+                ClaimValue {
+                    stage,
+                    ..held.0.clone()
+                },
+                held.1,
+            )
         };
         self.update(value, revision).await
     }

@@ -208,13 +208,19 @@ impl SharedKv {
                 until_answered(|| store.create(&key, value.clone()))
                     .await
                     .map_err(|e| {
-                        (e.kind() == kv::CreateErrorKind::AlreadyExists, e.to_string())
+                        (
+                            e.kind() == kv::CreateErrorKind::AlreadyExists,
+                            e.to_string(),
+                        )
                     })
             } else {
                 until_answered(|| store.update(&key, value.clone(), revision))
                     .await
                     .map_err(|e| {
-                        (e.kind() == kv::UpdateErrorKind::WrongLastRevision, e.to_string())
+                        (
+                            e.kind() == kv::UpdateErrorKind::WrongLastRevision,
+                            e.to_string(),
+                        )
                     })
             };
             match outcome {

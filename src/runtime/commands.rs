@@ -130,10 +130,8 @@ async fn run_command(
             delivery::error_reply(seq, delivery::UNAVAILABLE_MESSAGE)
         }
         Claim::Run(running) => {
-            let claim = running.shared();
-            let key_now = Some(key.clone());
-            let executed =
-                execute(runtime, &project, &session, command, true, key_now, claim).await;
+            let (id_key, claim) = (Some(key.clone()), running.shared());
+            let executed = execute(runtime, &project, &session, command, true, id_key, claim).await;
             let stored = executed.stored;
             let reply = finish(runtime, &project, &session, seq, executed).await;
             runtime.release(&key, running, &reply, stored).await;
@@ -328,7 +326,7 @@ async fn finish(
     seq: Option<u64>,
     executed: Executed,
 ) -> Reply {
-    log_command(session, &executed.command, &executed.decoded);
+    handlers::log_command(session, &executed.command, &executed.decoded);
     if runtime.dev_mode() {
         super::dev::notice_unhandled(
             runtime,
@@ -348,21 +346,4 @@ async fn finish(
         return delivery::commit_failed_reply(seq, executed.claim.as_deref());
     }
     handlers::reply(seq, executed.decoded)
-}
-
-fn log_command(session: &Session, command: &Command, decoded: &Decoded) {
-    let status = decoded.status.log_tag();
-    let user = if session.userid.is_empty() {
-        "-"
-    } else {
-        &session.userid
-    };
-    let object = command.object.as_deref().unwrap_or("-");
-    if decoded.quiet {
-        info!(target: "switchboard::command", "session={} user={user} object={object} name={:?} {status}",
-            session.log_id(), command.name);
-    } else {
-        info!(target: "switchboard::command", "session={} user={user} object={object} name={:?} param={:?} {status}",
-            session.log_id(), command.name, command.param);
-    }
 }

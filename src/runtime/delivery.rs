@@ -213,7 +213,8 @@ impl Runtime {
         if self.store.is_shared() {
             // A run that failed after writing what cannot be undone
             // (`varUpdate`) did some of its work: say so, never "try again".
-            batch.uncertain |= run_failed && batch.claim.as_ref().is_some_and(|c| c.is_committing());
+            batch.uncertain |=
+                run_failed && batch.claim.as_ref().is_some_and(|c| c.is_committing());
             let commit = self.commit_shared(batch, extra);
             return (result, commit);
         }

@@ -42,7 +42,11 @@ pub async fn submit(
             let (name, id, retry) = (form.name.clone(), form.id.clone(), form.retry);
             let claim = running.shared();
             // Cluster mode: the project's form lock across the cluster.
-            let cluster_lock = match runtime.store.lock(&format!("forms\u{0}{}", project.name)).await {
+            let cluster_lock = match runtime
+                .store
+                .lock(&format!("forms\u{0}{}", project.name))
+                .await
+            {
                 None => None,
                 Some(Ok(held)) => Some(held),
                 Some(Err(error)) => {
@@ -52,8 +56,15 @@ pub async fn submit(
                     return reply;
                 }
             };
-            let (mut ran, stored) =
-                run_handler(runtime, &project, &session, form, key.clone(), claim.clone()).await;
+            let (mut ran, stored) = run_handler(
+                runtime,
+                &project,
+                &session,
+                form,
+                key.clone(),
+                claim.clone(),
+            )
+            .await;
             if let Some(held) = cluster_lock {
                 held.release().await;
             }

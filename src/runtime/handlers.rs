@@ -380,3 +380,26 @@ pub async fn run_for_project(project: &Arc<Project>, callback: &'static str, arg
         }
     }
 }
+
+/// The command log line: who, which object, what, and how it ended
+/// (without the param when the answer asked to be quiet).
+pub(super) fn log_command(
+    session: &Session,
+    command: &crate::protocol::Command,
+    decoded: &Decoded,
+) {
+    let status = decoded.status.log_tag();
+    let user = if session.userid.is_empty() {
+        "-"
+    } else {
+        &session.userid
+    };
+    let object = command.object.as_deref().unwrap_or("-");
+    if decoded.quiet {
+        info!(target: "switchboard::command", "session={} user={user} object={object} name={:?} {status}",
+            session.log_id(), command.name);
+    } else {
+        info!(target: "switchboard::command", "session={} user={user} object={object} name={:?} param={:?} {status}",
+            session.log_id(), command.name, command.param);
+    }
+}

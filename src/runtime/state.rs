@@ -472,7 +472,8 @@ impl Runtime {
             let json: serde_json::Value = rhai::serde::from_dynamic(&next).map_err(|e| {
                 VarUpdateError::Store(format!("the variable cannot be stored: {e}"))
             })?;
-            let bytes = serde_json::to_vec(&json).map_err(|e| VarUpdateError::Store(e.to_string()))?;
+            let bytes =
+                serde_json::to_vec(&json).map_err(|e| VarUpdateError::Store(e.to_string()))?;
             match self.store.put_at(Table::Vars, key, bytes, revision) {
                 Ok(true) => {
                     self.write_var(key, next.clone());
