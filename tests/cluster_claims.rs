@@ -117,6 +117,7 @@ async fn a_command_whose_node_was_killed_mid_run_runs_once_on_another_node() {
     assert_eq!(toast_of(&reply), "count=1", "{reply}");
     assert_eq!(reply["seq"], 2);
     b.wait_for_log("took over the claim of node a");
+    eprintln!("re-sent to B, answered after {:?}", started.elapsed());
     assert!(
         started.elapsed() < Duration::from_secs(15),
         "taken over within a few leases: {:?}",
