@@ -19,7 +19,7 @@ use std::time::Duration;
 use async_nats::jetstream::{kv, stream};
 use futures_util::StreamExt;
 use tokio::sync::{mpsc, oneshot};
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use super::ClusterError;
 
@@ -394,6 +394,8 @@ fn log_event(event: &async_nats::Event) {
         async_nats::Event::Disconnected => {
             warn!("lost the NATS connection: the shared store is unreachable until it comes back")
         }
+        // Every failed reconnection attempt: the loss was said once above.
+        async_nats::Event::ClientError(error) => debug!("NATS: {error}"),
         other => info!("NATS: {other}"),
     }
 }
