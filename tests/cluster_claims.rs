@@ -568,3 +568,33 @@ async fn a_nats_cluster_losing_a_server_under_load_runs_nothing_twice() {
         seen.retries
     );
 }
+
+/// A session's own state changed while NATS was away (here a property, by
+/// a panel connected over a socket) is written when NATS returns: the
+/// panel continues on another node with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_state_changed_during_an_outage_is_caught_up() {
+    let mut nats = Nats::start();
+    let (a, b) = (node(&nats.url, "a", &[]), node(&nats.url, "b", &[]));
+    let on_a = a.client("events").await;
+    let mut socket = on_a.socket_tab("t", "home").await;
+    assert_eq!(
+        common::command(&mut socket, 1, "set", "attic").await["status"],
+        "ok"
+    );
+    nats.kill();
+    a.wait_for_log("lost the NATS connection");
+    let reply = common::command(&mut socket, 2, "set", "cellar").await;
+    assert_eq!(reply["status"], "ok", "answered from memory: {reply}");
+    nats.start_again();
+    a.wait_for_log("caught up after the NATS outage: wrote 1 session(s)");
+    let on_b = Client {
+        http: on_a.http.clone(),
+        base: b.url("/events"),
+        ws_base: b.ws_url("/events"),
+        session: on_a.session.clone(),
+        set_cookie: on_a.set_cookie.clone(),
+    };
+    wait_until_connected(&b).await;
+    assert_eq!(toast_of(&on_b.command("get", "").await), "room=cellar");
+}
