@@ -50,6 +50,8 @@ pub struct ServerConfig {
     pub node: String,
     /// Cluster mode: the lease time of the once-per-cluster work.
     pub lease: Duration,
+    /// Copies NATS keeps of each shared bucket (`--cluster-replicas`).
+    pub cluster_replicas: usize,
 }
 
 /// Why the server could not start.
@@ -83,6 +85,7 @@ async fn serve(config: ServerConfig) -> Result<(), StartupError> {
             url,
             node: &config.node,
             lease: config.lease,
+            replicas: config.cluster_replicas,
         },
         None => runtime::StoreChoice::Embedded(&config.database),
     };

@@ -112,7 +112,7 @@ impl Leases {
         let ttl = ttl.max(MIN_LEASE);
         let runtime = kv.runtime()?;
         let client = kv.client();
-        let store = wait(&runtime, open_bucket(client, ttl))??;
+        let store = wait(&runtime, open_bucket(client, ttl, kv.replicas))??;
         let state = Arc::new(State {
             node: node.to_string(),
             ttl,
@@ -186,14 +186,18 @@ impl Drop for Leases {
 /// Opens (creating if needed) the lease bucket. Its stream drops a record
 /// not written for three lease times: a lease whose every node died, and
 /// the presence of a dead node.
-async fn open_bucket(client: async_nats::Client, ttl: Duration) -> Result<kv::Store, ClusterError> {
+async fn open_bucket(
+    client: async_nats::Client,
+    ttl: Duration,
+    replicas: usize,
+) -> Result<kv::Store, ClusterError> {
     let jetstream = async_nats::jetstream::new(client);
     let bucket_error = |reason: String| {
         ClusterError::Request(format!("cannot open the bucket {LEASE_BUCKET}: {reason}"))
     };
     let config = async_nats::jetstream::stream::Config {
         max_age: ttl * 3,
-        ..bucket_stream(LEASE_BUCKET)
+        ..bucket_stream(LEASE_BUCKET, replicas)
     };
     jetstream
         .get_or_create_stream(config)

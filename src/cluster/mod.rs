@@ -8,9 +8,11 @@
 //! read back, is the runtime's. See docs/cluster.md for what this slice
 //! shares and what it does not yet.
 
+mod claims;
 mod kv;
 mod lease;
 
+pub use claims::{Claimed, Held, LEASE};
 pub use kv::{Change, SharedKv};
 pub use lease::{Acquired, DEFAULT_LEASE, LEASE_BUCKET, Leases};
 

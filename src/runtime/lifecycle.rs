@@ -41,6 +41,8 @@ pub enum StoreChoice<'a> {
         url: &'a str,
         node: &'a str,
         lease: Duration,
+        /// Copies of each bucket, when this node creates it.
+        replicas: usize,
     },
 }
 
@@ -63,8 +65,13 @@ impl Runtime {
                 private.push(("database", database));
                 (Store::open(database)?, None)
             }
-            StoreChoice::Cluster { url, node, lease } => {
-                let store = Store::connect_shared(url, node)?;
+            StoreChoice::Cluster {
+                url,
+                node,
+                lease,
+                replicas,
+            } => {
+                let store = Store::connect_shared(url, node, replicas)?;
                 let leases = lease::start_leases(&store, node, lease)?;
                 (store, leases)
             }
@@ -103,6 +110,7 @@ impl Runtime {
             var_versions: DashMap::new(),
             var_updates: std::sync::Mutex::new(()),
             in_flight: DashMap::new(),
+            unsaved_sessions: DashMap::new(),
             form_locks: DashMap::new(),
             challenges: DashMap::new(),
             shutdown: watch::channel(false).0,
@@ -290,6 +298,7 @@ impl Runtime {
             self.end_unauthorized_sessions().await;
             self.expire_shared_sessions(sweeps, IDLE_SWEEP_INTERVAL)
                 .await;
+            self.catch_up_after_outage().await;
             for session in self.sessions.all() {
                 // Connected sessions are the many; skip them before the
                 // project lookup.

@@ -64,6 +64,7 @@ mod host;
 mod lease;
 mod lifecycle;
 mod memory;
+mod outage;
 mod points;
 mod push;
 mod schedule;
