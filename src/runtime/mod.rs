@@ -54,6 +54,7 @@ mod dev;
 mod downloads;
 mod events;
 mod external;
+mod fanout;
 mod forms;
 pub mod handlers;
 mod host;

@@ -60,6 +60,8 @@ pub struct Runtime {
     /// the browsers. Never on by default: the messages name files.
     pub(super) dev_mode: std::sync::atomic::AtomicBool,
     pub(super) myself: Weak<Runtime>,
+    /// Cluster mode: the pushes to and from the other nodes (`fanout`).
+    pub(super) bus: std::sync::OnceLock<crate::cluster::Bus>,
 }
 
 /// Why `varUpdate` changed nothing.
@@ -104,6 +106,21 @@ pub enum ShutdownReason {
 }
 
 impl ShutdownReason {
+    /// The reason [`ShutdownReason::as_str`] names.
+    pub fn named(name: &str) -> Option<ShutdownReason> {
+        use ShutdownReason::*;
+        [
+            IdleTimeout,
+            Logout,
+            Terminated,
+            ProjectRemoved,
+            AuthorizationLost,
+            ProjectUnavailable,
+        ]
+        .into_iter()
+        .find(|reason| reason.as_str() == name)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             ShutdownReason::IdleTimeout => "IdleTimeout",
