@@ -43,7 +43,10 @@ fn projects() -> PathBuf {
         &root,
         "site",
         &[
-            ("project.toml", "title = \"Cluster push\"\nstart = \"home\"\n"),
+            (
+                "project.toml",
+                "title = \"Cluster push\"\nstart = \"home\"\n",
+            ),
             ("pages/home.html", common::HOME_PAGE),
             ("events/main.rhai", SCRIPT),
         ],
@@ -214,7 +217,10 @@ async fn a_session_resuming_on_another_node_is_restored_once_as_newdoc() {
     socket = on_b.socket_tab("t", "home").await;
     common::command(&mut socket, 1, "none", "").await;
     assert_eq!(b.log().matches(&restored).count(), 1, "once");
-    assert!(!a.log().contains(&restored), "A created it: no restore there");
+    assert!(
+        !a.log().contains(&restored),
+        "A created it: no restore there"
+    );
 }
 
 #[tokio::test]
@@ -274,7 +280,10 @@ async fn ending_a_session_on_one_node_closes_its_panel_on_the_other() {
     // (written behind) is stored.
     let deadline = Instant::now() + common::REPLY_TIMEOUT;
     while client.socket_with_origin(None).await.is_ok() {
-        assert!(Instant::now() < deadline, "the ended session is refused on A");
+        assert!(
+            Instant::now() < deadline,
+            "the ended session is refused on A"
+        );
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
 }
@@ -293,7 +302,8 @@ async fn a_node_started_later_shows_the_project_ui_values() {
     assert_eq!(until_clock(&mut panel_b, "early").await, ["early"]);
     // Subscribing pushes the scope's values (before the reply: read them
     // as they come rather than skipping to the reply).
-    let subscribe = serde_json::json!({"type":"command","seq":1,"name":"subscribe","param":"lobby"});
+    let subscribe =
+        serde_json::json!({"type":"command","seq":1,"name":"subscribe","param":"lobby"});
     common::send(&mut panel_b, &subscribe).await;
     assert_eq!(
         until_text(&mut panel_b, "sign", "for the lobby").await,

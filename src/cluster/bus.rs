@@ -64,8 +64,8 @@ impl Bus {
         ));
         let handle = runtime.handle()?;
         let origin = uuid::Uuid::new_v4().simple().to_string();
-        let (client, subscriber) = wait(&handle, subscribe(url.to_string(), node.to_string()))?
-            .map_err(unreachable)?;
+        let (client, subscriber) =
+            wait(&handle, subscribe(url.to_string(), node.to_string()))?.map_err(unreachable)?;
         handle.spawn(receive_forever(subscriber, origin.clone(), deliver));
         let (outgoing, queue) = mpsc::unbounded_channel();
         handle.spawn(publish_forever(client, queue));

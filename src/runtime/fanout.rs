@@ -126,7 +126,10 @@ impl Runtime {
     fn receive_push(&self, project: &str, payload: &[u8]) {
         match serde_json::from_slice::<Remote>(payload) {
             Ok(push) => self.apply_push(project, push, Here::Remote),
-            Err(error) => warn!(project, "a push from another node was not understood: {error}"),
+            Err(error) => warn!(
+                project,
+                "a push from another node was not understood: {error}"
+            ),
         }
     }
 
@@ -172,7 +175,10 @@ impl Runtime {
                 },
             ),
             Err(error) => {
-                warn!(project, "sendActions reaches this node's panels only: {error}")
+                warn!(
+                    project,
+                    "sendActions reaches this node's panels only: {error}"
+                )
             }
         }
     }

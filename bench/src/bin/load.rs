@@ -1361,7 +1361,10 @@ async fn crossnode(args: &Args) -> Result<Record, Error> {
     const WARMUP_ROUNDS: u64 = 20;
     let rounds: u64 = args.number("rounds", 500)?;
     let on_a = args.target()?;
-    let on_b = Target::new(args.required("from")?.parse()?, &args.text("project", "bench"))?;
+    let on_b = Target::new(
+        args.required("from")?.parse()?,
+        &args.text("project", "bench"),
+    )?;
     let mut record = args.record("crossnode");
     let mut listener = client::connect(&on_a, &create_sessions(&on_a, 1).await?[0]).await?;
     let mut sender = client::connect(&on_b, &create_sessions(&on_b, 1).await?[0]).await?;
