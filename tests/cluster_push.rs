@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use common::nats::Nats;
@@ -54,7 +54,7 @@ fn projects() -> PathBuf {
     root
 }
 
-fn node(nats: &Nats, projects: &PathBuf, name: &str) -> Server {
+fn node(nats: &Nats, projects: &Path, name: &str) -> Server {
     Server::start_with(projects, &["--cluster", &nats.url, "--node", name])
 }
 
