@@ -39,6 +39,10 @@ pub enum Table {
     Submissions,
     /// `project\u{0}point` → the point's last known value.
     Points,
+    /// Project-wide pushed UI values (`uiSet`, `uiSessionSet` to a scope),
+    /// kept for the nodes of a cluster that start later; cluster mode only
+    /// (one node keeps them in memory). Keys: see `runtime/fanout.rs`.
+    Ui,
 }
 
 impl Table {
@@ -50,6 +54,7 @@ impl Table {
             Table::Replies => TableDefinition::new("replies"),
             Table::Submissions => TableDefinition::new("submissions"),
             Table::Points => TableDefinition::new("points"),
+            Table::Ui => TableDefinition::new("ui"),
         }
     }
 
@@ -62,16 +67,18 @@ impl Table {
             Table::Replies => "switchboard_replies",
             Table::Submissions => "switchboard_submissions",
             Table::Points => "switchboard_points",
+            Table::Ui => "switchboard_ui",
         }
     }
 
-    const ALL: [Table; 6] = [
+    const ALL: [Table; 7] = [
         Table::Sessions,
         Table::Vars,
         Table::Meta,
         Table::Replies,
         Table::Submissions,
         Table::Points,
+        Table::Ui,
     ];
 }
 

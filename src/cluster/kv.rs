@@ -28,7 +28,7 @@ use super::ClusterError;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// How long connecting to NATS may take at start-up.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+pub(super) const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// How long a caller waits for any one call, whatever happens inside it
 /// (a request and its retries): the answer never hangs a thread for good.
@@ -298,10 +298,10 @@ impl SharedKv {
 /// The cluster connection's own tokio runtime, shut down in the background
 /// when dropped: the store may be dropped on an async thread, where a
 /// runtime cannot be dropped the ordinary (blocking) way.
-struct Background(Option<tokio::runtime::Runtime>);
+pub(super) struct Background(pub(super) Option<tokio::runtime::Runtime>);
 
 impl Background {
-    fn handle(&self) -> Result<tokio::runtime::Handle, ClusterError> {
+    pub(super) fn handle(&self) -> Result<tokio::runtime::Handle, ClusterError> {
         self.0
             .as_ref()
             .map(|runtime| runtime.handle().clone())
@@ -414,7 +414,7 @@ fn log_event(event: &async_nats::Event) {
 
 pub(super) const NOT_CONNECTED: &str = "not connected to NATS";
 
-fn is_up(client: &async_nats::Client) -> bool {
+pub(super) fn is_up(client: &async_nats::Client) -> bool {
     client.connection_state() == async_nats::connection::State::Connected
 }
 

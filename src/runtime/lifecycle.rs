@@ -60,6 +60,7 @@ impl Runtime {
             StoreChoice::Cluster { node, .. } => Some(node.to_string()),
             StoreChoice::Embedded(_) => None,
         };
+        let choice = store;
         let (store, leases) = match store {
             StoreChoice::Embedded(database) => {
                 private.push(("database", database));
@@ -127,7 +128,13 @@ impl Runtime {
             dev_mode: std::sync::atomic::AtomicBool::new(false),
             leases,
             myself: myself.clone(),
+            bus: std::sync::OnceLock::new(),
         });
+        if let StoreChoice::Cluster { url, node, .. } = choice {
+            // Before the projects load their kept UI values: nothing pushed
+            // in between is missed.
+            runtime.join_pushes(url, node)?;
+        }
         let loaded = project::load_all(projects_dir, &runtime.host_registration())?;
         for (dir, error) in &loaded.failed {
             error!(
@@ -140,6 +147,7 @@ impl Runtime {
         }
         for project in loaded.projects {
             runtime.load_vars(&project.name);
+            runtime.load_kept_ui(&project.name);
             // Before anyone can open it: the first page sees its state. In
             // a cluster, once per cluster start (`lease.rs`).
             if runtime.starts_project_here(&project.name) {
@@ -204,6 +212,9 @@ impl Runtime {
             }
             (Some(record), None) if self.project(&record.project).is_some() => {
                 let session = self.sessions.restore(record);
+                // Its panel gets a page served by this node: once, when
+                // its socket opens here (docs/cluster.md).
+                session.mark_restored("newdoc");
                 info!(
                     project,
                     session = session.log_id(),
@@ -265,6 +276,25 @@ impl Runtime {
         if let (Some(project), Some(runtime)) = (self.project(&session.project), self.arc()) {
             events::session_shutdown(&runtime, &project, session, reason).await;
         }
+        self.close_here(session, reason).await;
+        drop(
+            self.store
+                .write_soon(vec![Write::Delete(Table::Sessions, session.id.clone())]),
+        );
+        self.publish(
+            &session.project,
+            &super::fanout::Remote::Ended {
+                session: session.id.clone(),
+                reason: reason.as_str().to_string(),
+            },
+        );
+        self.forget_replies(&session.id);
+        info!(project = %session.project, session = session.log_id(), reason = reason.as_str(), "session ended");
+    }
+
+    /// Tells the session's browsers on this node that it ended, closes
+    /// their connections and drops the session from memory.
+    pub(super) async fn close_here(&self, session: &Arc<Session>, reason: ShutdownReason) {
         session.push(
             &Push::SessionEnded {
                 reason: reason.as_str(),
@@ -276,12 +306,6 @@ impl Runtime {
         tokio::time::sleep(Duration::from_millis(20)).await;
         session.end();
         self.sessions.remove(&session.id);
-        drop(
-            self.store
-                .write_soon(vec![Write::Delete(Table::Sessions, session.id.clone())]),
-        );
-        self.forget_replies(&session.id);
-        info!(project = %session.project, session = session.log_id(), reason = reason.as_str(), "session ended");
     }
 
     /// Looks for sessions idle past their project's timeout, forever.
@@ -424,7 +448,11 @@ impl Runtime {
                         session.push(&Push::DevError { message: None }.to_frame());
                     }
                     session.push(&Push::Reload { pages: &pages }.to_frame());
-                    events::session_restored(&runtime, &project, &session, "newdoc").await;
+                    // In a cluster every node reloads; the one holding the
+                    // session's socket tells it, once.
+                    if self.delivers_to(&session) {
+                        events::session_restored(&runtime, &project, &session, "newdoc").await;
+                    }
                 }
             }
             Err(error) => self.report_compile_error(&name, dir, &error),

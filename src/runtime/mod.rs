@@ -30,7 +30,8 @@
 //! 5. **Back** — the reply goes into the connection's outgoing queue behind
 //!    the pushes queued before it (`connection.rs`), and the transport
 //!    writes it. Pushes from scripts (`uiSet`, `sendActions`: `push.rs`,
-//!    values in `ui.rs`) take the same queue.
+//!    values in `ui.rs`) take the same queue; in cluster mode `fanout.rs`
+//!    also sends them to the other nodes, which apply them the same way.
 //!
 //! # Where new things go
 //!
@@ -58,6 +59,7 @@ mod dev;
 mod downloads;
 mod events;
 mod external;
+mod fanout;
 mod forms;
 pub mod handlers;
 mod host;

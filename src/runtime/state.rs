@@ -66,6 +66,8 @@ pub struct Runtime {
     /// once-per-cluster work runs (`lease.rs`); `None` on one node.
     pub(super) leases: Option<crate::cluster::Leases>,
     pub(super) myself: Weak<Runtime>,
+    /// Cluster mode: the pushes to and from the other nodes (`fanout`).
+    pub(super) bus: std::sync::OnceLock<crate::cluster::Bus>,
 }
 
 /// Why `varUpdate` changed nothing.
@@ -110,6 +112,21 @@ pub enum ShutdownReason {
 }
 
 impl ShutdownReason {
+    /// The reason [`ShutdownReason::as_str`] names.
+    pub fn named(name: &str) -> Option<ShutdownReason> {
+        use ShutdownReason::*;
+        [
+            IdleTimeout,
+            Logout,
+            Terminated,
+            ProjectRemoved,
+            AuthorizationLost,
+            ProjectUnavailable,
+        ]
+        .into_iter()
+        .find(|reason| reason.as_str() == name)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             ShutdownReason::IdleTimeout => "IdleTimeout",
