@@ -100,6 +100,18 @@ pub struct Args {
     #[arg(long, env = "SWITCHBOARD_NODE")]
     pub node: Option<String>,
 
+    /// Cluster mode: the lease time in milliseconds. Timers, `pointChange`,
+    /// `projectStartup` and idle expiry run on the node holding a project's
+    /// lease; when it dies another takes over within this time.
+    #[arg(long, env = "SWITCHBOARD_LEASE_MS", default_value_t = 6000)]
+    pub lease_ms: u64,
+    /// Cluster mode: how many copies NATS keeps of each shared bucket when
+    /// a node creates it (3 on a NATS cluster of three or more servers, so
+    /// that losing one server loses nothing).
+    #[arg(long, env = "SWITCHBOARD_CLUSTER_REPLICAS", default_value_t = 1,
+          value_parser = clap::value_parser!(u8).range(1..=5))]
+    pub cluster_replicas: u8,
+
     #[command(subcommand)]
     pub command: Option<Subcommands>,
 }
@@ -263,6 +275,8 @@ fn serve(args: Args) -> ExitCode {
             .node
             .filter(|node| !node.is_empty())
             .unwrap_or_else(default_node_name),
+        lease: std::time::Duration::from_millis(args.lease_ms),
+        cluster_replicas: usize::from(args.cluster_replicas),
     };
     match server::run(config) {
         Ok(()) => ExitCode::SUCCESS,

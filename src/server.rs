@@ -48,6 +48,10 @@ pub struct ServerConfig {
     pub cluster: Option<String>,
     /// This node's name (`/healthz`, the NATS connection's name).
     pub node: String,
+    /// Cluster mode: the lease time of the once-per-cluster work.
+    pub lease: Duration,
+    /// Copies NATS keeps of each shared bucket (`--cluster-replicas`).
+    pub cluster_replicas: usize,
 }
 
 /// Why the server could not start.
@@ -80,6 +84,8 @@ async fn serve(config: ServerConfig) -> Result<(), StartupError> {
         Some(url) => runtime::StoreChoice::Cluster {
             url,
             node: &config.node,
+            lease: config.lease,
+            replicas: config.cluster_replicas,
         },
         None => runtime::StoreChoice::Embedded(&config.database),
     };
@@ -185,13 +191,14 @@ async fn serve(config: ServerConfig) -> Result<(), StartupError> {
     } else {
         "http"
     };
+    let stop = stop_signal();
     announce(scheme, addr, &runtime.project_names());
     let server = builder.run();
     let handle = server.handle();
     actix_web::rt::spawn(runtime.clone().sweep_idle_sessions());
     actix_web::rt::spawn(reload::watch(runtime.clone()));
     actix_web::rt::spawn(async move {
-        wait_for_stop_signal().await;
+        stop.await;
         info!("stopping: closing WebSockets");
         runtime.stop().await;
         // Give the close frames a moment to leave before connections drop.
@@ -249,24 +256,23 @@ fn tls_config(
     .map_err(|e| tls("certificate", &e))
 }
 
-async fn wait_for_stop_signal() {
+/// A future that resolves on SIGTERM or Ctrl-C. SIGTERM is caught from
+/// the moment this is called, not from the first poll: a supervisor that
+/// stops the node right after its `listening` line must get a clean stop
+/// (sessions kept, cluster leases handed over), not the default action's
+/// abrupt exit.
+fn stop_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut terminate) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = terminate.recv() => {}
-                }
+    let terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    async move {
+        #[cfg(unix)]
+        if let Some(mut terminate) = terminate {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = terminate.recv() => {}
             }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
+            return;
         }
-    }
-    #[cfg(not(unix))]
-    {
         let _ = tokio::signal::ctrl_c().await;
     }
 }

@@ -192,6 +192,12 @@ pub struct SessionRecord {
     pub project: String,
     pub userid: String,
     pub state: SessionState,
+    /// When a browser or a request last used the session, in milliseconds
+    /// since the epoch, as of the write: in cluster mode the lease holder
+    /// ends sessions whose record says they are idle past the timeout.
+    /// `None` in records written before it existed (never expired so).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_seen: Option<u64>,
 }
 
 /// One user's session of one project.
@@ -265,7 +271,18 @@ impl Session {
             project: self.project.clone(),
             userid: self.userid.clone(),
             state: lock(&self.state).clone(),
+            last_seen: Some(self.last_seen_millis()),
         }
+    }
+
+    /// When the session was last used, in milliseconds since the epoch
+    /// (now while a browser is connected).
+    pub fn last_seen_millis(&self) -> u64 {
+        let since_epoch = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .saturating_sub(self.idle_for());
+        u64::try_from(since_epoch.as_millis()).unwrap_or(u64::MAX)
     }
 
     /// The last valid value of an object, as rollback would restore it.

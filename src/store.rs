@@ -31,7 +31,7 @@ use redb::{Database, Durability, ReadableDatabase, TableDefinition};
 use tokio::sync::oneshot;
 use tracing::error;
 
-use crate::cluster::{Change, ClusterError, SharedKv};
+use crate::cluster::{Change, Claimed, ClusterError, Held, SharedKv};
 use journal::Journal;
 
 /// The store's own bookkeeping in the redb file: the journal's generation
@@ -58,6 +58,10 @@ pub enum Table {
     Submissions,
     /// `project\u{0}point` → the point's last known value.
     Points,
+    /// Project-wide pushed UI values (`uiSet`, `uiSessionSet` to a scope),
+    /// kept for the nodes of a cluster that start later; cluster mode only
+    /// (one node keeps them in memory). Keys: see `runtime/fanout.rs`.
+    Ui,
 }
 
 impl Table {
@@ -69,6 +73,7 @@ impl Table {
             Table::Replies => TableDefinition::new("replies"),
             Table::Submissions => TableDefinition::new("submissions"),
             Table::Points => TableDefinition::new("points"),
+            Table::Ui => TableDefinition::new("ui"),
         }
     }
 
@@ -81,16 +86,18 @@ impl Table {
             Table::Replies => "switchboard_replies",
             Table::Submissions => "switchboard_submissions",
             Table::Points => "switchboard_points",
+            Table::Ui => "switchboard_ui",
         }
     }
 
-    const ALL: [Table; 6] = [
+    const ALL: [Table; 7] = [
         Table::Sessions,
         Table::Vars,
         Table::Meta,
         Table::Replies,
         Table::Submissions,
         Table::Points,
+        Table::Ui,
     ];
 }
 
@@ -146,12 +153,79 @@ impl Store {
         Embedded::open(path).map(Store::Embedded)
     }
 
-    /// Connects to the cluster's NATS at `url` as node `node`.
-    pub fn connect_shared(url: &str, node: &str) -> Result<Store, StoreError> {
+    /// Connects to the cluster's NATS at `url` as node `node`, its buckets
+    /// kept in `replicas` copies.
+    pub fn connect_shared(url: &str, node: &str, replicas: usize) -> Result<Store, StoreError> {
         let buckets = Table::ALL.map(Table::bucket);
         Ok(Store::Shared(Box::new(SharedKv::connect(
-            url, node, &buckets,
+            url, node, &buckets, replicas,
         )?)))
+    }
+
+    /// The cluster's buckets, in cluster mode.
+    pub fn shared(&self) -> Option<&SharedKv> {
+        match self {
+            Store::Shared(shared) => Some(shared),
+            Store::Embedded(_) => None,
+        }
+    }
+
+    /// Claims the record `key` of `table` for this node across the cluster
+    /// (see `crate::cluster` claims); `None` with the embedded store, where
+    /// one process is the whole of who could run it.
+    pub async fn claim(&self, table: Table, key: &str) -> Option<Result<Claimed, StoreError>> {
+        let Store::Shared(shared) = self else {
+            return None;
+        };
+        let claim_key = format!("{}\u{0}{key}", table.bucket());
+        Some(
+            shared
+                .claim(&claim_key, Some((table.bucket(), key)))
+                .await
+                .map_err(StoreError::from),
+        )
+    }
+
+    /// A lock named `name` across the cluster, held until the returned
+    /// claim is released (or its node dies); `None` with the embedded store.
+    pub async fn lock(&self, name: &str) -> Option<Result<Held, StoreError>> {
+        let Store::Shared(shared) = self else {
+            return None;
+        };
+        let key = format!("lock\u{0}{name}");
+        Some(match shared.claim(&key, None).await {
+            Ok(Claimed::Mine(held) | Claimed::Abandoned(held)) => Ok(held),
+            Ok(Claimed::Answered(_)) => Err(StoreError::Io("a lock has no record".into())),
+            Err(error) => Err(error.into()),
+        })
+    }
+
+    /// The value of `key` and its revision, for [`Store::put_at`]
+    /// (cluster mode only: the embedded store's writers are this process's).
+    pub fn get_versioned(
+        &self,
+        table: Table,
+        key: &str,
+    ) -> Result<(Option<Vec<u8>>, u64), StoreError> {
+        match self {
+            Store::Embedded(_) => Err(StoreError::Io("no revisions in the embedded store".into())),
+            Store::Shared(shared) => Ok(shared.entry(table.bucket(), key)?),
+        }
+    }
+
+    /// Compare-and-set: stores `value` if `key` is still at `revision`;
+    /// `Ok(false)` when another writer came first.
+    pub fn put_at(
+        &self,
+        table: Table,
+        key: &str,
+        value: Vec<u8>,
+        revision: u64,
+    ) -> Result<bool, StoreError> {
+        match self {
+            Store::Embedded(_) => Err(StoreError::Io("no revisions in the embedded store".into())),
+            Store::Shared(shared) => Ok(shared.update(table.bucket(), key, value, revision)?),
+        }
     }
 
     /// Whether other nodes read and write this store too.
@@ -286,6 +360,13 @@ impl Commit {
     /// A batch with nothing in it: durable already.
     pub fn done() -> Commit {
         Commit(None)
+    }
+
+    /// A batch that was not written (the reason is what waiting returns).
+    pub fn failed(reason: String) -> Commit {
+        let (sender, receiver) = oneshot::channel();
+        let _ = sender.send(Err(reason));
+        Commit(Some(receiver))
     }
 
     /// Waits until the batch is durable.

@@ -19,7 +19,7 @@ use std::time::Duration;
 use async_nats::jetstream::{kv, stream};
 use futures_util::StreamExt;
 use tokio::sync::{mpsc, oneshot};
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use super::ClusterError;
 
@@ -28,11 +28,38 @@ use super::ClusterError;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// How long connecting to NATS may take at start-up.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+pub(super) const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// How long a caller waits for any one call, whatever happens inside it
 /// (a request and its retries): the answer never hangs a thread for good.
-const CALL_LIMIT: Duration = Duration::from_secs(10);
+pub(super) const CALL_LIMIT: Duration = Duration::from_secs(10);
+
+/// How long a request nobody answered is sent again (see
+/// [`until_answered`]): a NATS server's failover elects new stream leaders
+/// within a few seconds; under the call limit.
+const UNANSWERED_RETRY: Duration = Duration::from_secs(7);
+
+/// Sends a JetStream request again while no server answers it at all ("no
+/// stream found": while its stream has no leader, during a NATS server's
+/// failover). Such a request was certainly not applied, so sending it again
+/// cannot apply it twice — unlike one that timed out, which is never
+/// repeated here.
+pub(super) async fn until_answered<T, E: std::fmt::Display, F: Future<Output = Result<T, E>>>(
+    mut request: impl FnMut() -> F,
+) -> Result<T, E> {
+    let deadline = tokio::time::Instant::now() + UNANSWERED_RETRY;
+    loop {
+        match request().await {
+            Err(e)
+                if e.to_string().contains("no stream found")
+                    && tokio::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            outcome => return outcome,
+        }
+    }
+}
 
 /// One change in a write batch.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,19 +83,26 @@ type Buckets = HashMap<&'static str, kv::Store>;
 /// This node's NATS connection and the shared buckets.
 pub struct SharedKv {
     runtime: Background,
-    client: async_nats::Client,
+    pub(super) client: async_nats::Client,
+    /// This node's name, in the claims it holds.
+    pub(super) node: String,
+    /// Copies of each bucket this node creates (`--cluster-replicas`).
+    pub(super) replicas: usize,
     buckets: Buckets,
     writes: mpsc::UnboundedSender<(Vec<Change>, Option<Done>)>,
 }
 
 impl SharedKv {
-    /// Connects to NATS at `url` and opens (creating them if needed) the
-    /// buckets named. Fails at once when nobody answers: a node that
-    /// cannot reach its cluster's state must not start serving alone.
+    /// Connects to NATS at `url` (several servers of one NATS cluster:
+    /// comma-separated) and opens (creating them if needed, with
+    /// `replicas` copies each) the buckets named and the claims bucket.
+    /// Fails at once when nobody answers: a node that cannot reach its
+    /// cluster's state must not start serving alone.
     pub fn connect(
         url: &str,
         node: &str,
         names: &[&'static str],
+        replicas: usize,
     ) -> Result<SharedKv, ClusterError> {
         let unreachable = |reason: String| ClusterError::Unreachable {
             url: url.to_string(),
@@ -85,7 +119,7 @@ impl SharedKv {
         let handle = runtime.handle()?;
         let opened = wait(
             &handle,
-            open(url.to_string(), node.to_string(), names.to_vec()),
+            open(url.to_string(), node.to_string(), names.to_vec(), replicas),
         )
         .map_err(|e| unreachable(e.to_string()))??;
         let (client, buckets) = opened;
@@ -94,6 +128,8 @@ impl SharedKv {
         Ok(SharedKv {
             runtime,
             client,
+            node: node.to_string(),
+            replicas,
             buckets,
             writes,
         })
@@ -138,6 +174,66 @@ impl SharedKv {
         })
     }
 
+    /// The stored value of `key` and its revision (the revision of its
+    /// delete marker, or 0, when there is none), for a compare-and-set.
+    pub fn entry(
+        &self,
+        bucket: &'static str,
+        key: &str,
+    ) -> Result<(Option<Vec<u8>>, u64), ClusterError> {
+        let store = self.bucket(bucket)?;
+        let key = encode_key(key);
+        self.call(async move {
+            match store.entry(key).await.map_err(|e| e.to_string())? {
+                Some(entry) if entry.operation == kv::Operation::Put => {
+                    Ok((Some(entry.value.to_vec()), entry.revision))
+                }
+                Some(entry) => Ok((None, entry.revision)),
+                None => Ok((None, 0)),
+            }
+        })
+    }
+
+    /// Stores `value` if `key` is still at `revision` (0: does not exist);
+    /// `Ok(false)` when another write came first.
+    pub fn update(
+        &self,
+        bucket: &'static str,
+        key: &str,
+        value: Vec<u8>,
+        revision: u64,
+    ) -> Result<bool, ClusterError> {
+        let store = self.bucket(bucket)?;
+        let key = encode_key(key);
+        self.call(async move {
+            let value = bytes::Bytes::from(value);
+            let outcome = if revision == 0 {
+                until_answered(|| store.create(&key, value.clone()))
+                    .await
+                    .map_err(|e| {
+                        (
+                            e.kind() == kv::CreateErrorKind::AlreadyExists,
+                            e.to_string(),
+                        )
+                    })
+            } else {
+                until_answered(|| store.update(&key, value.clone(), revision))
+                    .await
+                    .map_err(|e| {
+                        (
+                            e.kind() == kv::UpdateErrorKind::WrongLastRevision,
+                            e.to_string(),
+                        )
+                    })
+            };
+            match outcome {
+                Ok(_) => Ok(true),
+                Err((true, _)) => Ok(false),
+                Err((false, error)) => Err(error),
+            }
+        })
+    }
+
     /// Every record whose key starts with `prefix`, in key order.
     pub fn scan(
         &self,
@@ -166,16 +262,29 @@ impl SharedKv {
         })
     }
 
-    fn bucket(&self, name: &'static str) -> Result<kv::Store, ClusterError> {
+    /// The cluster runtime, for the lease keeper's task.
+    pub(super) fn runtime(&self) -> Result<tokio::runtime::Handle, ClusterError> {
+        self.runtime.handle()
+    }
+
+    pub(super) fn client(&self) -> async_nats::Client {
+        self.client.clone()
+    }
+
+    pub(super) fn bucket(&self, name: &'static str) -> Result<kv::Store, ClusterError> {
         self.buckets
             .get(name)
             .cloned()
             .ok_or_else(|| ClusterError::Request(format!("no bucket {name}")))
     }
 
+    pub(super) fn handle(&self) -> Result<tokio::runtime::Handle, ClusterError> {
+        self.runtime.handle()
+    }
+
     /// Runs a request and waits for it; fails at once while the connection
     /// is down rather than after a timeout per request.
-    fn call<T: Send + 'static>(
+    pub(super) fn call<T: Send + 'static>(
         &self,
         work: impl Future<Output = Result<T, String>> + Send + 'static,
     ) -> Result<T, ClusterError> {
@@ -189,10 +298,10 @@ impl SharedKv {
 /// The cluster connection's own tokio runtime, shut down in the background
 /// when dropped: the store may be dropped on an async thread, where a
 /// runtime cannot be dropped the ordinary (blocking) way.
-struct Background(Option<tokio::runtime::Runtime>);
+pub(super) struct Background(pub(super) Option<tokio::runtime::Runtime>);
 
 impl Background {
-    fn handle(&self) -> Result<tokio::runtime::Handle, ClusterError> {
+    pub(super) fn handle(&self) -> Result<tokio::runtime::Handle, ClusterError> {
         self.0
             .as_ref()
             .map(|runtime| runtime.handle().clone())
@@ -211,7 +320,7 @@ impl Drop for Background {
 /// Runs `work` on the cluster runtime and waits for it on this thread
 /// (never a thread of that runtime: its callers are script threads and
 /// request handlers).
-fn wait<T: Send + 'static>(
+pub(super) fn wait<T: Send + 'static>(
     runtime: &tokio::runtime::Handle,
     work: impl Future<Output = T> + Send + 'static,
 ) -> Result<T, ClusterError> {
@@ -228,13 +337,15 @@ async fn open(
     url: String,
     node: String,
     names: Vec<&'static str>,
+    replicas: usize,
 ) -> Result<(async_nats::Client, Buckets), ClusterError> {
+    let servers: Vec<&str> = url.split(',').map(str::trim).collect();
     let client = async_nats::ConnectOptions::new()
         .name(format!("switchboard {node}"))
         .connection_timeout(CONNECT_TIMEOUT)
         .request_timeout(Some(REQUEST_TIMEOUT))
         .event_callback(|event| async move { log_event(&event) })
-        .connect(url.as_str())
+        .connect(servers)
         .await
         .map_err(|e| ClusterError::Unreachable {
             url: url.clone(),
@@ -242,7 +353,8 @@ async fn open(
         })?;
     let jetstream = async_nats::jetstream::new(client.clone());
     let mut buckets = HashMap::new();
-    for name in names {
+    let claims = [super::claims::CLAIMS_BUCKET];
+    for name in names.into_iter().chain(claims) {
         // Every node creates the buckets it needs (creating one that exists
         // with the same settings is allowed). The bucket's stream is made
         // here rather than by `create_key_value`, whose account query the
@@ -253,7 +365,7 @@ async fn open(
             reason,
         };
         jetstream
-            .get_or_create_stream(bucket_stream(name))
+            .get_or_create_stream(bucket_stream(name, replicas))
             .await
             .map_err(|e| bucket_error(e.to_string()))?;
         let store = jetstream
@@ -266,8 +378,14 @@ async fn open(
 }
 
 /// The stream behind a key-value bucket, as NATS clients define one: the
-/// last value of each key, deletes as markers, reads served by any replica.
-fn bucket_stream(name: &str) -> stream::Config {
+/// last value of each key, deletes as markers, reads served by any replica;
+/// claims expire (see `claims`).
+pub(super) fn bucket_stream(name: &str, replicas: usize) -> stream::Config {
+    let max_age = if name == super::claims::CLAIMS_BUCKET {
+        super::claims::CLAIM_MAX_AGE
+    } else {
+        Duration::ZERO
+    };
     stream::Config {
         name: format!("KV_{name}"),
         subjects: vec![format!("$KV.{name}.>")],
@@ -276,7 +394,8 @@ fn bucket_stream(name: &str) -> stream::Config {
         deny_delete: true,
         allow_direct: true,
         discard: stream::DiscardPolicy::New,
-        num_replicas: 1,
+        num_replicas: replicas,
+        max_age,
         ..Default::default()
     }
 }
@@ -287,13 +406,15 @@ fn log_event(event: &async_nats::Event) {
         async_nats::Event::Disconnected => {
             warn!("lost the NATS connection: the shared store is unreachable until it comes back")
         }
+        // Every failed reconnection attempt: the loss was said once above.
+        async_nats::Event::ClientError(error) => debug!("NATS: {error}"),
         other => info!("NATS: {other}"),
     }
 }
 
-const NOT_CONNECTED: &str = "not connected to NATS";
+pub(super) const NOT_CONNECTED: &str = "not connected to NATS";
 
-fn is_up(client: &async_nats::Client) -> bool {
+pub(super) fn is_up(client: &async_nats::Client) -> bool {
     client.connection_state() == async_nats::connection::State::Connected
 }
 
@@ -334,12 +455,14 @@ async fn apply(buckets: &Buckets, changes: Vec<Change>) -> Result<(), String> {
         let key = encode_key(key);
         match change {
             Change::Put { value, .. } => {
-                store
-                    .put(key, value.into())
+                let value = bytes::Bytes::from(value);
+                until_answered(|| store.put(&key, value.clone()))
                     .await
                     .map_err(|e| e.to_string())?;
             }
-            Change::Delete { .. } => store.delete(key).await.map_err(|e| e.to_string())?,
+            Change::Delete { .. } => until_answered(|| store.delete(&key))
+                .await
+                .map_err(|e| e.to_string())?,
         }
     }
     Ok(())
@@ -347,7 +470,7 @@ async fn apply(buckets: &Buckets, changes: Vec<Change>) -> Result<(), String> {
 
 /// `k` and the key's bytes in hex: never empty, only characters NATS
 /// allows, same order and prefixes as the key itself.
-fn encode_key(key: &str) -> String {
+pub(super) fn encode_key(key: &str) -> String {
     let mut encoded = String::with_capacity(1 + key.len() * 2);
     encoded.push('k');
     for byte in key.bytes() {

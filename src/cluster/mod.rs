@@ -3,14 +3,21 @@
 //!
 //! This module owns talking to NATS: connecting, creating the buckets,
 //! encoding keys, applying writes in order, and telling whether NATS is
-//! reachable. It does not know what is stored: tables and the interface the
+//! reachable, and carrying pushes between the nodes (`bus`). It does not
+//! know what is stored or pushed: tables and the interface the
 //! runtime sees are `crate::store`'s; which state is shared, and when it is
 //! read back, is the runtime's. See docs/cluster.md for what this slice
 //! shares and what it does not yet.
 
+mod bus;
+mod claims;
 mod kv;
+mod lease;
 
+pub use bus::{Bus, Deliver};
+pub use claims::{Claimed, Held, LEASE};
 pub use kv::{Change, SharedKv};
+pub use lease::{Acquired, DEFAULT_LEASE, LEASE_BUCKET, Leases};
 
 /// Why the shared store could not be used.
 #[derive(Debug, thiserror::Error)]

@@ -240,6 +240,10 @@ pub struct DriverLink {
     pub status: Arc<ConnectionStatus>,
     pub stop: watch::Receiver<bool>,
     pub project: String,
+    /// In cluster mode, this node's name: every node holds the project's
+    /// connections, and a client id must differ between them (an MQTT
+    /// broker drops the older of two connections with one id).
+    pub node: Option<String>,
 }
 
 impl DriverLink {
@@ -263,6 +267,8 @@ pub struct Points {
     projects: DashMap<String, Arc<ProjectPoints>>,
     sessions: Arc<Sessions>,
     store: Arc<Store>,
+    /// This node's name in cluster mode (see [`DriverLink::node`]).
+    node: Option<String>,
 }
 
 /// One project's points, connections and bindings.
@@ -341,11 +347,13 @@ fn store_key(project: &str, point: &str) -> String {
 }
 
 impl Points {
-    pub fn new(sessions: Arc<Sessions>, store: Arc<Store>) -> Points {
+    /// `node`: this node's name in cluster mode, `None` on one node.
+    pub fn new(sessions: Arc<Sessions>, store: Arc<Store>, node: Option<String>) -> Points {
         Points {
             projects: DashMap::new(),
             sessions,
             store,
+            node,
         }
     }
 
@@ -393,6 +401,7 @@ impl Points {
                     status: status.clone(),
                     stop: stop.subscribe(),
                     project: project.name.clone(),
+                    node: self.node.clone(),
                 };
                 let points: Vec<Arc<PointDef>> = defs
                     .values()

@@ -34,7 +34,7 @@ pub fn spawn(
     writes: mpsc::Receiver<Outgoing>,
 ) {
     tokio::spawn(async move {
-        let connect = match Connect::new(&config, &url, &link.project) {
+        let connect = match Connect::new(&config, &url, &link.project, link.node.as_deref()) {
             Ok(connect) => connect,
             Err(message) => {
                 warn!(project = %link.project, connection = %config.name, "connection not started: {message}");
@@ -62,13 +62,22 @@ struct Connect {
 }
 
 impl Connect {
-    fn new(config: &ConnectionConfig, url: &str, project: &str) -> Result<Connect, String> {
+    fn new(
+        config: &ConnectionConfig,
+        url: &str,
+        project: &str,
+        node: Option<&str>,
+    ) -> Result<Connect, String> {
         let endpoint = Endpoint::parse(url, &["mqtt", "mqtts"])?;
-        let client_id = if config.client_id.is_empty() {
+        let mut client_id = if config.client_id.is_empty() {
             format!("switchboard-{project}-{}", config.name)
         } else {
             config.client_id.clone()
         };
+        if let Some(node) = node {
+            client_id.push('-');
+            client_id.push_str(node);
+        }
         let credentials = if config.username.is_empty() && config.password_env.is_empty() {
             None
         } else if config.password_env.is_empty() {

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use rhai::Dynamic;
 use tracing::{info, warn};
 
-use super::delivery::{Claim, StoredReply, reply_key};
+use super::delivery::{self, Claim, StoredReply, reply_key};
 use super::handlers::{self, Call, OnFailure, Ran};
 use super::state::{Caller, Runtime};
 use super::{events, forms, memory, points};
@@ -115,7 +115,7 @@ async fn run_command(
 ) -> Reply {
     let seq = command.seq;
     let Some(key) = command.id.as_deref().map(|id| reply_key(&session.id, id)) else {
-        let executed = execute(runtime, &project, &session, command, true, None).await;
+        let executed = execute(runtime, &project, &session, command, true, None, None).await;
         return finish(runtime, &project, &session, seq, executed).await;
     };
     match runtime.claim(Table::Replies, &key).await {
@@ -124,18 +124,17 @@ async fn run_command(
                 session.log_id(), command.name, command.id.as_deref().unwrap_or_default());
             stored.reply(seq)
         }
-        Claim::Run(done) => {
-            let executed = execute(
-                runtime,
-                &project,
-                &session,
-                command,
-                true,
-                Some(key.clone()),
-            )
-            .await;
+        Claim::Unavailable => {
+            warn!(target: "switchboard::command", "session={} name={:?} [REFUSED] no claim: the cluster is unreachable",
+                session.log_id(), command.name);
+            delivery::error_reply(seq, delivery::UNAVAILABLE_MESSAGE)
+        }
+        Claim::Run(running) => {
+            let (id_key, claim) = (Some(key.clone()), running.shared());
+            let executed = execute(runtime, &project, &session, command, true, id_key, claim).await;
+            let stored = executed.stored;
             let reply = finish(runtime, &project, &session, seq, executed).await;
-            runtime.release(&key, done, &reply);
+            runtime.release(&key, running, &reply, stored).await;
             reply
         }
     }
@@ -163,7 +162,7 @@ async fn page_closed(
         param: format!("{}/close", opener.param),
         page: Some(closed.page),
     };
-    let executed = execute(runtime, &project, &session, command, false, None).await;
+    let executed = execute(runtime, &project, &session, command, false, None, None).await;
     finish(runtime, &project, &session, closed.seq, executed).await
 }
 
@@ -204,6 +203,9 @@ struct Executed {
     command: Command,
     decoded: Decoded,
     ran: Ran,
+    /// Whether its effects and record were stored.
+    stored: bool,
+    claim: Option<Arc<crate::cluster::Held>>,
 }
 
 /// Runs `userCommand` and updates the session's memory on a script thread,
@@ -217,6 +219,7 @@ async fn execute(
     command: Command,
     remember_value: bool,
     reply_key: Option<String>,
+    claim: Option<Arc<crate::cluster::Held>>,
 ) -> Executed {
     let object = command
         .object
@@ -225,8 +228,10 @@ async fn execute(
     let (job_runtime, job_project, job_session) =
         (runtime.clone(), project.clone(), session.clone());
     let job_command = command.clone();
+    let job_claim = claim.clone();
     let job = move || {
         let (mut ran, durable) = job_runtime.atomically(
+            job_claim,
             || {
                 let (ran, record) = execute_here(
                     &job_runtime,
@@ -244,12 +249,14 @@ async fn execute(
         ran
     };
     let mut ran = handlers::off_async("userCommand", Some(&object), job).await;
-    ran.wait_durable().await;
+    let stored = ran.wait_durable().await;
     let decoded = ran.decoded.take().unwrap_or_else(handlers::unhandled);
     Executed {
         command,
         decoded,
         ran,
+        stored,
+        claim,
     }
 }
 
@@ -319,7 +326,7 @@ async fn finish(
     seq: Option<u64>,
     executed: Executed,
 ) -> Reply {
-    log_command(session, &executed.command, &executed.decoded);
+    handlers::log_command(session, &executed.command, &executed.decoded);
     if runtime.dev_mode() {
         super::dev::notice_unhandled(
             runtime,
@@ -334,22 +341,9 @@ async fn finish(
     if executed.ran.failure.is_none() {
         session.clear_limit_stops();
     }
-    handlers::reply(seq, executed.decoded)
-}
-
-fn log_command(session: &Session, command: &Command, decoded: &Decoded) {
-    let status = decoded.status.log_tag();
-    let user = if session.userid.is_empty() {
-        "-"
-    } else {
-        &session.userid
-    };
-    let object = command.object.as_deref().unwrap_or("-");
-    if decoded.quiet {
-        info!(target: "switchboard::command", "session={} user={user} object={object} name={:?} {status}",
-            session.log_id(), command.name);
-    } else {
-        info!(target: "switchboard::command", "session={} user={user} object={object} name={:?} param={:?} {status}",
-            session.log_id(), command.name, command.param);
+    // Cluster mode: a reply never claims what the cluster did not store.
+    if !executed.stored && runtime.store.is_shared() {
+        return delivery::commit_failed_reply(seq, executed.claim.as_deref());
     }
+    handlers::reply(seq, executed.decoded)
 }

@@ -6,23 +6,42 @@
 //! answer record are committed in one store transaction, so a crash leaves
 //! either all of them or none: a command the server died in the middle of
 //! runs again from scratch when the client re-sends it, once.
+//!
+//! In cluster mode the claim is also taken in the shared store (a KV
+//! `create`, `crate::cluster` claims), so that no two nodes run the same
+//! id; the batch is written in order, not atomically, after the claim is
+//! marked `committing`: a repeat of a run whose node died from then on is
+//! answered "outcome unknown", never run again (docs/cluster.md).
 
 use std::cell::RefCell;
 use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use dashmap::mapref::entry::Entry;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
-use tracing::error;
+use tracing::{error, warn};
 
 use rhai::Dynamic;
 
 use super::state::Runtime;
-use crate::answer::{Action, Status};
+use crate::answer::{Action, Display, Status};
+use crate::cluster::{Claimed, Held};
 use crate::protocol::Reply;
 use crate::session::Session;
 use crate::store::{Commit, Table, Write};
+
+/// What a user sees when a command or submission that must run exactly
+/// once cannot be claimed: NATS is unreachable, so this node cannot know
+/// whether another node runs it. Nothing ran.
+pub const UNAVAILABLE_MESSAGE: &str =
+    "Not done: the server cannot reach the cluster right now. Please try again in a moment.";
+
+/// What a user sees when a run's effects may have been written only in
+/// part (its node lost NATS, or died, while writing them): it is never run
+/// again, so the user must look.
+pub const UNKNOWN_OUTCOME_MESSAGE: &str = "This may not have been saved completely: the server lost the cluster while saving it. It will not be done again; please check the result.";
 
 /// How long answers to commands are kept for repeats: far longer than any
 /// reconnect, short enough that the table stays small.
@@ -45,6 +64,11 @@ struct Batch {
     /// Every variable the run changed: its value before the run's first
     /// change, and the version of the run's last write.
     undo: HashMap<String, (Option<Dynamic>, u64)>,
+    /// The run's claim in the shared store (cluster mode).
+    claim: Option<Arc<Held>>,
+    /// Cluster mode: whether a write the run made at once may or may not
+    /// have been applied (a compare-and-set whose answer was lost).
+    uncertain: bool,
 }
 
 /// What the store keeps of an answer.
@@ -103,9 +127,58 @@ pub fn submission_key(project: &str, session: &Session, id: &str) -> String {
 /// The outcome of claiming an id: run it, or use the answer it already has.
 pub enum Claim {
     /// Nobody ran it: run it, then [`Runtime::release`] the key.
-    Run(watch::Sender<Option<Reply>>),
+    Run(Running),
     /// Already answered (now or after waiting for a concurrent run).
     Answered(StoredReply),
+    /// Cluster mode, NATS unreachable: not run, answer
+    /// [`UNAVAILABLE_MESSAGE`].
+    Unavailable,
+}
+
+/// A claim this node holds: who waits for its answer here, and its claim
+/// in the shared store (cluster mode).
+pub struct Running {
+    done: watch::Sender<Option<Reply>>,
+    shared: Option<Arc<Held>>,
+}
+
+impl Running {
+    /// The claim in the shared store, for the run's commit.
+    pub fn shared(&self) -> Option<Arc<Held>> {
+        self.shared.clone()
+    }
+}
+
+/// Whether a write is an answer's record.
+fn is_answer(write: &Write) -> bool {
+    matches!(
+        write,
+        Write::Put(Table::Replies | Table::Submissions, ..)
+            | Write::Delete(Table::Replies | Table::Submissions, _)
+    )
+}
+
+/// An error reply with a toast, for the answers delivery makes itself.
+pub fn error_reply(seq: Option<u64>, message: &str) -> Reply {
+    Reply {
+        seq,
+        status: Status::Error,
+        actions: vec![Action::Error {
+            message: Some(message.into()),
+            display: Display::Toast,
+            object: None,
+        }],
+    }
+}
+
+/// The reply to a run whose commit failed in cluster mode: nothing was
+/// written if its claim never reached `committing`, else perhaps a part.
+pub fn commit_failed_reply(seq: Option<u64>, claim: Option<&Held>) -> Reply {
+    let message = match claim {
+        Some(held) if held.is_committing() => UNKNOWN_OUTCOME_MESSAGE,
+        _ => UNAVAILABLE_MESSAGE,
+    };
+    error_reply(seq, message)
 }
 
 impl Runtime {
@@ -122,19 +195,30 @@ impl Runtime {
     /// written: a user who taps again must not apply half an action twice.
     pub(super) fn atomically<R>(
         &self,
+        claim: Option<Arc<Held>>,
         work: impl FnOnce() -> (R, Vec<Write>),
         failed: impl FnOnce(&R) -> bool,
     ) -> (R, Commit) {
-        BATCH.set(Some(Batch::default()));
+        BATCH.set(Some(Batch {
+            claim,
+            ..Batch::default()
+        }));
         let (result, extra) = work();
         let mut batch = BATCH.take().unwrap_or_default();
-        if failed(&result) {
+        let run_failed = failed(&result);
+        if run_failed {
             self.undo_vars(std::mem::take(&mut batch.undo));
             batch.vars.clear();
         }
-        let must_wait = !batch.vars.is_empty()
-            || !extra.is_empty()
-            || (self.store.is_shared() && !batch.sessions.is_empty());
+        if self.store.is_shared() {
+            // A run that failed after writing what cannot be undone
+            // (`varUpdate`) did some of its work: say so, never "try again".
+            batch.uncertain |=
+                run_failed && batch.claim.as_ref().is_some_and(|c| c.is_committing());
+            let commit = self.commit_shared(batch, extra);
+            return (result, commit);
+        }
+        let must_wait = !batch.vars.is_empty() || !extra.is_empty();
         let mut writes = self.batch_writes(batch);
         writes.extend(extra);
         let commit = self.store.write_soon(writes);
@@ -143,6 +227,74 @@ impl Runtime {
         } else {
             drop(commit);
             (result, Commit::done())
+        }
+    }
+
+    /// Cluster mode: marks the run's claim `committing`, then writes the
+    /// batch in order (the answer's record last) and waits for it, here on
+    /// the script thread. When either fails, the run's variable changes are
+    /// undone in memory: a user who is told "not done" must not find them
+    /// on this node. The session's own state stays in memory, and is
+    /// written when NATS returns (`outage`): a batch with nothing else in
+    /// it counts as stored.
+    fn commit_shared(&self, mut batch: Batch, extra: Vec<Write>) -> Commit {
+        let claim = batch.claim.take();
+        let undo = std::mem::take(&mut batch.undo);
+        let sessions: Vec<String> = batch.sessions.iter().cloned().collect();
+        let shared_state = !batch.vars.is_empty() || !extra.is_empty();
+        let uncertain = batch.uncertain;
+        let mut writes = self.batch_writes(batch);
+        writes.extend(extra);
+        if uncertain {
+            // No answer is recorded: the claim stays `committing` and
+            // lapses, and whoever takes it over records "outcome unknown"
+            // — the answer this run's reply gives too.
+            writes.retain(|write| !is_answer(write));
+        }
+        if writes.is_empty() && !uncertain {
+            return Commit::done();
+        }
+        let outcome = match &claim {
+            Some(held) => held.commit().map_err(|e| e.to_string()),
+            None => Ok(()),
+        }
+        .and_then(|()| self.store.write(&writes).map_err(|e| e.to_string()));
+        match outcome {
+            Ok(()) if uncertain => Commit::failed("the outcome of a write is unknown".into()),
+            Ok(()) => Commit::done(),
+            Err(error) => {
+                for session in &sessions {
+                    self.remember_unsaved(session);
+                }
+                if !shared_state {
+                    // Only the session's own state: kept in memory, caught
+                    // up when NATS returns; the answer stands.
+                    return Commit::done();
+                }
+                warn!("a run's changes were not stored in the cluster: {error}");
+                self.undo_vars(undo);
+                Commit::failed(error)
+            }
+        }
+    }
+
+    /// Cluster mode: a write made at once by the running batch may or may
+    /// not have been applied (its acknowledgement was lost).
+    pub(super) fn mark_uncertain(&self) {
+        BATCH.with_borrow_mut(|batch| {
+            if let Some(batch) = batch.as_mut() {
+                batch.uncertain = true;
+            }
+        });
+    }
+
+    /// Cluster mode: marks the running batch's claim `committing` before a
+    /// write that cannot wait for the batch (`varUpdate`'s compare-and-set).
+    pub(super) fn commit_claim_now(&self) -> Result<(), String> {
+        let claim = BATCH.with_borrow(|batch| batch.as_ref().and_then(|b| b.claim.clone()));
+        match claim {
+            Some(held) => held.commit().map_err(|e| e.to_string()),
+            None => Ok(()),
         }
     }
 
@@ -258,11 +410,14 @@ impl Runtime {
                 Entry::Vacant(entry) => {
                     let (done, running) = watch::channel(None);
                     entry.insert(running);
+                    if let Some(shared) = self.store.claim(table, key).await {
+                        return self.claimed_in_cluster(table, key, shared, done).await;
+                    }
                     if let Some(stored) = self.stored(table, key) {
                         self.in_flight.remove(key);
                         return Claim::Answered(stored);
                     }
-                    return Claim::Run(done);
+                    return Claim::Run(Running { done, shared: None });
                 }
             };
             if let Ok(answer) = running.wait_for(Option::is_some).await
@@ -284,10 +439,70 @@ impl Runtime {
         }
     }
 
-    /// Ends a claim, handing the answer to anyone who waited.
-    pub fn release(&self, key: &str, done: watch::Sender<Option<Reply>>, reply: &Reply) {
+    /// What this node does with the outcome of its claim in the cluster.
+    async fn claimed_in_cluster(
+        &self,
+        table: Table,
+        key: &str,
+        outcome: Result<Claimed, crate::store::StoreError>,
+        done: watch::Sender<Option<Reply>>,
+    ) -> Claim {
+        let held = match outcome {
+            Ok(Claimed::Mine(held)) => {
+                return Claim::Run(Running {
+                    done,
+                    shared: Some(Arc::new(held)),
+                });
+            }
+            Ok(Claimed::Answered(bytes)) => {
+                self.in_flight.remove(key);
+                return match serde_json::from_slice(&bytes) {
+                    Ok(stored) => Claim::Answered(stored),
+                    Err(error) => {
+                        error!("a stored answer cannot be read: {error}");
+                        Claim::Answered(StoredReply::new(&error_reply(
+                            None,
+                            UNKNOWN_OUTCOME_MESSAGE,
+                        )))
+                    }
+                };
+            }
+            Ok(Claimed::Abandoned(held)) => held,
+            Err(error) => {
+                self.in_flight.remove(key);
+                warn!("refused a command that must run once: no claim in the cluster: {error}");
+                return Claim::Unavailable;
+            }
+        };
+        // Its node died while writing its effects: record that the outcome
+        // is unknown, so that every later repeat gets the same answer.
+        warn!("a run whose node died while saving it is answered \"outcome unknown\"");
+        let answer = StoredReply::new(&error_reply(None, UNKNOWN_OUTCOME_MESSAGE));
+        let record = Write::Put(
+            table,
+            key.to_string(),
+            serde_json::to_vec(&answer).unwrap_or_default(),
+        );
+        if self.store.write_soon(vec![record]).durable().await.is_ok() {
+            held.release().await;
+        }
         self.in_flight.remove(key);
-        let _ = done.send(Some(reply.clone()));
+        let _ = done.send(Some(answer.clone().reply(None)));
+        Claim::Answered(answer)
+    }
+
+    /// Ends a claim, handing the answer to anyone who waited; in cluster
+    /// mode, deletes the shared claim once the run's record is stored
+    /// (`stored`), else leaves it to lapse: whoever takes it over then
+    /// finds it `committing` and never runs it again.
+    pub async fn release(&self, key: &str, running: Running, reply: &Reply, stored: bool) {
+        self.in_flight.remove(key);
+        let _ = running.done.send(Some(reply.clone()));
+        if let Some(held) = running.shared
+            && (stored || !held.is_committing())
+        {
+            held.release().await;
+        }
     }
 
     /// Deletes answers past their retention.

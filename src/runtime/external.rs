@@ -146,9 +146,10 @@ impl Runtime {
     }
 
     /// Starts an event's callbacks in the background, one per target
-    /// session (or one for the project); returns how many. Never waits, so
-    /// a script may call it (`sendMessage`).
-    pub fn start_event(
+    /// session on this node (or one for the project); returns how many.
+    /// Never waits, so a script may call it (`sendMessage`). Messages also
+    /// reach the other nodes of a cluster: `fanout`'s `start_event`.
+    pub(super) fn start_event_here(
         &self,
         project: &Arc<Project>,
         event: ExternalEvent,
@@ -205,7 +206,8 @@ impl Runtime {
             EventTarget::AllSessions => self.sessions.of_project(&project.name),
             EventTarget::Project => return Ok(None),
             EventTarget::Nobody => Vec::new(),
-        }))
+        })
+        .map(|sessions| self.delivered(sessions)))
     }
 }
 

@@ -6,9 +6,9 @@ use std::sync::Arc;
 
 use rhai::Dynamic;
 use serde_json::Value;
-use tracing::info;
+use tracing::{info, warn};
 
-use super::delivery::{Claim, StoredReply, submission_key, unix_now};
+use super::delivery::{self, Claim, StoredReply, submission_key, unix_now};
 use super::handlers::{self, Call, OnFailure, Ran};
 use super::state::Runtime;
 use crate::answer::Status;
@@ -33,17 +33,53 @@ pub async fn submit(
                 session.log_id(), form.name, form.id, form.retry);
             stored.reply(seq)
         }
-        Claim::Run(done) => {
+        Claim::Unavailable => {
+            warn!(target: "switchboard::form", "session={} form={:?} id={:?} [REFUSED] no claim: the cluster is unreachable",
+                session.log_id(), form.name, form.id);
+            delivery::error_reply(seq, delivery::UNAVAILABLE_MESSAGE)
+        }
+        Claim::Run(running) => {
             let (name, id, retry) = (form.name.clone(), form.id.clone(), form.retry);
-            let mut ran = run_handler(runtime, &project, &session, form, key.clone()).await;
+            let claim = running.shared();
+            // Cluster mode: the project's form lock across the cluster.
+            let cluster_lock = match runtime
+                .store
+                .lock(&format!("forms\u{0}{}", project.name))
+                .await
+            {
+                None => None,
+                Some(Ok(held)) => Some(held),
+                Some(Err(error)) => {
+                    warn!("a form submission was not run: no form lock in the cluster: {error}");
+                    let reply = delivery::error_reply(seq, delivery::UNAVAILABLE_MESSAGE);
+                    runtime.release(&key, running, &reply, false).await;
+                    return reply;
+                }
+            };
+            let (mut ran, stored) = run_handler(
+                runtime,
+                &project,
+                &session,
+                form,
+                key.clone(),
+                claim.clone(),
+            )
+            .await;
+            if let Some(held) = cluster_lock {
+                held.release().await;
+            }
             let decoded = ran.decoded.take().unwrap_or_else(handlers::unhandled);
             info!(target: "switchboard::form", "session={} form={name:?} id={id:?} retry={retry} {}",
                 session.log_id(), decoded.status.log_tag());
             if ran.failure.is_some() {
                 handlers::report(runtime, &project, &session, &ran, OnFailure::Count).await;
             }
-            let reply = handlers::reply(seq, decoded);
-            runtime.release(&key, done, &reply);
+            let reply = if stored || !runtime.store.is_shared() {
+                handlers::reply(seq, decoded)
+            } else {
+                delivery::commit_failed_reply(seq, claim.as_deref())
+            };
+            runtime.release(&key, running, &reply, stored).await;
             reply
         }
     }
@@ -52,14 +88,17 @@ pub async fn submit(
 /// Calls the handler under the project's form lock and commits its effects
 /// together with the result. A failed run commits nothing: its variable
 /// changes are undone and no result is recorded, so the browser's retry
-/// (`retry = true`) runs it again, from the state before it.
+/// (`retry = true`) runs it again, from the state before it. In cluster
+/// mode the caller also holds the project's lock across the cluster until
+/// the effects are stored. Returns whether they were.
 async fn run_handler(
     runtime: &Arc<Runtime>,
     project: &Arc<Project>,
     session: &Arc<Session>,
     form: FormSubmit,
     key: String,
-) -> Ran {
+    claim: Option<Arc<crate::cluster::Held>>,
+) -> (Ran, bool) {
     let lock = runtime
         .form_locks
         .entry(project.name.clone())
@@ -70,6 +109,7 @@ async fn run_handler(
     let job = move || {
         let _serialized = lock.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let (mut ran, durable) = job_runtime.atomically(
+            claim,
             || {
                 let call = Call::new("formSubmission", arguments(&job_session, form));
                 let ran = handlers::run_blocking(
@@ -103,8 +143,8 @@ async fn run_handler(
         ran
     };
     let mut ran = handlers::off_async("formSubmission", None, job).await;
-    ran.wait_durable().await;
-    ran
+    let stored = ran.wait_durable().await;
+    (ran, stored)
 }
 
 /// The seed's arguments: `(session, name, data, formContext, sessionContext, retry)`.

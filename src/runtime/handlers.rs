@@ -78,14 +78,18 @@ impl Ran {
     }
 
     /// Waits until the run's effects and record are durable, when the
-    /// reply must (a reply is never sent before that). A store failure is
-    /// logged: the effects may be lost, and a repeat would run again.
-    pub async fn wait_durable(&mut self) {
+    /// reply must (a reply is never sent before that); `false` when they
+    /// could not be stored. A store failure is logged: the effects may be
+    /// lost, and a repeat would run again (one node), or is answered
+    /// "outcome unknown" (cluster mode).
+    pub async fn wait_durable(&mut self) -> bool {
         if let Some(commit) = self.durable.take()
             && let Err(error) = commit.durable().await
         {
             error!("could not commit a handler's changes: {error}");
+            return false;
         }
+        true
     }
 }
 
@@ -374,5 +378,28 @@ pub async fn run_for_project(project: &Arc<Project>, callback: &'static str, arg
         Err(error) => {
             warn!(target: "switchboard::script", project = %project.name, "{callback} failed: {error}")
         }
+    }
+}
+
+/// The command log line: who, which object, what, and how it ended
+/// (without the param when the answer asked to be quiet).
+pub(super) fn log_command(
+    session: &Session,
+    command: &crate::protocol::Command,
+    decoded: &Decoded,
+) {
+    let status = decoded.status.log_tag();
+    let user = if session.userid.is_empty() {
+        "-"
+    } else {
+        &session.userid
+    };
+    let object = command.object.as_deref().unwrap_or("-");
+    if decoded.quiet {
+        info!(target: "switchboard::command", "session={} user={user} object={object} name={:?} {status}",
+            session.log_id(), command.name);
+    } else {
+        info!(target: "switchboard::command", "session={} user={user} object={object} name={:?} param={:?} {status}",
+            session.log_id(), command.name, command.param);
     }
 }

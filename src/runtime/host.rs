@@ -231,7 +231,8 @@ pub fn register(engine: &mut Engine, runtime: Weak<Runtime>, project: &str) {
     let (rt, p) = bind();
     engine.register_fn("terminateSession", move |session: &str| -> Result<bool> {
         let runtime = upgrade(&rt)?;
-        let Some(session) = runtime.sessions.get(session, &p) else {
+        // Held here or, in a cluster, by another node (it is told).
+        let Some(session) = runtime.session(session, &p) else {
             return Ok(false);
         };
         // Ending runs `sessionShutdown`, a script: it must not run inside

@@ -12,7 +12,7 @@ use tokio::sync::watch;
 use tracing::{debug, error, info, warn};
 
 use super::state::{Runtime, ShutdownReason};
-use super::{events, handlers, schedule};
+use super::{events, handlers, lease, schedule};
 use crate::auth::{AuthError, Throttle, Users};
 use crate::project::{self, LoadError, Project};
 use crate::protocol::Push;
@@ -35,8 +35,15 @@ const PRUNE_EVERY_SWEEPS: u64 = 120;
 pub enum StoreChoice<'a> {
     /// This node's own database file (the default).
     Embedded(&'a Path),
-    /// The NATS JetStream buckets of a cluster (`--cluster`), as node `node`.
-    Cluster { url: &'a str, node: &'a str },
+    /// The NATS JetStream buckets of a cluster (`--cluster`), as node
+    /// `node`, with leases of `lease` for the once-per-cluster work.
+    Cluster {
+        url: &'a str,
+        node: &'a str,
+        lease: Duration,
+        /// Copies of each bucket, when this node creates it.
+        replicas: usize,
+    },
 }
 
 impl Runtime {
@@ -49,12 +56,26 @@ impl Runtime {
     ) -> Result<Arc<Runtime>, StartupError> {
         let users = Users::load(users_path)?;
         let mut private = vec![("users file", users_path)];
-        let store = match store {
+        let node = match store {
+            StoreChoice::Cluster { node, .. } => Some(node.to_string()),
+            StoreChoice::Embedded(_) => None,
+        };
+        let choice = store;
+        let (store, leases) = match store {
             StoreChoice::Embedded(database) => {
                 private.push(("database", database));
-                Store::open(database)?
+                (Store::open(database)?, None)
             }
-            StoreChoice::Cluster { url, node } => Store::connect_shared(url, node)?,
+            StoreChoice::Cluster {
+                url,
+                node,
+                lease,
+                replicas,
+            } => {
+                let store = Store::connect_shared(url, node, replicas)?;
+                let leases = lease::start_leases(&store, node, lease)?;
+                (store, leases)
+            }
         };
         for (what, path) in private {
             if let Some(mode) = crate::auth::readable_by_others(path) {
@@ -78,7 +99,11 @@ impl Runtime {
         let store = Arc::new(store);
         let runtime = Arc::new_cyclic(|myself| Runtime {
             projects: RwLock::default(),
-            points: Arc::new(crate::points::Points::new(sessions.clone(), store.clone())),
+            points: Arc::new(crate::points::Points::new(
+                sessions.clone(),
+                store.clone(),
+                node,
+            )),
             sessions,
             store,
             ui: DashMap::new(),
@@ -86,6 +111,7 @@ impl Runtime {
             var_versions: DashMap::new(),
             var_updates: std::sync::Mutex::new(()),
             in_flight: DashMap::new(),
+            unsaved_sessions: DashMap::new(),
             form_locks: DashMap::new(),
             challenges: DashMap::new(),
             shutdown: watch::channel(false).0,
@@ -100,8 +126,15 @@ impl Runtime {
             throttle: Throttle::default(),
             projects_dir: projects_dir.to_path_buf(),
             dev_mode: std::sync::atomic::AtomicBool::new(false),
+            leases,
             myself: myself.clone(),
+            bus: std::sync::OnceLock::new(),
         });
+        if let StoreChoice::Cluster { url, node, .. } = choice {
+            // Before the projects load their kept UI values: nothing pushed
+            // in between is missed.
+            runtime.join_pushes(url, node)?;
+        }
         let loaded = project::load_all(projects_dir, &runtime.host_registration())?;
         for (dir, error) in &loaded.failed {
             error!(
@@ -114,8 +147,12 @@ impl Runtime {
         }
         for project in loaded.projects {
             runtime.load_vars(&project.name);
-            // Before anyone can open it: the first page sees its state.
-            project_startup(&project);
+            runtime.load_kept_ui(&project.name);
+            // Before anyone can open it: the first page sees its state. In
+            // a cluster, once per cluster start (`lease.rs`).
+            if runtime.starts_project_here(&project.name) {
+                project_startup(&project);
+            }
             runtime.insert_project(project);
         }
         if let Some(crashed) = crashed {
@@ -127,7 +164,7 @@ impl Runtime {
     pub(super) fn insert_project(&self, project: Project) -> Option<Arc<Project>> {
         let project = Arc::new(project);
         schedule::start_timers(self.myself.clone(), &project);
-        super::points::start(&self.points, &project);
+        super::points::start(self.myself.clone(), &self.points, &project);
         self.projects
             .write()
             .unwrap_or_else(|p| p.into_inner())
@@ -175,6 +212,9 @@ impl Runtime {
             }
             (Some(record), None) if self.project(&record.project).is_some() => {
                 let session = self.sessions.restore(record);
+                // Its panel gets a page served by this node: once, when
+                // its socket opens here (docs/cluster.md).
+                session.mark_restored("newdoc");
                 info!(
                     project,
                     session = session.log_id(),
@@ -236,6 +276,25 @@ impl Runtime {
         if let (Some(project), Some(runtime)) = (self.project(&session.project), self.arc()) {
             events::session_shutdown(&runtime, &project, session, reason).await;
         }
+        self.close_here(session, reason).await;
+        drop(
+            self.store
+                .write_soon(vec![Write::Delete(Table::Sessions, session.id.clone())]),
+        );
+        self.publish(
+            &session.project,
+            &super::fanout::Remote::Ended {
+                session: session.id.clone(),
+                reason: reason.as_str().to_string(),
+            },
+        );
+        self.forget_replies(&session.id);
+        info!(project = %session.project, session = session.log_id(), reason = reason.as_str(), "session ended");
+    }
+
+    /// Tells the session's browsers on this node that it ended, closes
+    /// their connections and drops the session from memory.
+    pub(super) async fn close_here(&self, session: &Arc<Session>, reason: ShutdownReason) {
         session.push(
             &Push::SessionEnded {
                 reason: reason.as_str(),
@@ -247,12 +306,6 @@ impl Runtime {
         tokio::time::sleep(Duration::from_millis(20)).await;
         session.end();
         self.sessions.remove(&session.id);
-        drop(
-            self.store
-                .write_soon(vec![Write::Delete(Table::Sessions, session.id.clone())]),
-        );
-        self.forget_replies(&session.id);
-        info!(project = %session.project, session = session.log_id(), reason = reason.as_str(), "session ended");
     }
 
     /// Looks for sessions idle past their project's timeout, forever.
@@ -267,6 +320,9 @@ impl Runtime {
                 let _ = script::run_off_async(move || runtime.prune_answers()).await;
             }
             self.end_unauthorized_sessions().await;
+            self.expire_shared_sessions(sweeps, IDLE_SWEEP_INTERVAL)
+                .await;
+            self.catch_up_after_outage().await;
             for session in self.sessions.all() {
                 // Connected sessions are the many; skip them before the
                 // project lookup.
@@ -334,6 +390,7 @@ impl Runtime {
     /// ends (the Perspective seed's example) must not record false ones.
     pub async fn stop(&self) {
         self.shutdown.send_replace(true);
+        self.release_leases().await;
         self.points.persist_all();
         for session in self.sessions.all() {
             if let (Some(project), Some(runtime)) = (self.project(&session.project), self.arc()) {
@@ -382,14 +439,20 @@ impl Runtime {
                 let (Some(project), Some(runtime)) = (self.project(&name), self.arc()) else {
                     return;
                 };
-                handlers::run_for_project(&project, "projectStartup", Vec::new()).await;
+                if runtime.acquires_project(&name).await {
+                    handlers::run_for_project(&project, "projectStartup", Vec::new()).await;
+                }
                 let dev_mode = self.dev_mode();
                 for session in self.sessions.of_project(&name) {
                     if dev_mode {
                         session.push(&Push::DevError { message: None }.to_frame());
                     }
                     session.push(&Push::Reload { pages: &pages }.to_frame());
-                    events::session_restored(&runtime, &project, &session, "newdoc").await;
+                    // In a cluster every node reloads; the one holding the
+                    // session's socket tells it, once.
+                    if self.delivers_to(&session) {
+                        events::session_restored(&runtime, &project, &session, "newdoc").await;
+                    }
                 }
             }
             Err(error) => self.report_compile_error(&name, dir, &error),

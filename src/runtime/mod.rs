@@ -30,7 +30,8 @@
 //! 5. **Back** — the reply goes into the connection's outgoing queue behind
 //!    the pushes queued before it (`connection.rs`), and the transport
 //!    writes it. Pushes from scripts (`uiSet`, `sendActions`: `push.rs`,
-//!    values in `ui.rs`) take the same queue.
+//!    values in `ui.rs`) take the same queue; in cluster mode `fanout.rs`
+//!    also sends them to the other nodes, which apply them the same way.
 //!
 //! # Where new things go
 //!
@@ -45,6 +46,10 @@
 //! - **A new device bridge or gateway**: build an [`ExternalEvent`] and call
 //!   [`Runtime::external_event`] (`external.rs`); a callback of the project
 //!   as a whole runs through [`handlers::run_for_project`].
+//! - **Work a project needs once, not once per node** (a timer-like job, a
+//!   callback of device data): let every node keep it ready and run it only
+//!   where `Runtime::acts_for_project` says so (`lease.rs`: the lease
+//!   holder in cluster mode, always on one node).
 
 mod challenge;
 mod commands;
@@ -54,11 +59,14 @@ mod dev;
 mod downloads;
 mod events;
 mod external;
+mod fanout;
 mod forms;
 pub mod handlers;
 mod host;
+mod lease;
 mod lifecycle;
 mod memory;
+mod outage;
 mod points;
 mod push;
 mod schedule;

@@ -5,7 +5,7 @@
 //! the command `point:<name>`, which `commands` routes here after the ACL
 //! and the exactly-once claim, so that the command log records them too.
 
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use rhai::Dynamic;
@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 use super::handlers::{self, Call, Ran};
 use super::state::Runtime;
 use crate::answer::{Answer, Origin, Status};
-use crate::points::{Points, WriteError, parse_param, to_dynamic};
+use crate::points::{PointEvent, Points, Source, WriteError, parse_param, to_dynamic};
 use crate::project::Project;
 use crate::session::Session;
 
@@ -26,20 +26,41 @@ pub const OFFLINE_MESSAGE: &str = "The device is offline";
 
 /// Starts the project's points, and runs the callbacks their events ask
 /// for, one at a time in arrival order: once per change per project.
-pub fn start(points: &Points, project: &Arc<Project>) {
+pub fn start(runtime: Weak<Runtime>, points: &Points, project: &Arc<Project>) {
     let Some(mut events) = points.start_project(project) else {
         return;
     };
     let project = Arc::downgrade(project);
     tokio::spawn(async move {
         while let Some(event) = events.recv().await {
-            let Some(project) = project.upgrade() else {
+            let (Some(project), Some(runtime)) = (project.upgrade(), runtime.upgrade()) else {
                 return;
             };
+            if !runs_here(&runtime, &project, &event) {
+                continue;
+            }
             let (callback, args) = event.into_call();
             handlers::run_for_project(&project, callback, args).await;
         }
     });
+}
+
+/// Whether this node runs the callback of `event`. In a cluster every node
+/// holds the device connections and sees every device change (so its own
+/// panels get live values), but only the lease holder runs the callbacks
+/// of device changes and MQTT messages: once per cluster. A memory point
+/// changes by a write on one node (its table is that node's), so that node
+/// runs its `pointChange`, once.
+fn runs_here(runtime: &Runtime, project: &Project, event: &PointEvent) -> bool {
+    let from_this_node = match event {
+        PointEvent::Change { point, .. } => runtime
+            .points
+            .of(&project.name)
+            .and_then(|points| points.def(point).map(|def| def.source == Source::Memory))
+            .unwrap_or(false),
+        PointEvent::Message { .. } => false,
+    };
+    from_this_node || runtime.acts_for_project(&project.name)
 }
 
 /// A write from a bound object: `pointWrite(session, userid, name, value)`

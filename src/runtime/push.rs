@@ -2,7 +2,9 @@
 //! (`uiSet`), for one session, or for the sessions subscribed to a scope
 //! (`uiSessionSet`); actions sent to a session outside a reply
 //! (`sendActions`); and messages (`sendMessage`). The values themselves and
-//! which one a session sees are `ui`'s.
+//! which one a session sees are `ui`'s. Each push enters through
+//! `fanout`, which applies it here and, in a cluster, on the other nodes
+//! through the same `apply_…` functions.
 
 use std::sync::Arc;
 
@@ -10,6 +12,7 @@ use rhai::Dynamic;
 use serde_json::Value;
 
 use super::external::{EventKind, EventTarget, ExternalEvent};
+use super::fanout::{Here, Remote};
 use super::handlers;
 use super::state::Runtime;
 use super::ui::{
@@ -43,16 +46,28 @@ impl Runtime {
     ) -> Result<(), String> {
         check_attribute(attr)?;
         let value = to_json(value)?;
+        self.fan_out(
+            project,
+            Remote::Ui {
+                id: id.to_string(),
+                attr: attr.to_string(),
+                value,
+            },
+        );
+        Ok(())
+    }
+
+    /// A `uiSet` made here or on another node (`fanout`).
+    pub(super) fn apply_ui_set(&self, project: &str, id: &str, attr: &str, value: Value) {
         let mut ui = self.ui(project);
         set(&mut ui.global, id, attr, value);
-        let sessions = self.sessions.of_project(project);
+        let sessions = self.delivered(self.sessions.of_project(project));
         let superseded = superseded_in(&sessions, id, attr, true);
         self.push_if_changed(&ui, sessions, id, attr);
         drop(ui);
         for session in superseded {
             self.persist(&session);
         }
-        Ok(())
     }
 
     /// The value the page shows for an object's `value`, as pushed by
@@ -68,7 +83,7 @@ impl Runtime {
     }
 
     /// `uiSessionSet(target, id, attr, value)`: `target` is a session of the
-    /// project, or else a scope name.
+    /// project (held by any node of a cluster), or else a scope name.
     pub fn ui_session_set(
         &self,
         project: &str,
@@ -79,27 +94,80 @@ impl Runtime {
     ) -> Result<(), String> {
         check_attribute(attr)?;
         let value = to_json(value)?;
-        let mut ui = self.ui(project);
-        if let Some(session) = self.sessions.get(target, project) {
-            session.with_state(|state| {
-                supersede(state, id, attr, false);
-                set(&mut state.ui, id, attr, value);
-            });
-            self.persist(&session);
-            self.push_if_changed(&ui, vec![session], id, attr);
-            return Ok(());
+        let (target, id, attr) = (target.to_string(), id.to_string(), attr.to_string());
+        let push = if self.session(&target, project).is_some() {
+            Remote::Session {
+                session: target,
+                id,
+                attr,
+                value,
+            }
+        } else {
+            Remote::Scope {
+                scope: target,
+                id,
+                attr,
+                value,
+            }
+        };
+        self.fan_out(project, push);
+        Ok(())
+    }
+
+    /// A `uiSessionSet` to one session, made here or on another node. The
+    /// origin stores the value in the session's record (it read the record
+    /// first, see [`Runtime::session`]); the node holding the session's
+    /// socket shows it.
+    pub(super) fn apply_session_set(
+        &self,
+        project: &str,
+        target: &str,
+        id: &str,
+        attr: &str,
+        value: Value,
+        here: Here,
+    ) {
+        let Some(session) = self.sessions.get(target, project) else {
+            return;
+        };
+        let delivered = self.delivers_to(&session);
+        if here == Here::Remote && !delivered {
+            return;
         }
+        let ui = self.ui(project);
+        session.with_state(|state| {
+            supersede(state, id, attr, false);
+            set(&mut state.ui, id, attr, value);
+        });
+        if delivered {
+            self.push_if_changed(&ui, vec![session.clone()], id, attr);
+        }
+        drop(ui);
+        if here == Here::Origin {
+            self.persist(&session);
+        }
+    }
+
+    /// A `uiSessionSet` to a scope, made here or on another node.
+    pub(super) fn apply_scope_set(
+        &self,
+        project: &str,
+        scope: &str,
+        id: &str,
+        attr: &str,
+        value: Value,
+    ) {
+        let mut ui = self.ui(project);
         set(
-            ui.scopes.entry(target.to_string()).or_default(),
+            ui.scopes.entry(scope.to_string()).or_default(),
             id,
             attr,
             value,
         );
         let subscribed: Vec<Arc<Session>> = self
-            .sessions
-            .of_project(project)
+            .delivered(self.sessions.of_project(project))
             .into_iter()
-            .filter(|s| s.with_state(|state| state.scopes.contains(target)))
+            .filter(|s| s.with_state(|state| state.scopes.contains(scope)))
             .collect();
         let superseded = superseded_in(&subscribed, id, attr, false);
         self.push_if_changed(&ui, subscribed, id, attr);
@@ -107,7 +175,6 @@ impl Runtime {
         for session in superseded {
             self.persist(&session);
         }
-        Ok(())
     }
 
     /// Pushes each session's effective value. One frame is shared by all
@@ -191,11 +258,26 @@ impl Runtime {
     }
 
     /// `sendActions(session, answer)`: decodes the answer and pushes its
-    /// actions. Returns whether the session exists.
+    /// actions, wherever the session's socket is. Returns whether the
+    /// session exists.
     pub fn send_actions(&self, project: &str, session: &str, answer: Dynamic) -> bool {
-        let Some(session) = self.sessions.get(session, project) else {
+        if self.session(session, project).is_none() {
             return false;
+        }
+        self.publish_actions(project, session, &answer);
+        self.deliver_actions(project, session, answer);
+        true
+    }
+
+    /// A `sendActions` made here or on another node, for a session whose
+    /// socket is here.
+    pub(super) fn deliver_actions(&self, project: &str, session: &str, answer: Dynamic) {
+        let Some(session) = self.sessions.get(session, project) else {
+            return;
         };
+        if !self.delivers_to(&session) {
+            return;
+        }
         let mut decoded = handlers::decode_logging_warnings(
             &Answer::from_dynamic(answer),
             &Origin::default(),
@@ -205,7 +287,6 @@ impl Runtime {
             self.file_challenges(&project, &session, &mut decoded.actions);
         }
         handlers::deliver(&session, "sendActions", &decoded.actions);
-        true
     }
 
     /// `sendMessage`: runs `message(session, handler, payload)` in every

@@ -76,7 +76,7 @@ async fn run_schedule(runtime: Weak<Runtime>, project: Weak<Project>, name: Stri
                 let Some(project) = current(&runtime, &project) else {
                     return;
                 };
-                run_timer(&project, &name).await;
+                run_timer_here(&runtime, &project, &name).await;
             }
         }
         Due::Calendar(cron) => {
@@ -102,9 +102,21 @@ async fn run_schedule(runtime: Weak<Runtime>, project: Weak<Project>, name: Stri
                 let Some(project) = current(&runtime, &project) else {
                     return;
                 };
-                run_timer(&project, &name).await;
+                run_timer_here(&runtime, &project, &name).await;
             }
         }
+    }
+}
+
+/// Runs the timer if this node runs the project's once-per-cluster work:
+/// every node keeps the schedule, only the lease holder runs it, so that a
+/// takeover continues with the next due time.
+async fn run_timer_here(runtime: &Weak<Runtime>, project: &Arc<Project>, name: &str) {
+    if runtime
+        .upgrade()
+        .is_some_and(|runtime| runtime.acts_for_project(&project.name))
+    {
+        run_timer(project, name).await;
     }
 }
 

@@ -39,6 +39,9 @@ pub struct Runtime {
     pub(super) var_updates: std::sync::Mutex<()>,
     /// Commands and submissions being run, by answer key.
     pub(super) in_flight: InFlight,
+    /// Cluster mode: sessions whose record could not be written while NATS
+    /// was unreachable, written again when it returns (`outage`).
+    pub(super) unsaved_sessions: DashMap<String, ()>,
     /// Form submissions of a project run one at a time, so that their
     /// read-modify-write of shared variables cannot interleave.
     pub(super) form_locks: DashMap<String, Arc<std::sync::Mutex<()>>>,
@@ -59,7 +62,12 @@ pub struct Runtime {
     /// Dev mode (`--dev`): compile errors and silent mistakes are pushed to
     /// the browsers. Never on by default: the messages name files.
     pub(super) dev_mode: std::sync::atomic::AtomicBool,
+    /// Cluster mode: the projects' leases, which decide where the
+    /// once-per-cluster work runs (`lease.rs`); `None` on one node.
+    pub(super) leases: Option<crate::cluster::Leases>,
     pub(super) myself: Weak<Runtime>,
+    /// Cluster mode: the pushes to and from the other nodes (`fanout`).
+    pub(super) bus: std::sync::OnceLock<crate::cluster::Bus>,
 }
 
 /// Why `varUpdate` changed nothing.
@@ -104,6 +112,21 @@ pub enum ShutdownReason {
 }
 
 impl ShutdownReason {
+    /// The reason [`ShutdownReason::as_str`] names.
+    pub fn named(name: &str) -> Option<ShutdownReason> {
+        use ShutdownReason::*;
+        [
+            IdleTimeout,
+            Logout,
+            Terminated,
+            ProjectRemoved,
+            AuthorizationLost,
+            ProjectUnavailable,
+        ]
+        .into_iter()
+        .find(|reason| reason.as_str() == name)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             ShutdownReason::IdleTimeout => "IdleTimeout",
@@ -292,6 +315,7 @@ impl Runtime {
                         session = session.log_id(),
                         "could not write the session to the shared store: {error}"
                     );
+                    self.remember_unsaved(&session.id);
                 }
             }
             Ok(bytes) => {
@@ -407,12 +431,14 @@ impl Runtime {
     /// `varUpdate(name, f)`: sets the variable to `f(current value)` with no
     /// other `varUpdate` in between, so that concurrent read-modify-writes
     /// (a counter two panels bump at once) never lose one. Returns the new
-    /// value.
+    /// value. In cluster mode a `!` variable is updated by compare-and-set
+    /// on its revision in the shared store, `f` called again on the newer
+    /// value when another node wrote first.
     pub fn var_update<E>(
         &self,
         project: &str,
         name: &str,
-        update: impl FnOnce(Dynamic) -> Result<Dynamic, E>,
+        mut update: impl FnMut(Dynamic) -> Result<Dynamic, E>,
     ) -> Result<Dynamic, VarUpdateError<E>> {
         thread_local! {
             static UPDATING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
@@ -425,13 +451,65 @@ impl Runtime {
             .var_updates
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        UPDATING.set(true);
-        let next = update(self.var_get(project, name));
-        UPDATING.set(false);
-        let next = next.map_err(VarUpdateError::Update)?;
+        let mut guarded = |current| {
+            UPDATING.set(true);
+            let next = update(current);
+            UPDATING.set(false);
+            next.map_err(VarUpdateError::Update)
+        };
+        if name.ends_with('!') && self.store.is_shared() {
+            return self.var_update_shared(&Self::var_key(project, name), &mut guarded);
+        }
+        let next = guarded(self.var_get(project, name))?;
         self.var_set(project, name, next.clone())
             .map_err(VarUpdateError::Store)?;
         Ok(next)
+    }
+
+    /// `varUpdate` of a `!` variable in cluster mode: read with its
+    /// revision, compute, store if nobody wrote since, else again. Written
+    /// at once, not with the run's batch (a compare-and-set cannot wait for
+    /// it), so the run's claim is marked `committing` first: from here on
+    /// a repeat never runs the command again. Not undone if the run fails
+    /// afterwards.
+    fn var_update_shared<E>(
+        &self,
+        key: &str,
+        update: &mut impl FnMut(Dynamic) -> Result<Dynamic, VarUpdateError<E>>,
+    ) -> Result<Dynamic, VarUpdateError<E>> {
+        /// Attempts before giving up: each lost one means another node
+        /// stored a new value, so the variable is moving, not stuck.
+        const ATTEMPTS: usize = 100;
+        let failed = |e: crate::store::StoreError| VarUpdateError::Store(e.to_string());
+        self.commit_claim_now().map_err(VarUpdateError::Store)?;
+        for _ in 0..ATTEMPTS {
+            let (bytes, revision) = self.store.get_versioned(Table::Vars, key).map_err(failed)?;
+            let current = bytes
+                .and_then(|bytes| serde_json::from_slice::<serde_json::Value>(&bytes).ok())
+                .and_then(|json| rhai::serde::to_dynamic(json).ok())
+                .unwrap_or(Dynamic::UNIT);
+            let next = update(current)?;
+            let json: serde_json::Value = rhai::serde::from_dynamic(&next).map_err(|e| {
+                VarUpdateError::Store(format!("the variable cannot be stored: {e}"))
+            })?;
+            let bytes =
+                serde_json::to_vec(&json).map_err(|e| VarUpdateError::Store(e.to_string()))?;
+            match self.store.put_at(Table::Vars, key, bytes, revision) {
+                Ok(true) => {
+                    self.write_var(key, next.clone());
+                    return Ok(next);
+                }
+                Ok(false) => {}
+                Err(error) => {
+                    // Sent, unanswered: perhaps stored.
+                    self.mark_uncertain();
+                    return Err(failed(error));
+                }
+            }
+        }
+        Err(VarUpdateError::Store(format!(
+            "varUpdate gave up after {ATTEMPTS} attempts: other nodes kept writing the variable"
+        )))
     }
 
     pub(super) fn ui(&self, project: &str) -> dashmap::mapref::one::RefMut<'_, String, ProjectUi> {

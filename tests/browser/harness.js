@@ -11,7 +11,7 @@
 
 import { spawn, spawnSync } from 'node:child_process';
 import { once } from 'node:events';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -318,4 +318,27 @@ export function replyGate() {
     },
   };
   return gate;
+}
+
+/**
+ * A `nats-server -js` for the cluster tests (tests/run installs it): on a
+ * port it picks itself (read from its ports file), its store in a scratch
+ * folder, killed when the test process ends. Start nodes on it with
+ * `startServer({ args: ['--cluster', nats.url, '--node', 'a'] })`.
+ */
+export async function startNats() {
+  const dir = scratchDir();
+  const child = spawn('nats-server', ['-js', '-a', '127.0.0.1', '-p', '-1', '-sd', path.join(dir, 'jetstream'), '--ports_file_dir', dir], {
+    stdio: 'ignore',
+  });
+  process.once('exit', () => child.kill('SIGKILL'));
+  const portsFile = path.join(dir, `nats-server_${child.pid}.ports`);
+  const url = await until(() => {
+    try {
+      return JSON.parse(readFileSync(portsFile, 'utf8')).nats?.[0];
+    } catch {
+      return undefined;
+    }
+  }, { timeout: STARTUP_TIMEOUT_MS, message: 'nats-server to write its ports file' });
+  return { url, stop: () => stopProcess(child, 'SIGTERM') };
 }

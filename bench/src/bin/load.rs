@@ -11,6 +11,7 @@
 //! load spin     --addr A [--sessions 8] [--seconds S] [--warmup W]
 //! load idle     --addr A --pid PID [--sessions K]
 //! load broadcast --addr A --pid PID [--sessions K] [--rounds R]
+//! load crossnode --addr A --from B [--rounds R]   (uiSet on node B → socket on node A)
 //! load quiet    [--max-wait S] [--threshold CORES]  (waits for an idle machine)
 //! load run      --date D --commit C                 (the record dating a run)
 //! load micro    --criterion DIR            (criterion estimates → records)
@@ -221,6 +222,7 @@ async fn run(args: &Args, open_files: u64) -> Result<Option<Record>, Error> {
         "spin" => spin(args).await.map(Some),
         "idle" => idle(args, open_files).await.map(Some),
         "broadcast" => broadcast(args, open_files).await.map(Some),
+        "crossnode" => crossnode(args).await.map(Some),
         "run" => {
             // The record that dates a run and names the machine and commit.
             let mut record = Record::new("run", "");
@@ -1348,6 +1350,65 @@ async fn broadcast(args: &Args, open_files: u64) -> Result<Record, Error> {
         record.get("last_ms_median").unwrap_or(0.0),
         record.get("last_ms_worst").unwrap_or(0.0),
         record.get("kib_per_session").unwrap_or(0.0),
+    );
+    Ok(record)
+}
+
+/// Cluster mode: `uiSet` from a handler on node B (`--from`), seen by a
+/// socket on node A (`--addr`), one round after the other: the time from
+/// sending the command on B to the push arriving on A.
+async fn crossnode(args: &Args) -> Result<Record, Error> {
+    const WARMUP_ROUNDS: u64 = 20;
+    let rounds: u64 = args.number("rounds", 500)?;
+    let on_a = args.target()?;
+    let on_b = Target::new(
+        args.required("from")?.parse()?,
+        &args.text("project", "bench"),
+    )?;
+    let mut record = args.record("crossnode");
+    let mut listener = client::connect(&on_a, &create_sessions(&on_a, 1).await?[0]).await?;
+    let mut sender = client::connect(&on_b, &create_sessions(&on_b, 1).await?[0]).await?;
+    let nonce = std::process::id();
+    let mut delays = stats::histogram();
+    let mut missing = 0u64;
+    for round in 1..=WARMUP_ROUNDS + rounds {
+        let token = format!("x{round}-{nonce}");
+        let sent = Instant::now();
+        sender
+            .send(Message::text(
+                Command::plain(round, "broadcast", &token).frame(),
+            ))
+            .await?;
+        let seen = tokio::time::timeout(REPLY_TIMEOUT, async {
+            while let Some(Ok(message)) = listener.next().await {
+                if let Message::Text(text) = message
+                    && clock_value(&text) == Some(token.as_str())
+                {
+                    return true;
+                }
+            }
+            false
+        })
+        .await;
+        let delay = sent.elapsed();
+        client::ws_reply(&mut sender, round, REPLY_TIMEOUT).await?;
+        match seen {
+            Ok(true) if round > WARMUP_ROUNDS => stats::record(&mut delays, delay),
+            Ok(true) => {}
+            _ => missing += 1,
+        }
+    }
+    record
+        .set("rounds", rounds)
+        .set("missing", missing)
+        .latencies("delivery_", &delays);
+    eprintln!(
+        "{:>14} {:<16} uiSet on B → socket on A: p50 {:.0} µs, p99 {:.0} µs, max {:.0} µs over {rounds} rounds; {missing} missing",
+        record.id(),
+        record.server(),
+        record.get("delivery_p50_us").unwrap_or(0.0),
+        record.get("delivery_p99_us").unwrap_or(0.0),
+        record.get("delivery_max_us").unwrap_or(0.0),
     );
     Ok(record)
 }
