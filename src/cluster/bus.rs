@@ -27,7 +27,7 @@ use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
 use super::ClusterError;
-use super::kv::{Background, CONNECT_TIMEOUT, is_up, wait};
+use super::kv::{Background, CONNECT_TIMEOUT, is_up, servers, wait};
 
 const PREFIX: &str = "switchboard.push";
 
@@ -53,15 +53,8 @@ impl Bus {
             url: url.to_string(),
             reason,
         };
-        let runtime = Background(Some(
-            // Multi-threaded (with one worker) so that delivering may block.
-            tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(1)
-                .thread_name("cluster-push")
-                .enable_all()
-                .build()
-                .map_err(|e| unreachable(e.to_string()))?,
-        ));
+        // Delivering may block: a worker of its own (see `Background`).
+        let runtime = Background::start("cluster-push").map_err(|e| unreachable(e.to_string()))?;
         let handle = runtime.handle()?;
         let origin = uuid::Uuid::new_v4().simple().to_string();
         let (client, subscriber) =
@@ -88,12 +81,10 @@ async fn subscribe(
     url: String,
     node: String,
 ) -> Result<(async_nats::Client, async_nats::Subscriber), String> {
-    // Several servers of one NATS cluster: comma-separated, as for the store.
-    let servers: Vec<&str> = url.split(',').map(str::trim).collect();
     let client = async_nats::ConnectOptions::new()
         .name(format!("switchboard {node} pushes"))
         .connection_timeout(CONNECT_TIMEOUT)
-        .connect(servers)
+        .connect(servers(&url))
         .await
         .map_err(|e| e.to_string())?;
     let subscriber = client

@@ -108,14 +108,7 @@ impl SharedKv {
             url: url.to_string(),
             reason,
         };
-        let runtime = Background(Some(
-            tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(1)
-                .thread_name("cluster")
-                .enable_all()
-                .build()
-                .map_err(|e| unreachable(e.to_string()))?,
-        ));
+        let runtime = Background::start("cluster").map_err(|e| unreachable(e.to_string()))?;
         let handle = runtime.handle()?;
         let opened = wait(
             &handle,
@@ -295,12 +288,29 @@ impl SharedKv {
     }
 }
 
+/// The servers of `--cluster`: one URL, or several servers of one NATS
+/// cluster, comma-separated.
+pub(super) fn servers(url: &str) -> Vec<&str> {
+    url.split(',').map(str::trim).collect()
+}
+
 /// The cluster connection's own tokio runtime, shut down in the background
 /// when dropped: the store may be dropped on an async thread, where a
 /// runtime cannot be dropped the ordinary (blocking) way.
 pub(super) struct Background(pub(super) Option<tokio::runtime::Runtime>);
 
 impl Background {
+    /// A runtime of one worker thread named `name`: multi-threaded so that
+    /// work on it may block (delivering a push, a writer's wait).
+    pub(super) fn start(name: &str) -> std::io::Result<Background> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name(name)
+            .enable_all()
+            .build()?;
+        Ok(Background(Some(runtime)))
+    }
+
     pub(super) fn handle(&self) -> Result<tokio::runtime::Handle, ClusterError> {
         self.0
             .as_ref()
@@ -339,13 +349,12 @@ async fn open(
     names: Vec<&'static str>,
     replicas: usize,
 ) -> Result<(async_nats::Client, Buckets), ClusterError> {
-    let servers: Vec<&str> = url.split(',').map(str::trim).collect();
     let client = async_nats::ConnectOptions::new()
         .name(format!("switchboard {node}"))
         .connection_timeout(CONNECT_TIMEOUT)
         .request_timeout(Some(REQUEST_TIMEOUT))
         .event_callback(|event| async move { log_event(&event) })
-        .connect(servers)
+        .connect(servers(&url))
         .await
         .map_err(|e| ClusterError::Unreachable {
             url: url.clone(),
