@@ -10,12 +10,17 @@
 //! `fdatasync`; a journal record is the write set itself, a few hundred
 //! bytes per command, in one `pwrite`.
 //!
-//! The file is preallocated (zeros) so that a record overwrites blocks
+//! The files are preallocated (zeros) so that a record overwrites blocks
 //! that already exist: its `fdatasync` then writes data only, not the
-//! file's size. Records are written from the start of the file again after
-//! each checkpoint, under a new generation number (kept in the redb file,
-//! in the checkpoint's own durable transaction): a record of an older
-//! generation left beyond the end of the current ones is never replayed.
+//! file's size. Two files take turns: each checkpoint starts a new
+//! generation, whose records are written from the start of the other
+//! file while the checkpoint writes the previous generation to redb (in
+//! the background); the checkpoint's durable transaction stores the new
+//! generation, which makes the old file's records redundant. So on start
+//! the records of the stored generation `g` are replayed (file `g % 2`),
+//! then those of `g + 1` (the other file: written while a checkpoint that
+//! did not finish was running). A record of an older generation left
+//! beyond the end of the current ones is never replayed.
 //!
 //! A record: `length u32 | crc32 u32 | generation u64 | seq u64 | payload`
 //! (little-endian; the CRC covers generation, seq and payload). Reading
@@ -26,22 +31,23 @@
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::fs::FileExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use super::{Table, Write};
 
-/// Bytes of zeros the file is given up front: records overwrite them.
+/// Bytes of zeros each file is given up front: records overwrite them.
 pub(super) const PREALLOCATED: u64 = 8 << 20;
 
 /// Past this many bytes of records, the writer checkpoints (bounds the
-/// replay after a crash and the redb pages held in memory).
+/// replay after a crash and the records held in memory by the overlay).
 pub(super) const CHECKPOINT_AFTER: u64 = 4 << 20;
 
 const HEADER: usize = 4 + 4 + 8 + 8;
 
-/// The journal file, written at `offset` under `generation`.
+/// The journal's two files, written at `offset` of the file of
+/// `generation`.
 pub(super) struct Journal {
-    file: File,
+    files: [File; 2],
     generation: u64,
     seq: u64,
     offset: u64,
@@ -49,35 +55,36 @@ pub(super) struct Journal {
     unsynced: bool,
 }
 
+/// Where the journal of the database at `db` lives: beside it, the file of
+/// even generations first.
+pub(super) fn file_paths(db: &Path) -> [PathBuf; 2] {
+    ["-journal", "-journal.1"].map(|suffix| {
+        let mut name = db.as_os_str().to_owned();
+        name.push(suffix);
+        PathBuf::from(name)
+    })
+}
+
 impl Journal {
-    /// Opens (or creates, 0600) the journal and reads back every record of
-    /// `generation`, in order. The journal then waits for [`Journal::restart`].
-    pub(super) fn open(
-        path: &Path,
-        generation: u64,
-    ) -> std::io::Result<(Journal, Vec<Vec<Write>>)> {
-        let mut options = std::fs::OpenOptions::new();
-        options.read(true).write(true).create(true).truncate(false);
-        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-        let mut file = options.open(path)?;
-        let mut bytes = Vec::new();
-        file.seek(SeekFrom::Start(0))?;
-        file.read_to_end(&mut bytes)?;
-        let groups = read_records(&bytes, generation);
-        if file.metadata()?.len() < PREALLOCATED {
-            file.set_len(PREALLOCATED)?;
-            // set_len leaves a hole; written zeros are real blocks, so a
-            // record's fdatasync later does not allocate.
-            let zeros = vec![0u8; 1 << 20];
-            let mut at = 0;
-            while at < PREALLOCATED {
-                file.write_all_at(&zeros, at)?;
-                at += zeros.len() as u64;
-            }
-            file.sync_all()?;
+    /// Opens (or creates, 0600) the journal of the database at `db` and
+    /// reads back every record of `generation` and then of the next one,
+    /// in order. The journal then waits for [`Journal::restart`].
+    pub(super) fn open(db: &Path, generation: u64) -> std::io::Result<(Journal, Vec<Vec<Write>>)> {
+        let [even, odd] = file_paths(db);
+        let mut files = [open_file(&even)?, open_file(&odd)?];
+        let mut groups = Vec::new();
+        for generation in [generation, generation + 1] {
+            let file = &mut files[(generation % 2) as usize];
+            let mut bytes = Vec::new();
+            file.seek(SeekFrom::Start(0))?;
+            file.read_to_end(&mut bytes)?;
+            groups.extend(read_records(&bytes, generation));
+        }
+        for file in &files {
+            preallocate(file)?;
         }
         let journal = Journal {
-            file,
+            files,
             generation,
             seq: 0,
             offset: 0,
@@ -95,8 +102,9 @@ impl Journal {
         self.offset
     }
 
-    /// Starts over at the beginning of the file under a new generation
-    /// (after a checkpoint made every earlier record redundant).
+    /// Starts over at the beginning of the new generation's file, whose
+    /// records are redundant: stored by a checkpoint that finished (see
+    /// the module's comment).
     pub(super) fn restart(&mut self, generation: u64) {
         self.generation = generation;
         self.seq = 0;
@@ -106,7 +114,7 @@ impl Journal {
     /// Appends one group's writes as one record (not yet durable).
     pub(super) fn append(&mut self, writes: &[&Write]) -> std::io::Result<()> {
         let record = encode_record(self.generation, self.seq, writes);
-        self.file.write_all_at(&record, self.offset)?;
+        self.file().write_all_at(&record, self.offset)?;
         self.offset += record.len() as u64;
         self.seq += 1;
         self.unsynced = true;
@@ -116,11 +124,38 @@ impl Journal {
     /// Makes every appended record durable.
     pub(super) fn sync(&mut self) -> std::io::Result<()> {
         if self.unsynced {
-            self.file.sync_data()?;
+            self.file().sync_data()?;
             self.unsynced = false;
         }
         Ok(())
     }
+
+    fn file(&self) -> &File {
+        &self.files[(self.generation % 2) as usize]
+    }
+}
+
+fn open_file(path: &Path) -> std::io::Result<File> {
+    let mut options = std::fs::OpenOptions::new();
+    options.read(true).write(true).create(true).truncate(false);
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options.open(path)
+}
+
+fn preallocate(file: &File) -> std::io::Result<()> {
+    if file.metadata()?.len() >= PREALLOCATED {
+        return Ok(());
+    }
+    file.set_len(PREALLOCATED)?;
+    // set_len leaves a hole; written zeros are real blocks, so a record's
+    // fdatasync later does not allocate.
+    let zeros = vec![0u8; 1 << 20];
+    let mut at = 0;
+    while at < PREALLOCATED {
+        file.write_all_at(&zeros, at)?;
+        at += zeros.len() as u64;
+    }
+    file.sync_all()
 }
 
 pub(super) fn encode_record(generation: u64, seq: u64, writes: &[&Write]) -> Vec<u8> {
@@ -145,7 +180,7 @@ fn encode_writes(writes: &[&Write], out: &mut Vec<u8>) {
             Write::Delete(table, key) => (1u8, *table, key, None),
         };
         out.push(op);
-        out.push(table_code(table));
+        out.push(table.index() as u8);
         out.extend_from_slice(&(key.len() as u32).to_le_bytes());
         out.extend_from_slice(key.as_bytes());
         if let Some(value) = value {
@@ -153,13 +188,6 @@ fn encode_writes(writes: &[&Write], out: &mut Vec<u8>) {
             out.extend_from_slice(value);
         }
     }
-}
-
-fn table_code(table: Table) -> u8 {
-    Table::ALL
-        .iter()
-        .position(|t| *t == table)
-        .map_or(u8::MAX, |n| n as u8)
 }
 
 /// Every whole record of `generation` from the start, in order, up to the
@@ -247,6 +275,30 @@ mod tests {
         assert_eq!(read_records(&flipped, 7).len(), 2);
         // Another generation's records are never replayed.
         assert_eq!(read_records(&bytes, 8).len(), 0);
+    }
+
+    #[test]
+    fn the_next_generation_is_read_from_the_other_file_after_this_one() {
+        let dir = std::env::temp_dir().join(format!("sb-journal-two-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let db = dir.join("db.redb");
+        let (mut journal, groups) = Journal::open(&db, 4).unwrap();
+        assert!(groups.is_empty());
+        // Generation 4, then 5 while 4's checkpoint runs.
+        journal.restart(4);
+        journal.append(&[&put("a", "1")]).unwrap();
+        journal.restart(5);
+        journal.append(&[&put("a", "2")]).unwrap();
+        journal.append(&[&put("b", "3")]).unwrap();
+        journal.sync().unwrap();
+        drop(journal);
+        let (_, groups) = Journal::open(&db, 4).unwrap();
+        let expected = [put("a", "1"), put("a", "2"), put("b", "3")].map(|w| vec![w]);
+        assert_eq!(groups, expected, "4's checkpoint did not finish");
+        let (_, groups) = Journal::open(&db, 5).unwrap();
+        assert_eq!(groups, expected[1..], "4's checkpoint finished");
+        std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]
