@@ -25,18 +25,20 @@
 
 mod journal;
 mod overlay;
+mod tables;
 mod writer;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, mpsc};
 
-use redb::{Database, ReadableDatabase, TableDefinition};
+use redb::{Database, TableDefinition};
 use tokio::sync::oneshot;
 
 use crate::cluster::{Change, Claimed, ClusterError, Held, SharedKv};
 use journal::Journal;
 use overlay::Overlay;
-use writer::{Checkpointer, GENERATION, JOURNAL_STATE, Queue, Waiter, Writer};
+use tables::Tables;
+use writer::{Checkpointer, Queue, Waiter, Writer};
 
 /// The tables, one per kind of record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -312,7 +314,7 @@ fn changes(writes: Vec<Write>) -> Vec<Change> {
 
 /// The embedded database: one redb file, group-committed.
 pub struct Embedded {
-    db: Arc<Database>,
+    tables: Arc<Tables>,
     queue: Arc<Queue>,
     overlay: Arc<Overlay>,
     #[cfg_attr(not(test), allow(dead_code))]
@@ -362,21 +364,20 @@ impl Embedded {
             path: path.to_path_buf(),
             source: Box::new(source),
         })?;
-        let db = Arc::new(db);
-        create_tables(&db)?;
-        let generation = stored_generation(&db)?;
+        let tables = Arc::new(Tables::new(db)?);
+        let generation = tables.generation()?;
         let (mut journal, groups) = Journal::open(path, generation).map_err(io)?;
         // Replayed, and both journal files made redundant: the next
         // generation's file may hold records of this start's replay.
         let start = generation + 2;
-        writer::checkpoint(&db, &overlay::layer_of(groups.iter().flatten()), start)?;
+        tables.checkpoint(&overlay::layer_of(groups.iter().flatten()), start)?;
         journal.restart(start);
         let overlay = Arc::new(Overlay::default());
         let queue = Arc::new(Queue::default());
-        let checkpointer = Checkpointer::spawn(db.clone(), overlay.clone()).map_err(io)?;
+        let checkpointer = Checkpointer::spawn(tables.clone(), overlay.clone()).map_err(io)?;
         let checkpoints = checkpointer.status();
         let writer = Writer::new(
-            db.clone(),
+            tables.clone(),
             queue.clone(),
             overlay.clone(),
             journal,
@@ -387,7 +388,7 @@ impl Embedded {
             .spawn(move || writer.run())
             .map_err(io)?;
         Ok(Embedded {
-            db,
+            tables,
             queue,
             overlay,
             checkpoints,
@@ -444,27 +445,13 @@ impl Embedded {
         if let Some(value) = self.overlay.get(table, key) {
             return Ok(value);
         }
-        let txn = self.db.begin_read().map_err(io)?;
-        let table = txn.open_table(table.definition()).map_err(io)?;
-        Ok(table
-            .get(key)
-            .map_err(io)?
-            .map(|value| value.value().to_vec()))
+        self.tables.get(table, key)
     }
 
     /// Every record whose key starts with `prefix`, in key order.
     pub fn scan(&self, table: Table, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
         let over = self.overlay.under(table, prefix);
-        let txn = self.db.begin_read().map_err(io)?;
-        let table = txn.open_table(table.definition()).map_err(io)?;
-        let mut found = Vec::new();
-        for entry in table.range(prefix..).map_err(io)? {
-            let (key, value) = entry.map_err(io)?;
-            if !key.value().starts_with(prefix) {
-                break;
-            }
-            found.push((key.value().to_string(), value.value().to_vec()));
-        }
+        let found = self.tables.scan(table, prefix)?;
         Ok(overlay::merge(found, over))
     }
 
@@ -498,22 +485,6 @@ impl Drop for Embedded {
             let _ = writer.join();
         }
     }
-}
-
-fn create_tables(db: &Database) -> Result<(), StoreError> {
-    let txn = db.begin_write().map_err(io)?;
-    for table in Table::ALL {
-        txn.open_table(table.definition()).map_err(io)?;
-    }
-    txn.open_table(JOURNAL_STATE).map_err(io)?;
-    txn.commit().map_err(io)
-}
-
-/// The journal generation the last checkpoint stored (0 before the first).
-fn stored_generation(db: &Database) -> Result<u64, StoreError> {
-    let txn = db.begin_read().map_err(io)?;
-    let table = txn.open_table(JOURNAL_STATE).map_err(io)?;
-    Ok(table.get(GENERATION).map_err(io)?.map_or(0, |g| g.value()))
 }
 
 #[cfg(test)]

@@ -17,19 +17,13 @@
 use std::sync::{Arc, Condvar, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
-use redb::{Database, TableDefinition};
 use tokio::sync::oneshot;
 use tracing::{error, warn};
 
 use super::journal::{self, Journal};
 use super::overlay::{Layer, Overlay, layer_of};
-use super::{StoreError, Table, Write, io};
-
-/// The store's own bookkeeping in the redb file: the journal's generation
-/// (see `journal`), written only by checkpoints.
-pub(super) const JOURNAL_STATE: TableDefinition<'static, &'static str, u64> =
-    TableDefinition::new("journal");
-pub(super) const GENERATION: &str = "generation";
+use super::tables::Tables;
+use super::{StoreError, Write};
 
 /// A checkpoint comes at the latest this long after the first record
 /// written since the last one, when the writer has nothing else to do.
@@ -115,7 +109,7 @@ impl Queue {
 
 /// The writer thread's state.
 pub(super) struct Writer {
-    db: Arc<Database>,
+    tables: Arc<Tables>,
     queue: Arc<Queue>,
     overlay: Arc<Overlay>,
     journal: Journal,
@@ -127,14 +121,14 @@ pub(super) struct Writer {
 
 impl Writer {
     pub(super) fn new(
-        db: Arc<Database>,
+        tables: Arc<Tables>,
         queue: Arc<Queue>,
         overlay: Arc<Overlay>,
         journal: Journal,
         checkpointer: Checkpointer,
     ) -> Writer {
         Writer {
-            db,
+            tables,
             queue,
             overlay,
             journal,
@@ -214,7 +208,7 @@ impl Writer {
             // redb; the group is laid in the overlay only once it is.
             self.checkpoint_now()?;
             let generation = self.journal.generation();
-            return checkpoint(&self.db, &layer_of(writes), generation);
+            return self.tables.checkpoint(&layer_of(writes), generation);
         }
         Ok(())
     }
@@ -263,7 +257,7 @@ impl Writer {
                     warn!("a checkpoint failed, trying again: {error}");
                 }
                 if let Some(layer) = self.overlay.frozen() {
-                    checkpoint(&self.db, &layer, generation)?;
+                    self.tables.checkpoint(&layer, generation)?;
                 }
                 self.overlay.thaw();
             }
@@ -303,7 +297,10 @@ impl Status {
 }
 
 impl Checkpointer {
-    pub(super) fn spawn(db: Arc<Database>, overlay: Arc<Overlay>) -> std::io::Result<Checkpointer> {
+    pub(super) fn spawn(
+        tables: Arc<Tables>,
+        overlay: Arc<Overlay>,
+    ) -> std::io::Result<Checkpointer> {
         let (jobs, received) = mpsc::channel::<(Arc<Layer>, u64)>();
         let status = Arc::new(Status::default());
         let reports = status.clone();
@@ -318,7 +315,9 @@ impl Checkpointer {
                             held = wait(&reports.released, held);
                         }
                     }
-                    let outcome = checkpoint(&db, &layer, generation).map_err(|e| e.to_string());
+                    let outcome = tables
+                        .checkpoint(&layer, generation)
+                        .map_err(|e| e.to_string());
                     if outcome.is_ok() {
                         overlay.thaw();
                     }
@@ -367,37 +366,6 @@ impl Drop for Checkpointer {
             let _ = thread.join();
         }
     }
-}
-
-/// One durable transaction: the layer's records (each key once, in key
-/// order) and the journal generation that makes every record written
-/// before the layer was frozen redundant.
-pub(super) fn checkpoint(db: &Database, layer: &Layer, generation: u64) -> Result<(), StoreError> {
-    let txn = db.begin_write().map_err(io)?;
-    for table in Table::ALL {
-        let records = &layer[table.index()];
-        if records.is_empty() {
-            continue;
-        }
-        let mut open = txn.open_table(table.definition()).map_err(io)?;
-        let mut sorted: Vec<_> = records.iter().collect();
-        sorted.sort_unstable_by(|a, b| a.0.cmp(b.0));
-        for (key, value) in sorted {
-            match value {
-                Some(value) => {
-                    open.insert(key.as_str(), value.as_slice()).map_err(io)?;
-                }
-                None => {
-                    open.remove(key.as_str()).map_err(io)?;
-                }
-            }
-        }
-    }
-    txn.open_table(JOURNAL_STATE)
-        .map_err(io)?
-        .insert(GENERATION, generation)
-        .map_err(io)?;
-    txn.commit().map_err(io)
 }
 
 /// A lock poisoned by a panicking thread still guards plain data.
