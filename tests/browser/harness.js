@@ -155,8 +155,9 @@ export function logIn(suite, project, user) {
   };
 }
 
-export function launchBrowser() {
-  return chromium.launch({ executablePath: CHROMIUM, args: CHROMIUM_ARGS });
+/** Chromium with the suite's flags; `extraArgs` add to them (the click benchmark's A/B). */
+export function launchBrowser(extraArgs = []) {
+  return chromium.launch({ executablePath: CHROMIUM, args: [...CHROMIUM_ARGS, ...extraArgs] });
 }
 
 /**
