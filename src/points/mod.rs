@@ -311,7 +311,9 @@ struct Watch {
 }
 
 struct PageBinding {
-    points: Vec<String>,
+    /// A set: every change delivered asks whether its point is here, for
+    /// each session showing the page.
+    points: FxHashSet<String>,
     rendered: Instant,
 }
 
@@ -346,10 +348,7 @@ impl Watch {
 
     /// Whether `point` is on one of the `open` pages or watched by a script.
     fn shown_on(&self, open: &[&PageBinding], point: &str) -> bool {
-        self.extra.contains(point)
-            || open
-                .iter()
-                .any(|binding| binding.points.iter().any(|p| p == point))
+        self.extra.contains(point) || open.iter().any(|binding| binding.points.contains(point))
     }
 }
 
@@ -734,7 +733,7 @@ impl ProjectPoints {
     }
 
     fn bind(&self, session: &str, page: &str, popup: bool, points: Vec<String>) {
-        let points: Vec<String> = points
+        let points: FxHashSet<String> = points
             .into_iter()
             .filter(|p| self.defs.contains_key(p))
             .collect();
@@ -1244,7 +1243,7 @@ mod tests {
         watch.pages.insert(
             "climate".into(),
             PageBinding {
-                points: vec!["t".into()],
+                points: ["t".to_string()].into_iter().collect(),
                 rendered: Instant::now() - RENDER_GRACE,
             },
         );
