@@ -29,6 +29,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use dashmap::DashMap;
 use rhai::Dynamic;
+use rustc_hash::{FxHashMap, FxHashSet};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::sync::{mpsc, watch};
@@ -288,11 +289,15 @@ pub struct ProjectPoints {
 
 /// Which sessions look at which points.
 #[derive(Default)]
+///
+/// Looked up once or more per session for every change delivered, so the
+/// maps hash with Fx rather than SipHash: their keys are session ids the
+/// server made and point names from the project, nothing a client chooses.
 struct Watches {
-    by_session: HashMap<String, Watch>,
+    by_session: FxHashMap<String, Watch>,
     /// Point → sessions with any page binding it (open or not: the open
     /// check happens at delivery, for these candidates only).
-    by_point: HashMap<String, HashSet<String>>,
+    by_point: FxHashMap<String, FxHashSet<String>>,
 }
 
 /// One session's bindings.
@@ -306,7 +311,9 @@ struct Watch {
 }
 
 struct PageBinding {
-    points: Vec<String>,
+    /// A set: every change delivered asks whether its point is here, for
+    /// each session showing the page.
+    points: FxHashSet<String>,
     rendered: Instant,
 }
 
@@ -321,13 +328,27 @@ impl Watch {
     /// Whether one of the pages the session shows binds `point`; `tabs`:
     /// browser tab → the page it shows.
     fn shows(&self, point: &str, tabs: &BTreeMap<String, String>) -> bool {
-        self.extra.contains(point)
-            || self.pages.iter().any(|(page, binding)| {
-                binding.points.iter().any(|p| p == point)
-                    && (tabs.values().any(|shown| shown == page)
-                        || self.open_popups.contains(page)
-                        || binding.rendered.elapsed() < RENDER_GRACE)
+        self.shown_on(&self.open_pages(tabs), point)
+    }
+
+    /// The bindings of the pages open in `tabs`, open as a popup, or
+    /// rendered so recently that their socket may not have said so yet:
+    /// found once per session for a whole batch of changes.
+    fn open_pages(&self, tabs: &BTreeMap<String, String>) -> Vec<&PageBinding> {
+        self.pages
+            .iter()
+            .filter(|(page, binding)| {
+                tabs.values().any(|shown| shown == *page)
+                    || self.open_popups.contains(*page)
+                    || binding.rendered.elapsed() < RENDER_GRACE
             })
+            .map(|(_, binding)| binding)
+            .collect()
+    }
+
+    /// Whether `point` is on one of the `open` pages or watched by a script.
+    fn shown_on(&self, open: &[&PageBinding], point: &str) -> bool {
+        self.extra.contains(point) || open.iter().any(|binding| binding.points.contains(point))
     }
 }
 
@@ -712,7 +733,7 @@ impl ProjectPoints {
     }
 
     fn bind(&self, session: &str, page: &str, popup: bool, points: Vec<String>) {
-        let points: Vec<String> = points
+        let points: FxHashSet<String> = points
             .into_iter()
             .filter(|p| self.defs.contains_key(p))
             .collect();
@@ -1080,8 +1101,8 @@ impl Hub {
                     .unwrap_or_default()
             })
             .collect();
-        let mut frames: HashMap<Vec<usize>, Frame> = HashMap::new();
-        let mut by_session: HashMap<&str, Vec<usize>> = HashMap::new();
+        let mut frames: FxHashMap<Vec<usize>, Frame> = FxHashMap::default();
+        let mut by_session: FxHashMap<&str, Vec<usize>> = FxHashMap::default();
         let watches = lock(&points.watches);
         for (index, change) in changes.iter().enumerate() {
             if let Some(sessions) = watches.by_point.get(&change.point) {
@@ -1104,9 +1125,10 @@ impl Hub {
                 continue;
             };
             let shown: Vec<usize> = session.with_state(|state| {
+                let open = watch.open_pages(&state.tabs);
                 indices
                     .into_iter()
-                    .filter(|&i| watch.shows(&changes[i].point, &state.tabs))
+                    .filter(|&i| watch.shown_on(&open, &changes[i].point))
                     .collect()
             });
             if shown.is_empty() {
@@ -1221,7 +1243,7 @@ mod tests {
         watch.pages.insert(
             "climate".into(),
             PageBinding {
-                points: vec!["t".into()],
+                points: ["t".to_string()].into_iter().collect(),
                 rendered: Instant::now() - RENDER_GRACE,
             },
         );
