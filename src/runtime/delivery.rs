@@ -69,6 +69,91 @@ struct Batch {
     /// Cluster mode: whether a write the run made at once may or may not
     /// have been applied (a compare-and-set whose answer was lost).
     uncertain: bool,
+    /// The run's place among the runs that changed `!` variables.
+    ticket: Option<Ticket>,
+}
+
+/// Queues batches that change `!` variables in the order of their first
+/// change. A batch writes a variable's value as it is when the batch is
+/// built, which may include a later run's change (B's `varUpdate` read
+/// A's value). Were B's batch queued, and made durable, before A's, a
+/// crash between the two would keep A's effect inside B's value while
+/// A's answer was lost: A's repeat would run again and apply it twice. So
+/// B's batch waits for A's to be queued (the writer keeps queue order).
+#[derive(Default)]
+pub(crate) struct VarOrder {
+    state: std::sync::Mutex<OrderState>,
+    turn: std::sync::Condvar,
+}
+
+#[derive(Default)]
+struct OrderState {
+    issued: u64,
+    /// The lowest ticket whose batch has not been queued.
+    next: u64,
+    /// Tickets done ahead of their turn.
+    done: BTreeSet<u64>,
+}
+
+/// A run's place in [`VarOrder`]; done when dropped (whatever happened to
+/// the run: a failed or panicking one must not hold up the others).
+struct Ticket {
+    order: Arc<VarOrder>,
+    number: u64,
+}
+
+impl VarOrder {
+    fn lock(&self) -> std::sync::MutexGuard<'_, OrderState> {
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn issue(&self) -> u64 {
+        let mut state = self.lock();
+        state.issued += 1;
+        state.issued - 1
+    }
+
+    /// Waits until every earlier ticket is done.
+    fn wait_turn(&self, number: u64) {
+        let mut state = self.lock();
+        while state.next < number {
+            state = self
+                .turn
+                .wait(state)
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+        }
+    }
+
+    fn done(&self, number: u64) {
+        let mut state = self.lock();
+        state.done.insert(number);
+        loop {
+            let next = state.next;
+            if !state.done.remove(&next) {
+                break;
+            }
+            state.next += 1;
+        }
+        drop(state);
+        self.turn.notify_all();
+    }
+}
+
+/// Drops this thread's batch when a run unwinds out of `atomically`.
+struct ClearBatch;
+
+impl Drop for ClearBatch {
+    fn drop(&mut self) {
+        drop(BATCH.take());
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        self.order.done(self.number);
+    }
 }
 
 /// What the store keeps of an answer.
@@ -203,7 +288,10 @@ impl Runtime {
             claim,
             ..Batch::default()
         }));
+        // A run that panics leaves no batch (and no ticket) behind.
+        let unwinding = ClearBatch;
         let (result, extra) = work();
+        std::mem::forget(unwinding);
         let mut batch = BATCH.take().unwrap_or_default();
         let run_failed = failed(&result);
         if run_failed {
@@ -219,9 +307,14 @@ impl Runtime {
             return (result, commit);
         }
         let must_wait = !batch.vars.is_empty() || !extra.is_empty();
+        let ticket = batch.ticket.take();
+        if let Some(ticket) = &ticket {
+            self.var_order.wait_turn(ticket.number);
+        }
         let mut writes = self.batch_writes(batch);
         writes.extend(extra);
         let commit = self.store.write_soon(writes);
+        drop(ticket);
         if must_wait {
             (result, commit)
         } else {
@@ -328,6 +421,12 @@ impl Runtime {
             };
             if persisted {
                 batch.vars.insert(key.to_string());
+                if batch.ticket.is_none() && !self.store.is_shared() {
+                    batch.ticket = Some(Ticket {
+                        order: self.var_order.clone(),
+                        number: self.var_order.issue(),
+                    });
+                }
             }
             batch
                 .undo
@@ -549,5 +648,36 @@ impl Runtime {
                 .collect();
             drop(self.store.write_soon(writes));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_later_ticket_waits_until_every_earlier_one_is_done() {
+        let order = Arc::new(VarOrder::default());
+        let (first, second, third) = (order.issue(), order.issue(), order.issue());
+        let queued = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let waiter = {
+            let (order, queued) = (order.clone(), queued.clone());
+            std::thread::spawn(move || {
+                order.wait_turn(third);
+                queued.lock().unwrap().push(third);
+                order.done(third);
+            })
+        };
+        // Done out of order: the third still waits for the first.
+        order.done(second);
+        queued.lock().unwrap().push(second);
+        queued.lock().unwrap().push(first);
+        drop(Ticket {
+            order: order.clone(),
+            number: first,
+        });
+        waiter.join().unwrap();
+        assert_eq!(*queued.lock().unwrap(), [second, first, third]);
+        order.wait_turn(third + 1);
     }
 }

@@ -110,6 +110,7 @@ impl Runtime {
             vars: DashMap::new(),
             var_versions: DashMap::new(),
             var_updates: std::sync::Mutex::new(()),
+            var_order: Default::default(),
             in_flight: DashMap::new(),
             unsaved_sessions: DashMap::new(),
             form_locks: DashMap::new(),

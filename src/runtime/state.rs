@@ -37,6 +37,9 @@ pub struct Runtime {
     pub(super) var_versions: DashMap<String, u64>,
     /// `varUpdate` calls run one at a time, so that no two interleave.
     pub(super) var_updates: std::sync::Mutex<()>,
+    /// Runs that changed `!` variables queue their batches in the order of
+    /// their first change (see `delivery::VarOrder`).
+    pub(super) var_order: Arc<super::delivery::VarOrder>,
     /// Commands and submissions being run, by answer key.
     pub(super) in_flight: InFlight,
     /// Cluster mode: sessions whose record could not be written while NATS
