@@ -413,7 +413,8 @@ impl Embedded {
             return Ok(());
         }
         let (sender, receiver) = mpsc::channel();
-        self.enqueue(writes.to_vec(), Some(Waiter::Blocking(sender)));
+        self.queue
+            .push(writes.to_vec(), Some(Waiter::Blocking(sender)));
         receiver
             .recv()
             .map_err(|_| StoreError::Io("the store's writer stopped".into()))?
@@ -426,12 +427,8 @@ impl Embedded {
             return Commit::done();
         }
         let (sender, receiver) = oneshot::channel();
-        self.enqueue(writes, Some(Waiter::Async(sender)));
+        self.queue.push(writes, Some(Waiter::Async(sender)));
         Commit(Some(receiver))
-    }
-
-    fn enqueue(&self, writes: Vec<Write>, waiter: Option<Waiter>) {
-        self.queue.push(writes, waiter);
     }
 
     pub fn put(&self, table: Table, key: &str, value: &[u8]) -> Result<(), StoreError> {
