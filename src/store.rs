@@ -59,6 +59,9 @@ pub enum Table {
     /// kept for the nodes of a cluster that start later; cluster mode only
     /// (one node keeps them in memory). Keys: see `runtime/fanout.rs`.
     Ui,
+    /// When each kept answer expires, in key order (keys and pruning: see
+    /// `runtime/delivery.rs`): pruning reads only what is due.
+    Expiries,
 }
 
 impl Table {
@@ -71,6 +74,7 @@ impl Table {
             Table::Submissions => TableDefinition::new("submissions"),
             Table::Points => TableDefinition::new("points"),
             Table::Ui => TableDefinition::new("ui"),
+            Table::Expiries => TableDefinition::new("expiries"),
         }
     }
 
@@ -84,6 +88,7 @@ impl Table {
             Table::Submissions => "switchboard_submissions",
             Table::Points => "switchboard_points",
             Table::Ui => "switchboard_ui",
+            Table::Expiries => "switchboard_expiries",
         }
     }
 
@@ -92,7 +97,8 @@ impl Table {
         self as usize
     }
 
-    const ALL: [Table; 7] = [
+    /// New tables go last: the journal names a table by its place here.
+    const ALL: [Table; 8] = [
         Table::Sessions,
         Table::Vars,
         Table::Meta,
@@ -100,6 +106,7 @@ impl Table {
         Table::Submissions,
         Table::Points,
         Table::Ui,
+        Table::Expiries,
     ];
 }
 
@@ -293,6 +300,27 @@ impl Store {
             Store::Shared(shared) => Ok(shared.scan(table.bucket(), prefix)?),
         }
     }
+
+    /// The first `limit` records with `from <= key < to` (no end when `to`
+    /// is `None`), in key order: a walk through a big table in bounded
+    /// steps. In cluster mode the bucket's keys are listed to find them.
+    pub fn range(
+        &self,
+        table: Table,
+        from: &str,
+        to: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        match self {
+            Store::Embedded(embedded) => embedded.range(table, from, to, limit),
+            Store::Shared(shared) => Ok(shared.range(table.bucket(), from, to, limit)?),
+        }
+    }
+}
+
+/// Whether `from <= key < to` (`to: None` is no end).
+fn within(key: &str, from: &str, to: Option<&str>) -> bool {
+    key >= from && to.is_none_or(|to| key < to)
 }
 
 fn changes(writes: Vec<Write>) -> Vec<Change> {
@@ -460,6 +488,24 @@ impl Embedded {
         let over = self.overlay.under(table, prefix);
         let found = self.tables.scan(table, prefix)?;
         Ok(overlay::merge(found, over))
+    }
+
+    /// See [`Store::range`]. redb's records the overlay replaces or
+    /// deletes are skipped while walking, so that `limit` counts live ones.
+    pub fn range(
+        &self,
+        table: Table,
+        from: &str,
+        to: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let over = self.overlay.matching(table, |key| within(key, from, to));
+        let found = self
+            .tables
+            .range(table, from, to, limit, |key| over.contains_key(key))?;
+        let mut merged = overlay::merge(found, over);
+        merged.truncate(limit);
+        Ok(merged)
     }
 
     /// Waits until no checkpoint is running (tests copy the files then).
@@ -817,6 +863,16 @@ mod tests {
                 let scanned: std::collections::BTreeMap<_, _> =
                     store.scan(Table::Vars, "k").unwrap().into_iter().collect();
                 assert_eq!(scanned, model, "after write {n}");
+                // A bounded walk counts live records only.
+                let ranged = store.range(Table::Vars, "k10", Some("k30"), 7).unwrap();
+                let expected: Vec<_> = model
+                    .range("k10".to_string().."k30".to_string())
+                    .take(7)
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect();
+                assert_eq!(ranged, expected, "range after write {n}");
+                let all = store.range(Table::Vars, "", None, usize::MAX).unwrap();
+                assert_eq!(all.len(), model.len());
             }
         }
         drop(store);

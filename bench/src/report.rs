@@ -527,9 +527,20 @@ fn target_rows(records: &[Record], soak: &[Record], points: &[Record]) -> Vec<Ro
                 .all(|r| r.get("median_ns").unwrap_or(f64::MAX) <= 1000.0)
         }),
     });
-    let soak = soak.iter().rev().find(|r| r.id() == "soak");
-    rows.push(Row {
-        figure: "soak at half the max rate",
+    for (id, figure) in [
+        ("soak-browser", "soak, browser-shaped, at half its max rate"),
+        ("soak", "soak, plain, at half its max rate"),
+    ] {
+        rows.push(soak_row(soak, id, figure));
+    }
+    rows
+}
+
+/// A soak's row: the last record of `id` in the soak's results.
+fn soak_row(soak: &[Record], id: &str, figure: &'static str) -> Row {
+    let soak = soak.iter().rev().find(|r| r.id() == id);
+    Row {
+        figure,
         target: "10 minutes: RSS after warm-up grows < 5 %, no error",
         measured: soak.map_or("not run (`bench/run soak`)".into(), |r| {
             format!(
@@ -550,8 +561,7 @@ fn target_rows(records: &[Record], soak: &[Record], points: &[Record]) -> Vec<Ro
                 && errors_of(r) == 0.0
                 && r.get("seconds").unwrap_or(0.0) >= 600.0
         }),
-    });
-    rows
+    }
 }
 
 fn measurements_table(out: &mut String, records: &[Record]) {
@@ -783,7 +793,10 @@ pub fn render(
     if !soak.is_empty() {
         out.push_str("### Last soak (`bench/run soak`)\n\n");
         measurements_table(&mut out, soak);
-        for r in soak.iter().filter(|r| r.id() == "soak") {
+        for r in soak
+            .iter()
+            .filter(|r| matches!(r.id(), "soak" | "soak-browser"))
+        {
             if let Some(samples) = r.0.get("rss_samples").and_then(|v| v.as_array()) {
                 let series: Vec<String> = samples
                     .iter()
@@ -793,12 +806,17 @@ pub fn render(
                     .collect();
                 let step = (series.len() / 12).max(1);
                 let shown: Vec<&str> = series.iter().step_by(step).map(String::as_str).collect();
-                let _ = writeln!(out, "Server RSS during the soak: {}.\n", shown.join(", "));
+                let _ = writeln!(
+                    out,
+                    "Server RSS during the soak `{}`: {}.\n",
+                    r.id(),
+                    shown.join(", ")
+                );
             }
         }
     }
     out.push_str(
-        "### Reproduce\n\n```sh\ncargo build --release && cargo build --release --manifest-path bench/Cargo.toml\nbench/run          # this table: every figure but the soak, under 5 minutes\nbench/run soak     # the 10-minute soak at half the max rate (SOAK_MINUTES=N for another length)\n```\n\n",
+        "### Reproduce\n\n```sh\ncargo build --release && cargo build --release --manifest-path bench/Cargo.toml\nbench/run          # this table: every figure but the soak, under 5 minutes\nbench/run soak     # the two 10-minute soaks, browser-shaped and plain, each at half its max rate (SOAK_MINUTES=N for another length)\n```\n\n",
     );
     let _ = writeln!(out, "{END}");
     out

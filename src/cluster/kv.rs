@@ -227,6 +227,44 @@ impl SharedKv {
         })
     }
 
+    /// The first `limit` records with `from <= key < to` (`to: None` is no
+    /// end), in key order: every key of the bucket is listed, but values
+    /// are read for those `limit` only.
+    pub fn range(
+        &self,
+        bucket: &'static str,
+        from: &str,
+        to: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, Vec<u8>)>, ClusterError> {
+        let store = self.bucket(bucket)?;
+        let (from, to) = (from.to_string(), to.map(str::to_string));
+        self.call(async move {
+            let mut keys = store.keys().await.map_err(|e| e.to_string())?;
+            let mut wanted = Vec::new();
+            while let Some(key) = keys.next().await {
+                let key = key.map_err(|e| e.to_string())?;
+                if let Some(decoded) = decode_key(&key)
+                    && decoded >= from
+                    && to.as_ref().is_none_or(|to| &decoded < to)
+                {
+                    wanted.push((decoded, key));
+                }
+            }
+            wanted.sort_unstable();
+            let mut found = Vec::new();
+            for (decoded, key) in wanted {
+                if found.len() == limit {
+                    break;
+                }
+                if let Some(value) = store.get(&key).await.map_err(|e| e.to_string())? {
+                    found.push((decoded, value.to_vec()));
+                }
+            }
+            Ok(found)
+        })
+    }
+
     /// Every record whose key starts with `prefix`, in key order.
     pub fn scan(
         &self,

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use rhai::Dynamic;
 use tracing::{info, warn};
 
-use super::delivery::{self, Claim, StoredReply, reply_key};
+use super::delivery::{self, Claim, reply_key};
 use super::handlers::{self, Call, OnFailure, Ran};
 use super::state::{Caller, Runtime};
 use super::{events, forms, memory, points};
@@ -241,7 +241,7 @@ async fn execute(
                     remember_value,
                     reply_key,
                 );
-                (ran, record.into_iter().collect())
+                (ran, record.into_iter().flatten().collect())
             },
             |ran| ran.failure.is_some(),
         );
@@ -268,7 +268,7 @@ fn execute_here(
     command: &Command,
     remember_value: bool,
     reply_key: Option<String>,
-) -> (Ran, Option<Write>) {
+) -> (Ran, Option<[Write; 2]>) {
     let object = command
         .object
         .clone()
@@ -309,11 +309,8 @@ fn execute_here(
             status: decoded.status,
             actions: decoded.actions.clone(),
         };
-        Write::Put(
-            Table::Replies,
-            key,
-            serde_json::to_vec(&StoredReply::new(&reply)).unwrap_or_default(),
-        )
+        let keep = runtime.retention(Table::Replies, &key);
+        delivery::answer_writes(Table::Replies, key, &reply, keep)
     });
     (ran, record)
 }

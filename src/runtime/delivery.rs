@@ -30,7 +30,7 @@ use crate::answer::{Action, Display, Status};
 use crate::cluster::{Claimed, Held};
 use crate::protocol::Reply;
 use crate::session::Session;
-use crate::store::{Commit, Table, Write};
+use crate::store::{Commit, Store, StoreError, Table, Write};
 
 /// What a user sees when a command or submission that must run exactly
 /// once cannot be claimed: NATS is unreachable, so this node cannot know
@@ -46,6 +46,9 @@ pub const UNKNOWN_OUTCOME_MESSAGE: &str = "This may not have been saved complete
 /// How long answers to commands are kept for repeats: far longer than any
 /// reconnect, short enough that the table stays small.
 const REPLY_RETENTION: Duration = Duration::from_secs(3600);
+
+/// Expired answers deleted per store write by a prune: what one holds.
+const PRUNE_STEP: usize = 4096;
 
 /// How often a repeat looks for the record of a run that ended without
 /// releasing its claim.
@@ -190,6 +193,105 @@ pub fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
+/// The writes that keep an answer for `keep` seconds: its entry in
+/// `Table::Expiries`, `{due, 12 hex digits}\0{table}\0{key}`, which orders
+/// every kept answer by when it is due, then its record — last, as every
+/// answer's record is: in cluster mode the writes are applied one by one,
+/// and a record present means the whole run was stored (docs/cluster.md).
+/// An entry whose record never came is pruned in its time, deleting nothing.
+pub fn answer_writes(table: Table, key: String, reply: &Reply, keep: u64) -> [Write; 2] {
+    let stored = StoredReply::new(reply);
+    let due = expiry_key(stored.at.saturating_add(keep), table, &key);
+    let record = serde_json::to_vec(&stored).unwrap_or_default();
+    [
+        Write::Put(Table::Expiries, due, Vec::new()),
+        Write::Put(table, key, record),
+    ]
+}
+
+fn expiry_key(due: u64, table: Table, key: &str) -> String {
+    let code = if table == Table::Submissions {
+        's'
+    } else {
+        'r'
+    };
+    format!("{due:012x}\u{0}{code}\u{0}{key}")
+}
+
+/// The answer an expiry entry is for.
+fn answer_of(entry: &str) -> Option<(Table, &str)> {
+    let mut parts = entry.splitn(3, '\u{0}');
+    let (_due, code, key) = (parts.next()?, parts.next()?, parts.next()?);
+    match code {
+        "r" => Some((Table::Replies, key)),
+        "s" => Some((Table::Submissions, key)),
+        _ => None,
+    }
+}
+
+/// Deletes the answers due before `now`, walking `Table::Expiries` from
+/// its start a bounded step at a time: a prune reads and holds only what is
+/// due, however many answers are kept (it used to read every kept answer
+/// each minute, hundreds of MiB at a time under a sustained load of
+/// commands with ids). Returns how many entries it removed.
+fn prune_due(store: &Store, now: u64) -> Result<usize, StoreError> {
+    let due = format!("{now:012x}");
+    let mut removed = 0;
+    loop {
+        let entries = store.range(Table::Expiries, "", Some(&due), PRUNE_STEP)?;
+        if entries.is_empty() {
+            return Ok(removed);
+        }
+        let mut writes = Vec::with_capacity(entries.len() * 2);
+        for (entry, _) in &entries {
+            if let Some((table, key)) = answer_of(entry) {
+                writes.push(Write::Delete(table, key.to_string()));
+            }
+            writes.push(Write::Delete(Table::Expiries, entry.clone()));
+        }
+        // Stored before the next step, which must not find them again.
+        store.write(&writes)?;
+        removed += entries.len();
+        if entries.len() < PRUNE_STEP {
+            return Ok(removed);
+        }
+    }
+}
+
+/// Gives the answers stored before `Table::Expiries` existed their entries,
+/// once per database (marked in `Table::Meta`).
+fn index_older_answers(
+    store: &Store,
+    retention: impl Fn(Table, &str) -> u64,
+) -> Result<(), StoreError> {
+    const INDEXED: &str = "answers_indexed_for_expiry";
+    if store.get(Table::Meta, INDEXED)?.is_some() {
+        return Ok(());
+    }
+    for table in [Table::Replies, Table::Submissions] {
+        let mut from = String::new();
+        loop {
+            let records = store.range(table, &from, None, PRUNE_STEP)?;
+            let writes: Vec<Write> = records
+                .iter()
+                .map(|(key, bytes)| {
+                    // Unreadable records are due at once, as before.
+                    let at = serde_json::from_slice::<StoredReply>(bytes).map_or(0, |r| r.at);
+                    let due = at.saturating_add(retention(table, key));
+                    Write::Put(Table::Expiries, expiry_key(due, table, key), Vec::new())
+                })
+                .collect();
+            store.write(&writes)?;
+            match records.last() {
+                // The least key after `key`.
+                Some((key, _)) if records.len() == PRUNE_STEP => from = format!("{key}\u{0}"),
+                _ => break,
+            }
+        }
+    }
+    store.put(Table::Meta, INDEXED, b"1")
+}
+
 /// Key of a command's answer.
 pub fn reply_key(session: &str, id: &str) -> String {
     format!("{session}\u{0}{id}")
@@ -234,12 +336,12 @@ impl Running {
     }
 }
 
-/// Whether a write is an answer's record.
+/// Whether a write is an answer's record or its expiry.
 fn is_answer(write: &Write) -> bool {
     matches!(
         write,
-        Write::Put(Table::Replies | Table::Submissions, ..)
-            | Write::Delete(Table::Replies | Table::Submissions, _)
+        Write::Put(Table::Replies | Table::Submissions | Table::Expiries, ..)
+            | Write::Delete(Table::Replies | Table::Submissions | Table::Expiries, _)
     )
 }
 
@@ -604,38 +706,28 @@ impl Runtime {
         }
     }
 
-    /// Deletes answers past their retention.
+    /// Deletes the answers whose time is up (see [`prune_due`]), after
+    /// indexing the ones stored before their expiry was.
     pub(super) fn prune_answers(&self) {
-        let now = unix_now();
-        let mut writes = Vec::new();
-        for (table, keep) in [
-            (Table::Replies, REPLY_RETENTION.as_secs()),
-            (Table::Submissions, 0),
-        ] {
-            let Ok(records) = self.store.scan(table, "") else {
-                continue;
-            };
-            for (key, bytes) in records {
-                let keep = if table == Table::Submissions {
-                    self.submission_retention(&key)
-                } else {
-                    keep
-                };
-                let expired = serde_json::from_slice::<StoredReply>(&bytes)
-                    .map_or(true, |r| now.saturating_sub(r.at) > keep);
-                if expired {
-                    writes.push(Write::Delete(table, key));
-                }
-            }
+        let retention = |table, key: &str| self.retention(table, key);
+        if let Err(error) = index_older_answers(&self.store, retention) {
+            warn!("answers stored before this version could not be indexed for expiry: {error}");
         }
-        // Written behind: a lost prune is redone a minute later.
-        drop(self.store.write_soon(writes));
+        if let Err(error) = prune_due(&self.store, unix_now()) {
+            // Redone at the next prune.
+            warn!("pruning expired answers: {error}");
+        }
     }
 
-    fn submission_retention(&self, key: &str) -> u64 {
-        let project = key.split('\u{0}').next().unwrap_or_default();
-        self.project(project)
-            .map_or(0, |p| p.settings.submission_retention_secs)
+    /// How long an answer of `table` under `key` is kept, in seconds.
+    pub fn retention(&self, table: Table, key: &str) -> u64 {
+        if table == Table::Submissions {
+            let project = key.split('\u{0}').next().unwrap_or_default();
+            self.project(project)
+                .map_or(0, |p| p.settings.submission_retention_secs)
+        } else {
+            REPLY_RETENTION.as_secs()
+        }
     }
 
     /// Forgets the answers of an ended session.
@@ -654,6 +746,132 @@ impl Runtime {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn temp_store(name: &str) -> (Store, std::path::PathBuf) {
+        let dir = std::env::temp_dir().join(format!("sb-prune-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        (Store::open(&dir.join("db.redb")).unwrap(), dir)
+    }
+
+    fn ok_reply(text: &str) -> Reply {
+        Reply {
+            seq: None,
+            status: Status::Ok,
+            actions: vec![Action::Error {
+                message: Some(text.into()),
+                display: Display::Toast,
+                object: None,
+            }],
+        }
+    }
+
+    #[test]
+    fn answers_are_pruned_once_due_in_bounded_steps() {
+        let (store, dir) = temp_store("due");
+        let count = 2 * PRUNE_STEP + 5;
+        for n in 0..count {
+            let keep = if n % 2 == 0 { 10 } else { 1000 };
+            let writes = answer_writes(Table::Replies, format!("s\u{0}{n}"), &ok_reply("hi"), keep);
+            store.write(&writes).unwrap();
+        }
+        let submission = answer_writes(
+            Table::Submissions,
+            "p\u{0}u\u{0}f".into(),
+            &ok_reply("f"),
+            10,
+        );
+        store.write(&submission).unwrap();
+        let now = unix_now();
+        assert_eq!(prune_due(&store, now).unwrap(), 0, "nothing is due yet");
+        assert_eq!(store.scan(Table::Replies, "").unwrap().len(), count);
+        // Past the short retention, before the long one.
+        assert_eq!(prune_due(&store, now + 12).unwrap(), count.div_ceil(2) + 1);
+        let kept = store.scan(Table::Replies, "").unwrap();
+        assert_eq!(kept.len(), count / 2);
+        assert!(
+            kept.iter()
+                .all(|(key, _)| key[2..].parse::<usize>().unwrap() % 2 == 1)
+        );
+        assert!(store.scan(Table::Submissions, "").unwrap().is_empty());
+        assert_eq!(store.scan(Table::Expiries, "").unwrap().len(), count / 2);
+        assert_eq!(prune_due(&store, now + 2000).unwrap(), count / 2);
+        assert!(store.scan(Table::Replies, "").unwrap().is_empty());
+        assert!(store.scan(Table::Expiries, "").unwrap().is_empty());
+        drop(store);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn answers_stored_before_the_index_are_indexed_once_then_pruned() {
+        let (store, dir) = temp_store("older");
+        let old = |at: u64| {
+            let mut stored = StoredReply::new(&ok_reply("old"));
+            stored.at = at;
+            serde_json::to_vec(&stored).unwrap()
+        };
+        let now = unix_now();
+        let count = PRUNE_STEP + 3;
+        for n in 0..count {
+            store
+                .put(Table::Replies, &format!("s\u{0}{n:05}"), &old(now - 100))
+                .unwrap();
+        }
+        store.put(Table::Replies, "s\u{0}unreadable", b"{").unwrap();
+        store
+            .put(Table::Submissions, "p\u{0}u\u{0}f", &old(now))
+            .unwrap();
+        let retention = |table, _: &str| if table == Table::Replies { 50 } else { 500 };
+        index_older_answers(&store, retention).unwrap();
+        assert_eq!(store.scan(Table::Expiries, "").unwrap().len(), count + 2);
+        // Marked: a record stored without an entry now is not looked for.
+        store.put(Table::Replies, "s\u{0}later", &old(0)).unwrap();
+        index_older_answers(&store, retention).unwrap();
+        assert_eq!(store.scan(Table::Expiries, "").unwrap().len(), count + 2);
+        assert_eq!(
+            prune_due(&store, now).unwrap(),
+            count + 1,
+            "replies past 50 s, the unreadable one"
+        );
+        let left: Vec<String> = store
+            .scan(Table::Replies, "")
+            .unwrap()
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
+        assert_eq!(left, ["s\u{0}later"]);
+        assert_eq!(
+            store.scan(Table::Submissions, "").unwrap().len(),
+            1,
+            "kept 500 s"
+        );
+        drop(store);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn an_expiry_entry_names_its_answer() {
+        let before = unix_now();
+        let [
+            Write::Put(Table::Expiries, entry, _),
+            Write::Put(Table::Submissions, ..),
+        ] = answer_writes(
+            Table::Submissions,
+            "p\u{0}user:a\u{0}id".into(),
+            &ok_reply("x"),
+            7,
+        )
+        else {
+            panic!("an answer and its expiry");
+        };
+        let due = u64::from_str_radix(&entry[..12], 16).unwrap();
+        assert!((before + 7..=unix_now() + 7).contains(&due), "{entry:?}");
+        assert_eq!(
+            answer_of(&entry),
+            Some((Table::Submissions, "p\u{0}user:a\u{0}id"))
+        );
+        assert_eq!(answer_of("000000000001\u{0}x\u{0}k"), None);
+        assert_eq!(answer_of("garbage"), None);
+    }
 
     #[test]
     fn a_later_ticket_waits_until_every_earlier_one_is_done() {

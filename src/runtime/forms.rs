@@ -8,14 +8,14 @@ use rhai::Dynamic;
 use serde_json::Value;
 use tracing::{info, warn};
 
-use super::delivery::{self, Claim, StoredReply, submission_key, unix_now};
+use super::delivery::{self, Claim, submission_key, unix_now};
 use super::handlers::{self, Call, OnFailure, Ran};
 use super::state::Runtime;
 use crate::answer::Status;
 use crate::project::Project;
 use crate::protocol::{FormSubmit, Reply};
 use crate::session::Session;
-use crate::store::{Table, Write};
+use crate::store::Table;
 
 /// Runs a submission once; a repeat delivery of a processed id gets the
 /// stored result and does not call the handler again.
@@ -127,11 +127,8 @@ async fn run_handler(
                             status: decoded.status,
                             actions: decoded.actions.clone(),
                         };
-                        vec![Write::Put(
-                            Table::Submissions,
-                            key,
-                            serde_json::to_vec(&StoredReply::new(&reply)).unwrap_or_default(),
-                        )]
+                        let keep = job_runtime.retention(Table::Submissions, &key);
+                        delivery::answer_writes(Table::Submissions, key, &reply, keep).to_vec()
                     }
                     _ => Vec::new(),
                 };

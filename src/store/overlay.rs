@@ -63,12 +63,21 @@ impl Overlay {
     /// Every record of `table` under `prefix`, newest layer winning: what
     /// a scan lays over redb's records.
     pub(super) fn under(&self, table: Table, prefix: &str) -> BTreeMap<String, Option<Vec<u8>>> {
+        self.matching(table, |key| key.starts_with(prefix))
+    }
+
+    /// Every record of `table` whose key `wanted`, newest layer winning.
+    pub(super) fn matching(
+        &self,
+        table: Table,
+        wanted: impl Fn(&str) -> bool,
+    ) -> BTreeMap<String, Option<Vec<u8>>> {
         let layers = self.read();
         let mut found = BTreeMap::new();
         let oldest_first = layers.frozen.as_deref().into_iter().chain([&layers.active]);
         for layer in oldest_first {
             for (key, value) in &layer[table.index()] {
-                if key.starts_with(prefix) {
+                if wanted(key) {
                     found.insert(key.clone(), value.clone());
                 }
             }

@@ -112,6 +112,35 @@ impl Tables {
         Ok(found)
     }
 
+    /// The first `limit` records with `from <= key < to` that `skip`
+    /// does not exclude, in key order.
+    pub(super) fn range(
+        &self,
+        table: Table,
+        from: &str,
+        to: Option<&str>,
+        limit: usize,
+        skip: impl Fn(&str) -> bool,
+    ) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let snapshot = self.snapshot();
+        let table = &snapshot[table.index()];
+        let entries = match to {
+            Some(to) => table.range(from..to),
+            None => table.range(from..),
+        };
+        let mut found = Vec::new();
+        for entry in entries.map_err(io)? {
+            if found.len() == limit {
+                break;
+            }
+            let (key, value) = entry.map_err(io)?;
+            if !skip(key.value()) {
+                found.push((key.value().to_string(), value.value().to_vec()));
+            }
+        }
+        Ok(found)
+    }
+
     fn snapshot(&self) -> Arc<Snapshot> {
         self.snapshot
             .read()
