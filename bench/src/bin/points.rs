@@ -164,6 +164,8 @@ fn start_server(
         }
         line.clear();
     }
+    let _ = child.kill();
+    let _ = child.wait();
     panic!("the server did not start");
 }
 
@@ -172,7 +174,16 @@ async fn mqtt(port: u16, id: &str) -> (AsyncClient, rumqttc::EventLoop) {
     options.set_keep_alive(Duration::from_secs(30));
     options.set_request_channel_capacity(10_000);
     options.set_inflight(1000);
-    AsyncClient::new(options, 10_000).into()
+    AsyncClient::new(options, 10_000)
+}
+
+/// What the sessions found, added up.
+#[derive(Default)]
+struct Tally {
+    latencies: Mutex<Option<Histogram<u64>>>,
+    /// The last value each session saw of each point, by `page/point`.
+    last: Mutex<HashMap<String, f64>>,
+    received: AtomicU64,
 }
 
 /// One session: creates it, renders its page, then reads its socket.
@@ -180,9 +191,7 @@ async fn session(
     addr: String,
     page: usize,
     clock: Arc<Clock>,
-    latencies: Arc<Mutex<Histogram<u64>>>,
-    last: Arc<Mutex<HashMap<String, f64>>>,
-    received: Arc<AtomicU64>,
+    tally: Arc<Tally>,
     ready: tokio::sync::mpsc::Sender<()>,
     stop: tokio::sync::watch::Receiver<bool>,
 ) {
@@ -238,10 +247,16 @@ async fn session(
             }
             mine[index] = value;
         }
-        received.fetch_add(counted, Relaxed);
+        tally.received.fetch_add(counted, Relaxed);
     }
-    latencies.lock().unwrap().add(&local).unwrap();
-    let mut last = last.lock().unwrap();
+    tally
+        .latencies
+        .lock()
+        .unwrap()
+        .get_or_insert_with(stats::histogram)
+        .add(&local)
+        .unwrap();
+    let mut last = tally.last.lock().unwrap();
     for (index, value) in mine.into_iter().enumerate() {
         if !value.is_nan() {
             last.insert(format!("{page}/{}", point_name(index)), value);
@@ -358,9 +373,7 @@ async fn run(
     }
 
     eprintln!("[points] {sessions} sessions on {pages} pages of {per_page} of {points} points");
-    let latencies = Arc::new(Mutex::new(stats::histogram()));
-    let last = Arc::new(Mutex::new(HashMap::new()));
-    let received = Arc::new(AtomicU64::new(0));
+    let tally = Arc::new(Tally::default());
     let (ready_tx, mut ready) = tokio::sync::mpsc::channel(sessions);
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
     let mut tasks = Vec::new();
@@ -369,9 +382,7 @@ async fn run(
             addr.clone(),
             index % pages,
             clock.clone(),
-            latencies.clone(),
-            last.clone(),
-            received.clone(),
+            tally.clone(),
             ready_tx.clone(),
             stop.clone(),
         )));
@@ -440,7 +451,7 @@ async fn run(
     }
 
     // Every session of a page ends at the last value of its points.
-    let last = last.lock().unwrap();
+    let last = tally.last.lock().unwrap();
     let mut wrong = 0;
     let mut checked = 0;
     for page in 0..pages {
@@ -454,7 +465,12 @@ async fn run(
             }
         }
     }
-    let latencies = latencies.lock().unwrap();
+    let latencies = tally
+        .latencies
+        .lock()
+        .unwrap()
+        .take()
+        .unwrap_or_else(stats::histogram);
     let baseline = baseline.lock().unwrap();
     let ms = |h: &Histogram<u64>, q: f64| h.value_at_quantile(q) as f64 / 1000.0;
     let result = serde_json::json!({
@@ -465,7 +481,7 @@ async fn run(
         "rate_target": rate,
         "published": published,
         "publish_rate": published as f64 / publish_seconds,
-        "pushed_items": received.load(Relaxed),
+        "pushed_items": tally.received.load(Relaxed),
         "p50_ms": ms(&latencies, 0.5),
         "p99_ms": ms(&latencies, 0.99),
         "max_ms": latencies.max() as f64 / 1000.0,
