@@ -96,6 +96,9 @@ struct OrderState {
     next: u64,
     /// Tickets done ahead of their turn.
     done: BTreeSet<u64>,
+    /// Threads waiting for their turn: nobody to wake is the usual case
+    /// (runs rarely overlap), and a wake-up is a system call.
+    waiting: usize,
 }
 
 /// A run's place in [`VarOrder`]; done when dropped (whatever happened to
@@ -122,25 +125,32 @@ impl VarOrder {
     fn wait_turn(&self, number: u64) {
         let mut state = self.lock();
         while state.next < number {
+            state.waiting += 1;
             state = self
                 .turn
                 .wait(state)
                 .unwrap_or_else(|poisoned| poisoned.into_inner());
+            state.waiting -= 1;
         }
     }
 
     fn done(&self, number: u64) {
         let mut state = self.lock();
-        state.done.insert(number);
-        loop {
-            let next = state.next;
-            if !state.done.remove(&next) {
-                break;
-            }
+        if number != state.next {
+            // An earlier ticket is still out: nobody's turn comes yet.
+            state.done.insert(number);
+            return;
+        }
+        state.next += 1;
+        while let Some(next) = state.done.first().copied().filter(|&n| n == state.next) {
+            state.done.remove(&next);
             state.next += 1;
         }
+        let wake = state.waiting > 0;
         drop(state);
-        self.turn.notify_all();
+        if wake {
+            self.turn.notify_all();
+        }
     }
 }
 
