@@ -64,6 +64,12 @@ struct Batch {
     sessions: BTreeSet<String>,
     /// `!` variables to write at commit.
     vars: BTreeSet<String>,
+    /// Each `!` variable's value as this run last wrote it (`()`: removed).
+    /// The batch writes these, not the value in memory when it is built:
+    /// that may already hold a later run's change, and a crash after this
+    /// batch but before that run's would keep the later run's effect
+    /// without its answer — and its repeat would apply it again.
+    values: HashMap<String, Dynamic>,
     /// Every variable the run changed: its value before the run's first
     /// change, and the version of the run's last write.
     undo: HashMap<String, (Option<Dynamic>, u64)>,
@@ -548,11 +554,18 @@ impl Runtime {
         })
     }
 
-    /// Records the version of the run's latest write of a variable.
-    pub(super) fn wrote_var(&self, key: &str, version: u64) {
+    /// Records the run's latest write of a variable: its version, and for
+    /// a `!` one the value to store.
+    pub(super) fn wrote_var(&self, key: &str, version: u64, value: &Dynamic) {
         BATCH.with_borrow_mut(|batch| {
-            if let Some((_, last)) = batch.as_mut().and_then(|b| b.undo.get_mut(key)) {
+            let Some(batch) = batch.as_mut() else {
+                return;
+            };
+            if let Some((_, last)) = batch.undo.get_mut(key) {
                 *last = version;
+            }
+            if batch.vars.contains(key) {
+                batch.values.insert(key.to_string(), value.clone());
             }
         });
     }
@@ -580,11 +593,11 @@ impl Runtime {
             }
         }
         for key in batch.vars {
-            match self
-                .vars
-                .get(&key)
-                .map(|v| rhai::serde::from_dynamic::<serde_json::Value>(&v))
-            {
+            let value = match batch.values.get(&key) {
+                Some(value) => (!value.is_unit()).then(|| value.clone()),
+                None => self.vars.get(&key).map(|v| v.clone()),
+            };
+            match value.map(|v| rhai::serde::from_dynamic::<serde_json::Value>(&v)) {
                 Some(Ok(json)) => writes.push(Write::Put(
                     Table::Vars,
                     key,

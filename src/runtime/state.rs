@@ -410,9 +410,11 @@ impl Runtime {
                     .map_err(|e| e.to_string())?;
             }
         }
-        let version = self.write_var(&key, value);
         if deferred {
-            self.wrote_var(&key, version);
+            let version = self.write_var(&key, value.clone());
+            self.wrote_var(&key, version, &value);
+        } else {
+            self.write_var(&key, value);
         }
         Ok(())
     }
