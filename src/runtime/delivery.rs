@@ -83,12 +83,12 @@ struct Batch {
 }
 
 /// Queues batches that change `!` variables in the order of their first
-/// change. A batch writes a variable's value as it is when the batch is
-/// built, which may include a later run's change (B's `varUpdate` read
-/// A's value). Were B's batch queued, and made durable, before A's, a
-/// crash between the two would keep A's effect inside B's value while
-/// A's answer was lost: A's repeat would run again and apply it twice. So
-/// B's batch waits for A's to be queued (the writer keeps queue order).
+/// change. B's value may include A's change (B's `varUpdate` read A's
+/// value). Were B's batch queued, and made durable, before A's, a crash
+/// between the two would keep A's effect inside B's value while A's answer
+/// was lost: A's repeat would run again and apply it twice. So B's batch
+/// waits for A's to be queued (the writer keeps queue order). The other
+/// half: A's batch writes A's own value, never B's (`Batch::values`).
 #[derive(Default)]
 pub(crate) struct VarOrder {
     state: std::sync::Mutex<OrderState>,
