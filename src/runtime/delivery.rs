@@ -252,26 +252,16 @@ fn answer_of(entry: &str) -> Option<(Table, &str)> {
 /// commands with ids). Returns how many entries it removed.
 fn prune_due(store: &Store, now: u64) -> Result<usize, StoreError> {
     let due = format!("{now:012x}");
-    let mut removed = 0;
-    loop {
-        let entries = store.range(Table::Expiries, "", Some(&due), PRUNE_STEP)?;
-        if entries.is_empty() {
-            return Ok(removed);
-        }
+    in_steps(store, Table::Expiries, Some(&due), |entries| {
         let mut writes = Vec::with_capacity(entries.len() * 2);
-        for (entry, _) in &entries {
+        for (entry, _) in entries {
             if let Some((table, key)) = answer_of(entry) {
                 writes.push(Write::Delete(table, key.to_string()));
             }
             writes.push(Write::Delete(Table::Expiries, entry.clone()));
         }
-        // Stored before the next step, which must not find them again.
-        store.write(&writes)?;
-        removed += entries.len();
-        if entries.len() < PRUNE_STEP {
-            return Ok(removed);
-        }
-    }
+        writes
+    })
 }
 
 /// Gives the answers stored before `Table::Expiries` existed their entries,
@@ -285,10 +275,8 @@ fn index_older_answers(
         return Ok(());
     }
     for table in [Table::Replies, Table::Submissions] {
-        let mut from = String::new();
-        loop {
-            let records = store.range(table, &from, None, PRUNE_STEP)?;
-            let writes: Vec<Write> = records
+        in_steps(store, table, None, |records| {
+            records
                 .iter()
                 .map(|(key, bytes)| {
                     // Unreadable records are due at once, as before.
@@ -296,16 +284,36 @@ fn index_older_answers(
                     let due = at.saturating_add(retention(table, key));
                     Write::Put(Table::Expiries, expiry_key(due, table, key), Vec::new())
                 })
-                .collect();
-            store.write(&writes)?;
-            match records.last() {
-                // The least key after `key`.
-                Some((key, _)) if records.len() == PRUNE_STEP => from = format!("{key}\u{0}"),
-                _ => break,
-            }
-        }
+                .collect()
+        })?;
     }
     store.put(Table::Meta, INDEXED, b"1")
+}
+
+/// Walks `table` up to `to`, `PRUNE_STEP` records at a time, storing the
+/// writes `step` makes of each before reading the next (so at most a step
+/// is held); each step starts after the last key of the one before.
+/// Returns how many records it walked.
+fn in_steps(
+    store: &Store,
+    table: Table,
+    to: Option<&str>,
+    mut step: impl FnMut(&[(String, Vec<u8>)]) -> Vec<Write>,
+) -> Result<usize, StoreError> {
+    let (mut from, mut walked) = (String::new(), 0);
+    loop {
+        let records = store.range(table, &from, to, PRUNE_STEP)?;
+        if records.is_empty() {
+            return Ok(walked);
+        }
+        store.write(&step(&records))?;
+        walked += records.len();
+        match records.last() {
+            // The least key after `key`.
+            Some((key, _)) if records.len() == PRUNE_STEP => from = format!("{key}\u{0}"),
+            _ => return Ok(walked),
+        }
+    }
 }
 
 /// Key of a command's answer.

@@ -127,7 +127,7 @@ async fn run_handler(
                             status: decoded.status,
                             actions: decoded.actions.clone(),
                         };
-                        let keep = job_runtime.retention(Table::Submissions, &key);
+                        let keep = job_project.settings.submission_retention_secs;
                         delivery::answer_writes(Table::Submissions, key, &reply, keep).to_vec()
                     }
                     _ => Vec::new(),
